@@ -1,0 +1,1 @@
+//! Benchmarks (issue #6). Nothing is implemented here yet.

@@ -1,0 +1,167 @@
+# Shared settings and helpers of the local stack scripts. Sourced, never run.
+#
+# Every setting can be overridden from the environment; the defaults are what README.md lists.
+# Installs are idempotent and cached under CHAT_CACHE_DIR (outside the repository); runtime
+# state (data, logs, pid files) lives under CHAT_STATE_DIR, so a second stack with other ports
+# and another state directory can run beside the first (the broker durability test does this).
+
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DEPLOY_DIR="$REPO_ROOT/deploy/local"
+
+: "${CHAT_CACHE_DIR:=$HOME/.cache/chat-platform}"
+: "${CHAT_STATE_DIR:=$HOME/.local/state/chat-platform}"
+: "${CHAT_CARGO_PROFILE:=release}"          # dev or release: how `up` builds the workspace binaries
+: "${CHAT_BIN_DIR:=}"                       # prebuilt binaries; when set, `up` does not run cargo
+
+: "${CHAT_KAFKA_PORT:=9092}"
+: "${CHAT_REGISTRY_PORT:=8081}"
+: "${CHAT_PG_PORT:=5432}"
+: "${CHAT_PG_DATABASE:=chat}"
+: "${CHAT_REDIS_PORT:=6379}"
+: "${CHAT_MONGO_PORT:=27017}"
+: "${CHAT_CLICKHOUSE_HTTP_PORT:=8123}"
+: "${CHAT_CLICKHOUSE_TCP_PORT:=9000}"
+: "${CHAT_CLICKHOUSE_INTERSERVER_PORT:=9009}"
+: "${CHAT_ROOM_PARTITIONS:=12}"
+
+TANSU_VERSION=0.6.0
+BRISKDB_VERSION=0.1.0b3
+
+TANSU_BIN="$CHAT_CACHE_DIR/tansu/bin/tansu"
+BRISKDB_VENV="$CHAT_CACHE_DIR/briskdb-venv"
+RUN_DIR="$CHAT_STATE_DIR/run"
+LOG_DIR="$CHAT_STATE_DIR/logs"
+DATA_DIR="$CHAT_STATE_DIR/data"
+
+# What clients of this stack connect to (tests and services read the same variables).
+export CHAT_KAFKA_BROKERS="127.0.0.1:$CHAT_KAFKA_PORT"
+export CHAT_REGISTRY_URL="http://127.0.0.1:$CHAT_REGISTRY_PORT"
+export CHAT_PG_URL="postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_PG_DATABASE"
+export CHAT_REDIS_URL="redis://127.0.0.1:$CHAT_REDIS_PORT"
+export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true"
+export CHAT_CLICKHOUSE_URL="http://127.0.0.1:$CHAT_CLICKHOUSE_HTTP_PORT"
+
+# The infrastructure services, in start order.
+ALL_SERVICES=(postgres redis broker registry mongo clickhouse)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "need root (or sudo) to run: $*"; fi
+}
+
+# Installs the Debian packages that are not installed yet.
+APT_UPDATED=0
+ensure_apt() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+
+# Whether a process runs. A killed process whose parent has not reaped it yet is a zombie:
+# `kill -0` still succeeds on it, but it is gone for every purpose here.
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != [ZX] ]]
+}
+
+# The pid of a service this stack started, if that process is still alive.
+running_pid() {
+    local f; f=$(pid_file "$1")
+    [ -f "$f" ] || return 1
+    local pid; pid=$(cat "$f")
+    if [ -n "$pid" ] && alive "$pid"; then echo "$pid"; return 0; fi
+    return 1
+}
+
+# start_bg NAME WORKDIR CMD... : starts CMD detached (own session), logging to LOG_DIR/NAME.log.
+start_bg() {
+    local name=$1 workdir=$2; shift 2
+    mkdir -p "$RUN_DIR" "$LOG_DIR" "$workdir"
+    local logfile="$LOG_DIR/$name.log"
+    (cd "$workdir" && exec setsid "$@" >>"$logfile" 2>&1 </dev/null) &
+    echo $! >"$(pid_file "$name")"
+}
+
+# For services built from this workspace: when the running process was started from another
+# binary (another checkout, or a rebuild since), stop it so `up` starts the current one.
+# Without this a stale service keeps answering and tests run against old code.
+restart_if_rebuilt() {
+    local name=$1 binary=$2 stamp
+    stamp="$binary $(stat -c %Y "$binary" 2>/dev/null || echo missing)"
+    if running_pid "$name" >/dev/null && [ "$(cat "$RUN_DIR/$name.binary" 2>/dev/null)" != "$stamp" ]; then
+        log "$name: binary changed since it started; restarting it"
+        stop_service "$name"
+    fi
+    mkdir -p "$RUN_DIR"
+    echo "$stamp" >"$RUN_DIR/$name.binary.next"
+}
+
+# Records which binary a workspace service was started from (see restart_if_rebuilt).
+record_binary() { mv -f "$RUN_DIR/$1.binary.next" "$RUN_DIR/$1.binary"; }
+
+# wait_port_free NAME PORT VARIABLE: a port this stack is about to listen on must be free; a
+# process that was just stopped may hold it for a moment.
+wait_port_free() {
+    local name=$1 port=$2 variable=$3
+    for _ in $(seq 1 25); do port_open "$port" || return 0; sleep 0.2; done
+    die "$name: port $port is taken by a process this stack did not start; set $variable"
+}
+
+# wait_until NAME SECONDS CMD... : polls CMD until it succeeds; fails naming the service's log.
+wait_until() {
+    local name=$1 seconds=$2; shift 2
+    local deadline=$((SECONDS + seconds))
+    while ! "$@" >/dev/null 2>&1; do
+        if [ -f "$(pid_file "$name")" ] && ! running_pid "$name" >/dev/null; then
+            die "$name exited during start-up; see $LOG_DIR/$name.log:
+$(tail -n 20 "$LOG_DIR/$name.log" 2>/dev/null)"
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            die "$name did not come up within ${seconds}s; see ${LOG_DIR}/$name.log:
+$(tail -n 20 "$LOG_DIR/$name.log" 2>/dev/null)"
+        fi
+        sleep 0.2
+    done
+}
+
+# stop_service NAME: SIGTERM, then SIGKILL after 20 s, for a process this stack started.
+stop_service() {
+    local name=$1 pid
+    if pid=$(running_pid "$name"); then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.2; done
+        if alive "$pid"; then
+            log "$name did not stop on SIGTERM; killing"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        log "stopped $name (pid $pid)"
+    fi
+    rm -f "$(pid_file "$name")"
+}
+
+# Directory holding the workspace binaries (schema-registry, replay-tools, ...).
+bin_dir() {
+    if [ -n "$CHAT_BIN_DIR" ]; then echo "$CHAT_BIN_DIR"; return; fi
+    local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+    if [ "$CHAT_CARGO_PROFILE" = dev ]; then echo "$target/debug"; else echo "$target/$CHAT_CARGO_PROFILE"; fi
+}

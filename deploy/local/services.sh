@@ -1,0 +1,182 @@
+# Install and start functions, one pair per service. Sourced by `up`, `down` and `status`.
+
+# ---------- PostgreSQL (identity, outbox, schema registry store) ----------
+
+pg_ready() { pg_isready -q -h 127.0.0.1 -p "$CHAT_PG_PORT"; }
+
+install_postgres() { command -v pg_isready >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 || ensure_apt postgresql-client; }
+
+start_postgres() {
+    if ! pg_ready; then
+        local fresh=0
+        if ! compgen -G "/etc/postgresql/*/main" >/dev/null; then
+            ensure_apt postgresql
+            fresh=1
+        fi
+        local version conf port
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        conf="/etc/postgresql/$version/main"
+        port=$(sed -n 's/^port[[:space:]]*=[[:space:]]*\([0-9]*\).*/\1/p' "$conf/postgresql.conf")
+        [ "$port" = "$CHAT_PG_PORT" ] || die "postgres: nothing answers on port $CHAT_PG_PORT and the system cluster ($version/main) is configured for port $port"
+        if [ "$fresh" -eq 1 ]; then
+            # A fresh Debian cluster asks loopback clients for a password; this single-user dev
+            # machine trusts loopback, as the machines this project targets are set up.
+            as_root sed -i -E 's/^(host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1\/32|::1\/128)[[:space:]]+)[a-z0-9-]+/\1trust/' "$conf/pg_hba.conf"
+        fi
+        log "postgres: starting the system cluster $version/main"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        mkdir -p "$RUN_DIR" && echo "$version" >"$RUN_DIR/postgres.started"
+        wait_until postgres 60 pg_ready
+    fi
+    if ! psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$CHAT_PG_DATABASE'" | grep -q 1; then
+        psql -q -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres \
+            -c "CREATE DATABASE \"$CHAT_PG_DATABASE\"" 2>/dev/null || true
+    fi
+    psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d "$CHAT_PG_DATABASE" -tAc "SELECT 1" >/dev/null \
+        || die "postgres: cannot open database $CHAT_PG_DATABASE as user postgres on port $CHAT_PG_PORT"
+}
+
+stop_postgres() {
+    if [ -f "$RUN_DIR/postgres.started" ]; then
+        as_root pg_ctlcluster --skip-systemctl-redirect "$(cat "$RUN_DIR/postgres.started")" main stop || true
+        rm -f "$RUN_DIR/postgres.started"
+        log "stopped postgres"
+    fi
+}
+
+# ---------- Redis (presence, sessions, pub/sub fast channel) ----------
+
+redis_ping() {
+    local line
+    exec 3<>"/dev/tcp/127.0.0.1/$CHAT_REDIS_PORT" || return 1
+    printf 'PING\r\n' >&3
+    read -r -t 2 line <&3 || { exec 3>&-; return 1; }
+    exec 3>&-
+    [[ $line == +PONG* ]]
+}
+
+install_redis() {
+    redis_ping 2>/dev/null && return 0
+    command -v redis-server >/dev/null 2>&1 || ensure_apt redis-server
+}
+
+start_redis() {
+    if running_pid redis >/dev/null || redis_ping 2>/dev/null; then return 0; fi
+    start_bg redis "$DATA_DIR/redis" redis-server --bind 127.0.0.1 --port "$CHAT_REDIS_PORT" \
+        --save "" --appendonly no --dir "$DATA_DIR/redis"
+    wait_until redis 30 redis_ping
+}
+
+# ---------- Kafka-compatible broker: tansu with SQLite storage ----------
+
+install_broker() {
+    [ -x "$TANSU_BIN" ] && return 0
+    ensure_apt build-essential pkg-config clang libclang-dev cmake
+    log "building the tansu broker $TANSU_VERSION (about 20-25 minutes on 2 cores, once; cached in $CHAT_CACHE_DIR/tansu)"
+    cargo install tansu --version "$TANSU_VERSION" --features libsql --root "$CHAT_CACHE_DIR/tansu" \
+        >"$CHAT_CACHE_DIR/tansu-build.log" 2>&1 \
+        || die "tansu build failed; see $CHAT_CACHE_DIR/tansu-build.log"
+}
+
+start_broker() {
+    if ! running_pid broker >/dev/null; then
+        wait_port_free broker "$CHAT_KAFKA_PORT" CHAT_KAFKA_PORT
+        # The SQLite path is relative to the working directory.
+        start_bg broker "$DATA_DIR/tansu" "$TANSU_BIN" broker \
+            --listener-url "tcp://127.0.0.1:$CHAT_KAFKA_PORT" \
+            --advertised-listener-url "tcp://127.0.0.1:$CHAT_KAFKA_PORT" \
+            --storage-engine "sqlite://tansu.db"
+        wait_until broker 30 port_open "$CHAT_KAFKA_PORT"
+    fi
+    # The broker does not auto-create topics, and producing to a missing one hangs.
+    wait_until broker 60 "$(bin_dir)/replay-tools" --brokers "$CHAT_KAFKA_BROKERS" --timeout-secs 5 \
+        topics ensure --room-partitions "$CHAT_ROOM_PARTITIONS"
+}
+
+# ---------- Schema registry (ours, Confluent-compatible, stored in PostgreSQL) ----------
+
+registry_ready() { curl -fsS -o /dev/null "$CHAT_REGISTRY_URL/subjects"; }
+
+start_registry() {
+    local binary; binary="$(bin_dir)/schema-registry"
+    restart_if_rebuilt registry "$binary"
+    if ! running_pid registry >/dev/null; then
+        wait_port_free registry "$CHAT_REGISTRY_PORT" CHAT_REGISTRY_PORT
+        start_bg registry "$DATA_DIR/registry" env \
+            CHAT_REGISTRY_LISTEN="127.0.0.1:$CHAT_REGISTRY_PORT" \
+            CHAT_REGISTRY_DATABASE_URL="$CHAT_PG_URL" \
+            "$binary"
+        record_binary registry
+    fi
+    wait_until registry 30 registry_ready
+}
+
+# ---------- MongoDB-compatible server: briskdb ----------
+
+install_mongo() {
+    "$BRISKDB_VENV/bin/python" -c "import briskdb" 2>/dev/null && return 0
+    python3 -m venv --help >/dev/null 2>&1 || ensure_apt python3-venv
+    log "installing briskdb $BRISKDB_VERSION into $BRISKDB_VENV"
+    python3 -m venv "$BRISKDB_VENV"
+    "$BRISKDB_VENV/bin/pip" install -q --disable-pip-version-check --only-binary=:all: "briskdb==$BRISKDB_VERSION"
+}
+
+start_mongo() {
+    if ! running_pid mongo >/dev/null; then
+        wait_port_free mongo "$CHAT_MONGO_PORT" CHAT_MONGO_PORT
+        start_bg mongo "$DATA_DIR/mongo" "$BRISKDB_VENV/bin/python" "$DEPLOY_DIR/briskdb_server.py" \
+            --data "$DATA_DIR/mongo/db" --port "$CHAT_MONGO_PORT"
+    fi
+    wait_until mongo 30 port_open "$CHAT_MONGO_PORT"
+}
+
+# ---------- ClickHouse 18.16 (Debian) ----------
+
+clickhouse_ready() { curl -fsS "$CHAT_CLICKHOUSE_URL/ping" | grep -q Ok; }
+
+install_clickhouse() { ensure_apt clickhouse-server clickhouse-client; }
+
+start_clickhouse() {
+    if ! running_pid clickhouse >/dev/null; then
+        wait_port_free clickhouse "$CHAT_CLICKHOUSE_HTTP_PORT" CHAT_CLICKHOUSE_HTTP_PORT
+        local home="$DATA_DIR/clickhouse"
+        mkdir -p "$home/etc" "$home/data/tmp" "$home/data/user_files" "$home/data/format_schemas" "$home/log"
+        # The Debian config with data, logs and ports moved into this stack's state directory.
+        sed -e "s|/var/lib/clickhouse/|$home/data/|g" \
+            -e "s|/var/log/clickhouse-server/|$home/log/|g" \
+            -e '/<listen_host>::1<\/listen_host>/d' \
+            -e "s|<http_port>8123</http_port>|<http_port>$CHAT_CLICKHOUSE_HTTP_PORT</http_port>|" \
+            -e "0,/<tcp_port>9000<\/tcp_port>/s|<tcp_port>9000</tcp_port>|<tcp_port>$CHAT_CLICKHOUSE_TCP_PORT</tcp_port>|" \
+            -e "s|<interserver_http_port>9009</interserver_http_port>|<interserver_http_port>$CHAT_CLICKHOUSE_INTERSERVER_PORT</interserver_http_port>|" \
+            -e "s|<users_config>users.xml</users_config>|<users_config>$home/etc/users.xml</users_config>|" \
+            /etc/clickhouse-server/config.xml >"$home/etc/config.xml"
+        cp /etc/clickhouse-server/users.xml "$home/etc/users.xml"
+        start_bg clickhouse "$home" clickhouse-server --config-file="$home/etc/config.xml"
+    fi
+    wait_until clickhouse 90 clickhouse_ready
+}
+
+# ---------- dispatch ----------
+
+endpoint_of() {
+    case $1 in
+        postgres) echo "$CHAT_PG_URL" ;;
+        redis) echo "$CHAT_REDIS_URL" ;;
+        broker) echo "$CHAT_KAFKA_BROKERS" ;;
+        registry) echo "$CHAT_REGISTRY_URL" ;;
+        mongo) echo "$CHAT_MONGO_URL" ;;
+        clickhouse) echo "$CHAT_CLICKHOUSE_URL (native 127.0.0.1:$CHAT_CLICKHOUSE_TCP_PORT)" ;;
+    esac
+}
+
+ready_check() {
+    case $1 in
+        postgres) pg_ready ;;
+        redis) redis_ping 2>/dev/null ;;
+        broker) port_open "$CHAT_KAFKA_PORT" ;;
+        registry) registry_ready 2>/dev/null ;;
+        mongo) port_open "$CHAT_MONGO_PORT" ;;
+        clickhouse) clickhouse_ready 2>/dev/null ;;
+    esac
+}

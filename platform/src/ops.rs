@@ -1,0 +1,224 @@
+//! The operations surface every service exposes: `/healthz` (the process answers), `/readyz`
+//! (its dependencies answer) and `/metrics` (Prometheus text format), plus per-route HTTP
+//! request metrics, so dashboards and alerts look the same for every tier.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// One dependency check for `/readyz`: a name and an async probe.
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Ops {
+    registry: Registry,
+    probes: Vec<(&'static str, Probe)>,
+}
+
+impl Ops {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry,
+            probes: Vec::new(),
+        }
+    }
+
+    /// Adds a dependency that must answer for `/readyz` to be 200.
+    pub fn probe<F>(mut self, name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        self.probes.push((name, Arc::new(probe)));
+        self
+    }
+
+    pub fn router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(Arc::new(self))
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    let mut failures = serde_json::Map::new();
+    let mut checks = serde_json::Map::new();
+    for (name, probe) in &ops.probes {
+        match probe().await {
+            Ok(()) => {
+                checks.insert((*name).to_string(), "ok".into());
+            }
+            Err(e) => {
+                failures.insert((*name).to_string(), e.into());
+            }
+        }
+    }
+    if failures.is_empty() {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "checks": checks})),
+        )
+            .into_response()
+    } else {
+        crate::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dependency_unavailable",
+            format!("not ready: {}", serde_json::Value::Object(failures)),
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    let encoder = prometheus::TextEncoder::new();
+    let mut buffer = Vec::new();
+    match encoder.encode(&ops.registry.gather(), &mut buffer) {
+        Ok(()) => (
+            [(axum::http::header::CONTENT_TYPE, encoder.format_type())],
+            buffer,
+        )
+            .into_response(),
+        Err(e) => crate::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_unavailable",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+/// Request count and latency per route and status, registered once per service.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["method", "route", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["method", "route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self { requests, latency })
+    }
+
+    /// Middleware body; install with `axum::middleware::from_fn_with_state(metrics, HttpMetrics::track)`.
+    pub async fn track(
+        State(metrics): State<HttpMetrics>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        // The matched route template, never the raw path: ids in paths would explode cardinality.
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let method = request.method().as_str().to_owned();
+        let started = Instant::now();
+        let response = next.run(request).await;
+        metrics
+            .latency
+            .with_label_values(&[method.as_str(), route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .requests
+            .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+            .inc();
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use tower::ServiceExt;
+
+    async fn call(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_the_failing_dependency_by_name() {
+        let registry = Registry::new();
+        let router: Router = Ops::new(registry)
+            .probe("postgres", || async { Ok(()) }.boxed())
+            .probe("broker", || {
+                async { Err("connection refused".to_string()) }.boxed()
+            })
+            .router();
+        let (status, body) = call(router.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("broker") && body.contains("connection refused"),
+            "{body}"
+        );
+        assert!(!body.contains("postgres"), "{body}");
+        let (status, _) = call(router, "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_counts_requests_by_route_template() {
+        let registry = Registry::new();
+        let metrics = HttpMetrics::register(&registry).unwrap();
+        let app: Router = Router::new()
+            .route("/items/{id}", get(|| async { "x" }))
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                HttpMetrics::track,
+            ))
+            .merge(Ops::new(registry).router());
+        let (status, _) = call(app.clone(), "/items/42").await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, text) = call(app, "/metrics").await;
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="GET",route="/items/{id}",status="200"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Avro in Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro binary) via
+//! `schema_registry_converter`.
+//!
+//! Subject naming: `TopicRecordNameStrategy`, i.e. `<topic>-<fully.qualified.Record>` (for
+//! example `chat.room-events-chat.events.MessagePosted`). Writers register their own schema on
+//! first use (the registry answers the existing id when it is already there and 409 when it
+//! breaks BACKWARD compatibility), so a writer always encodes with exactly the schema it was
+//! built with. Readers fetch the writer's schema by the id in the record and resolve the value
+//! against their own compiled-in schema, so an old reader ignores fields added later and a new
+//! reader fills defaults for fields an old writer did not know.
+
+use std::collections::HashMap;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::{DomainEvent, EventKind, SchemaError};
+
+pub struct EventCodec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    strategies: HashMap<EventKind, SubjectNameStrategy>,
+    readers: HashMap<EventKind, Schema>,
+}
+
+impl EventCodec {
+    /// `registry_url`: base URL of a Confluent-compatible registry, e.g. `http://127.0.0.1:8081`.
+    pub fn new(registry_url: &str) -> Result<Self, SchemaError> {
+        let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_string())
+            .no_proxy()
+            .set_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| SchemaError::Registry(e.to_string()))?;
+        let mut strategies = HashMap::new();
+        let mut readers = HashMap::new();
+        for &kind in EventKind::ALL {
+            let schema = kind.parsed_schema()?;
+            // Send the compact form: the registry normalizes anyway, and it keeps requests small.
+            let compact = serde_json::from_str::<serde_json::Value>(kind.schema_source())
+                .map(|v| v.to_string())
+                .map_err(|e| SchemaError::BundledSchema {
+                    file: kind.file_name(),
+                    reason: e.to_string(),
+                })?;
+            strategies.insert(
+                kind,
+                SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+                    kind.topic().name().to_string(),
+                    SuppliedSchema::new(
+                        Some(kind.record_name().to_string()),
+                        SchemaType::Avro,
+                        compact,
+                    ),
+                ),
+            );
+            readers.insert(kind, schema);
+        }
+        Ok(Self {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings),
+            strategies,
+            readers,
+        })
+    }
+
+    /// Registers every schema of the catalog and returns the ids. Services call this at start-up
+    /// so an incompatible schema stops the deploy instead of the first write, and so the first
+    /// real event does not pay for the round trips.
+    pub async fn register_all(&self) -> Result<Vec<(EventKind, u32)>, SchemaError> {
+        let mut ids = Vec::with_capacity(EventKind::ALL.len());
+        for &kind in EventKind::ALL {
+            let schema = self
+                .encoder
+                .get_schema_and_id(&kind.subject(), self.strategy(kind)?.clone())
+                .await
+                .map_err(|e| SchemaError::Registry(format!("{}: {e}", kind.subject())))?;
+            ids.push((kind, schema.id));
+        }
+        Ok(ids)
+    }
+
+    fn strategy(&self, kind: EventKind) -> Result<&SubjectNameStrategy, SchemaError> {
+        self.strategies
+            .get(&kind)
+            .ok_or_else(|| SchemaError::UnknownRecord {
+                record: kind.record_name().to_string(),
+            })
+    }
+
+    /// Encodes a valid event (see [`DomainEvent::validate`]) in Confluent wire format.
+    pub async fn encode(&self, event: &DomainEvent) -> Result<Vec<u8>, SchemaError> {
+        event.validate()?;
+        let kind = event.kind();
+        let value = event.to_avro().map_err(|e| SchemaError::Mismatch {
+            record: kind.record_name().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.encoder
+            .encode_value(value, self.strategy(kind)?)
+            .await
+            .map_err(|e| SchemaError::Registry(format!("encoding {}: {e}", kind.as_str())))
+    }
+
+    /// Decodes a record value written by any version of any event's schema.
+    pub async fn decode(&self, payload: &[u8]) -> Result<DomainEvent, SchemaError> {
+        let decoded = self
+            .decoder
+            .decode(Some(payload))
+            .await
+            .map_err(|e| SchemaError::Undecodable(e.to_string()))?;
+        let record = decoded.name.map(|n| n.fullname(None)).ok_or_else(|| {
+            SchemaError::Undecodable("the writer schema is not a named record".into())
+        })?;
+        let kind =
+            EventKind::from_record_name(&record).ok_or_else(|| SchemaError::UnknownRecord {
+                record: record.clone(),
+            })?;
+        let reader = self
+            .readers
+            .get(&kind)
+            .ok_or_else(|| SchemaError::UnknownRecord {
+                record: record.clone(),
+            })?;
+        let mismatch = |e: apache_avro::Error| SchemaError::Mismatch {
+            record: record.clone(),
+            reason: e.to_string(),
+        };
+        let resolved: Value = decoded.value.resolve(reader).map_err(mismatch)?;
+        DomainEvent::from_avro(kind, &resolved).map_err(mismatch)
+    }
+}

@@ -1,0 +1,163 @@
+//! Client settings tuned for the broker (see `STACK.md`) and idempotent topic creation.
+//!
+//! The local broker sleeps out the whole `fetch.wait.max.ms` even when it has data and spends
+//! most of its CPU on consumer fetches, so consumers use a short wait; producers never linger
+//! and are idempotent with acks=all because exactly-once effects come from idempotent writers
+//! plus deduplicating consumers (the broker has no transactions).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::SchemaError;
+use crate::partition::LIBRDKAFKA_PARTITIONER;
+use crate::topics::Topic;
+
+/// Idempotent, acks=all, no lingering, partitioned like [`crate::partition::partition_for`].
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set("partitioner", LIBRDKAFKA_PARTITIONER)
+        .set("message.timeout.ms", "30000");
+    config
+}
+
+/// Manual commits, start from the beginning of the log when the group has no offset.
+pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .set("session.timeout.ms", "10000");
+    config
+}
+
+/// What [`ensure_topics`] did for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicState {
+    Created { partitions: i32 },
+    Existed { partitions: i32 },
+}
+
+/// Creates the topics that are missing (with `room_partitions` for room events when given),
+/// checks that existing ones carry the settings of [`Topic::config`] (an existing topic with,
+/// say, the wrong retention is an error naming it: it could silently lose the log), and reports
+/// each topic's partition count as the broker sees it.
+pub async fn ensure_topics(
+    brokers: &str,
+    room_partitions: Option<i32>,
+    timeout: Duration,
+) -> Result<Vec<(Topic, TopicState)>, SchemaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let specs: Vec<(Topic, i32)> = Topic::ALL
+        .iter()
+        .map(|&t| {
+            let partitions = match (t, room_partitions) {
+                (Topic::RoomEvents, Some(p)) => p,
+                _ => t.default_partitions(),
+            };
+            (t, partitions)
+        })
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|&(topic, partitions)| {
+            topic.config().iter().fold(
+                NewTopic::new(topic.name(), partitions, TopicReplication::Fixed(1)),
+                |nt, (k, v)| nt.set(k, v),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = admin.create_topics(new_topics.iter(), &options).await?;
+    let mut created = std::collections::HashSet::new();
+    for result in results {
+        match result {
+            Ok(name) => {
+                created.insert(name);
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(SchemaError::TopicCreation {
+                    topic: name,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    check_configs(&admin, &options).await?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut states = Vec::new();
+    for (topic, _) in specs {
+        let partitions = partition_count(&consumer, topic.name(), timeout)?;
+        let state = if created.contains(topic.name()) {
+            TopicState::Created { partitions }
+        } else {
+            TopicState::Existed { partitions }
+        };
+        states.push((topic, state));
+    }
+    Ok(states)
+}
+
+async fn check_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+) -> Result<(), SchemaError> {
+    let resources: Vec<ResourceSpecifier<'_>> = Topic::ALL
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.name()))
+        .collect();
+    let described = admin.describe_configs(resources.iter(), options).await?;
+    for (topic, result) in Topic::ALL.iter().zip(described) {
+        let resource = result.map_err(|code| SchemaError::TopicCreation {
+            topic: topic.name().to_string(),
+            reason: format!("cannot read its configuration: {code}"),
+        })?;
+        let entries = resource.entry_map();
+        for (key, wanted) in topic.config() {
+            let actual = entries.get(key).and_then(|e| e.value.as_deref());
+            if actual != Some(*wanted) {
+                return Err(SchemaError::TopicCreation {
+                    topic: topic.name().to_string(),
+                    reason: format!(
+                        "exists with {key}={} but the platform needs {key}={wanted}; \
+                         recreate the topic (or fix its config) before using it",
+                        actual.unwrap_or("<unset>")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Partition count of `topic` as the broker reports it (0 when the topic does not exist).
+pub fn partition_count(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, SchemaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0))
+}

@@ -1,0 +1,214 @@
+//! Helpers shared by the integration tests. Tests talk to the real services that
+//! `deploy/local/up` starts; these helpers find them, keep tests from stepping on each other
+//! (unique names), bound every wait, and start private instances for tests that must kill or
+//! restart a service.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Where the shared local stack answers (the variables `deploy/local/lib.sh` exports, with the
+/// same defaults).
+pub mod env {
+    fn var(name: &str, default: &str) -> String {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    }
+    pub fn kafka_brokers() -> String {
+        var("CHAT_KAFKA_BROKERS", "127.0.0.1:9092")
+    }
+    pub fn registry_url() -> String {
+        var("CHAT_REGISTRY_URL", "http://127.0.0.1:8081")
+    }
+    pub fn pg_url() -> String {
+        var("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat")
+    }
+}
+
+/// A name no other test (or earlier run) uses: `prefix-<uuid v7 simple>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A lowercase SQL identifier no other test uses.
+pub fn unique_ident(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind an ephemeral loopback port")
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout` with `what` in the message.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The repository root (tests run with the crate directory as working directory).
+pub fn repo_root() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("deploy/local/up").exists() {
+        if !dir.pop() {
+            panic!(
+                "cannot find deploy/local/up above {}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+        }
+    }
+    dir
+}
+
+/// The directory holding the workspace binaries of this build (`target/<profile>`): the test
+/// executable lives in its `deps/` subdirectory.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test executable has no grandparent directory")
+}
+
+/// A second stack with its own state directory and ports, driven by the same
+/// `deploy/local/{up,down}` scripts as the shared one, for tests that kill or restart services.
+/// Everything it started is stopped when it is dropped.
+pub struct PrivateStack {
+    state: tempfile::TempDir,
+    vars: Vec<(String, String)>,
+}
+
+impl PrivateStack {
+    /// `settings`: variables of `deploy/local/lib.sh` to override, e.g.
+    /// `("CHAT_KAFKA_PORT", free_port().to_string())`.
+    pub fn new(settings: &[(&str, String)]) -> anyhow::Result<Self> {
+        let state = tempfile::Builder::new()
+            .prefix("chat-stack-")
+            .tempdir()
+            .context("temp dir")?;
+        let mut vars = vec![
+            (
+                "CHAT_STATE_DIR".to_string(),
+                state.path().display().to_string(),
+            ),
+            ("CHAT_BIN_DIR".to_string(), bin_dir().display().to_string()),
+        ];
+        for (name, value) in settings {
+            vars.push((name.to_string(), value.clone()));
+        }
+        Ok(Self { state, vars })
+    }
+
+    fn script(&self, script: &str, services: &[&str]) -> anyhow::Result<String> {
+        let mut command = Command::new(repo_root().join("deploy/local").join(script));
+        command.args(services);
+        for (k, v) in &self.vars {
+            command.env(k, v);
+        }
+        let output = command
+            .output()
+            .with_context(|| format!("running deploy/local/{script}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() {
+            bail!("deploy/local/{script} {services:?} failed: {text}");
+        }
+        Ok(text)
+    }
+
+    pub fn up(&self, services: &[&str]) -> anyhow::Result<String> {
+        self.script("up", services)
+    }
+
+    pub fn down(&self, services: &[&str]) -> anyhow::Result<String> {
+        self.script("down", services)
+    }
+
+    /// The pid `up` recorded for `service`.
+    pub fn pid(&self, service: &str) -> anyhow::Result<i32> {
+        let path = self.state.path().join("run").join(format!("{service}.pid"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        text.trim().parse().context("pid file content")
+    }
+
+    /// `kill -9` of a service this stack started: no chance to flush or clean up.
+    pub fn kill9(&self, service: &str) -> anyhow::Result<()> {
+        signal(self.pid(service)?, "KILL")
+    }
+
+    /// The log of a service this stack started, for failure messages.
+    pub fn log(&self, service: &str) -> String {
+        let path = self
+            .state
+            .path()
+            .join("logs")
+            .join(format!("{service}.log"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        if let Err(e) = self.down(&[]) {
+            eprintln!("stopping the private stack: {e}");
+        }
+    }
+}
+
+/// Sends `signal` (e.g. "KILL", "TERM") to `pid` and waits until the process is gone.
+pub fn signal(pid: i32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        if Instant::now() >= deadline {
+            bail!("process {pid} still alive 30 s after SIG{signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
