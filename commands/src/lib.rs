@@ -1,4 +1,16 @@
-//! The write side (issue #3): authentication and every room, message and call command,
-//! validated against room state rebuilt from `chat.room-events` and appended as Avro events
-//! by the single writer of each room partition. Nothing is implemented here yet; the crate
-//! exists so the workspace has its final shape and dependencies are shared from the start.
+//! The commands tier: the write side of the platform and the only producer of domain events.
+//!
+//! Identity (accounts, sessions, tokens) lives in PostgreSQL with a transactional outbox to
+//! `chat.user-events`. Room and message commands are validated against room state rebuilt from
+//! `chat.room-events` by the single writer of each room partition, which assigns the gap-free
+//! per-room `seq` and answers only after the broker acknowledged.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod log;
+pub mod ratelimit;
+pub mod rooms;
+pub mod rooms_http;
+pub mod writer;

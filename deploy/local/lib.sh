@@ -25,6 +25,8 @@ DEPLOY_DIR="$REPO_ROOT/deploy/local"
 : "${CHAT_CLICKHOUSE_TCP_PORT:=9000}"
 : "${CHAT_CLICKHOUSE_INTERSERVER_PORT:=9009}"
 : "${CHAT_ROOM_PARTITIONS:=12}"
+: "${CHAT_COMMANDS_PORT:=8090}"
+: "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
 
 TANSU_VERSION=0.6.0
 BRISKDB_VERSION=0.1.0b3
@@ -42,9 +44,11 @@ export CHAT_PG_URL="postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_PG_DATABAS
 export CHAT_REDIS_URL="redis://127.0.0.1:$CHAT_REDIS_PORT"
 export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true"
 export CHAT_CLICKHOUSE_URL="http://127.0.0.1:$CHAT_CLICKHOUSE_HTTP_PORT"
+export CHAT_COMMANDS_URL="http://127.0.0.1:$CHAT_COMMANDS_PORT"
+export CHAT_JWT_PRIVATE_KEY_FILE
 
 # The infrastructure services, in start order.
-ALL_SERVICES=(postgres redis broker registry mongo clickhouse)
+ALL_SERVICES=(postgres redis broker registry mongo clickhouse commands)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }

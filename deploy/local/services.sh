@@ -157,6 +157,34 @@ start_clickhouse() {
     wait_until clickhouse 90 clickhouse_ready
 }
 
+# ---------- commands (write API; single writer per room partition) ----------
+
+http_ready() { curl -fsS -o /dev/null "$1"; }
+
+# A development RSA key for signing access tokens, created once per state directory.
+ensure_jwt_key() {
+    [ -s "$CHAT_JWT_PRIVATE_KEY_FILE" ] && return 0
+    command -v openssl >/dev/null 2>&1 || ensure_apt openssl
+    mkdir -p "$(dirname "$CHAT_JWT_PRIVATE_KEY_FILE")"
+    (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
+        -out "$CHAT_JWT_PRIVATE_KEY_FILE" 2>/dev/null) || die "cannot generate the JWT signing key"
+    log "generated a JWT signing key at $CHAT_JWT_PRIVATE_KEY_FILE"
+}
+
+start_commands() {
+    ensure_jwt_key
+    local binary; binary="$(bin_dir)/commands"
+    restart_if_rebuilt commands "$binary"
+    if ! running_pid commands >/dev/null; then
+        wait_port_free commands "$CHAT_COMMANDS_PORT" CHAT_COMMANDS_PORT
+        start_bg commands "$DATA_DIR/commands" env \
+            CHAT_COMMANDS_LISTEN="127.0.0.1:$CHAT_COMMANDS_PORT" \
+            "$binary"
+        record_binary commands
+    fi
+    wait_until commands 60 http_ready "$CHAT_COMMANDS_URL/readyz"
+}
+
 # ---------- dispatch ----------
 
 endpoint_of() {
@@ -167,6 +195,7 @@ endpoint_of() {
         registry) echo "$CHAT_REGISTRY_URL" ;;
         mongo) echo "$CHAT_MONGO_URL" ;;
         clickhouse) echo "$CHAT_CLICKHOUSE_URL (native 127.0.0.1:$CHAT_CLICKHOUSE_TCP_PORT)" ;;
+        commands) echo "$CHAT_COMMANDS_URL" ;;
     esac
 }
 
@@ -178,5 +207,6 @@ ready_check() {
         registry) registry_ready 2>/dev/null ;;
         mongo) port_open "$CHAT_MONGO_PORT" ;;
         clickhouse) clickhouse_ready 2>/dev/null ;;
+        commands) http_ready "$CHAT_COMMANDS_URL/healthz" 2>/dev/null ;;
     esac
 }

@@ -4,8 +4,10 @@
 //! endpoints and error bodies whichever binary they run, and each service crate only holds its
 //! own domain.
 
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod json;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,134 @@
+//! Shared state of the HTTP handlers and the router.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{get, patch, post, put};
+use futures::FutureExt;
+use platform::auth::{AccessClaims, TokenVerifier};
+use redis::aio::ConnectionManager;
+
+use crate::config::Config;
+use crate::error::CommandError;
+use crate::identity::passwords::Passwords;
+use crate::identity::store::IdentityStore;
+use crate::identity::throttle::Throttle;
+use crate::identity::tokens::Signer;
+use crate::ratelimit::RateLimiter;
+use crate::writer::Writer;
+use crate::{identity, rooms_http};
+
+pub struct App {
+    pub config: Config,
+    pub store: IdentityStore,
+    pub passwords: Passwords,
+    pub signer: Signer,
+    pub verifier: TokenVerifier,
+    pub throttle: Throttle,
+    pub redis: ConnectionManager,
+    pub writer: Writer,
+    pub limiter: RateLimiter,
+    pub http: reqwest::Client,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, CommandError> {
+        Ok(self.verifier.verify_headers(headers).await?)
+    }
+
+    /// The client address for login throttling: the peer, or the first `X-Forwarded-For` hop
+    /// when the peer is the local proxy (nginx on loopback).
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> String {
+        if peer.ip().is_loopback()
+            && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+            && let Some(first) = forwarded
+                .split(',')
+                .next()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        {
+            return first.to_string();
+        }
+        peer.ip().to_string()
+    }
+}
+
+pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, prometheus::Error> {
+    let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
+    let probe_app = app.clone();
+    let probe_redis = app.clone();
+    let ops = platform::ops::Ops::new(registry)
+        .probe("postgres", move || {
+            let app = probe_app.clone();
+            async move { app.store.ping().await.map_err(|e| e.to_string()) }.boxed()
+        })
+        .probe("redis", move || {
+            let app = probe_redis.clone();
+            async move {
+                let mut redis = app.redis.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            .boxed()
+        });
+    let max_body = app.config.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/auth/register", post(identity::handlers::register))
+        .route("/v1/auth/login", post(identity::handlers::login))
+        .route("/v1/auth/refresh", post(identity::handlers::refresh))
+        .route("/v1/auth/logout", post(identity::handlers::logout))
+        .route("/v1/auth/jwks", get(identity::handlers::jwks))
+        .route("/v1/users/me", get(identity::handlers::me))
+        .route("/v1/rooms", post(rooms_http::create_room))
+        .route("/v1/rooms/{room_id}", patch(rooms_http::update_room))
+        .route("/v1/rooms/{room_id}/join", post(rooms_http::join))
+        .route("/v1/rooms/{room_id}/leave", post(rooms_http::leave))
+        .route("/v1/rooms/{room_id}/invites", post(rooms_http::invite))
+        .route("/v1/rooms/{room_id}/bans", post(rooms_http::ban))
+        .route(
+            "/v1/rooms/{room_id}/members/{user_id}/role",
+            put(rooms_http::set_role),
+        )
+        .route(
+            "/v1/rooms/{room_id}/messages",
+            post(rooms_http::post_message),
+        )
+        .route(
+            "/v1/rooms/{room_id}/messages/{message_id}",
+            patch(rooms_http::edit_message).delete(rooms_http::delete_message),
+        )
+        .route(
+            "/v1/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+            put(rooms_http::react).delete(rooms_http::unreact),
+        )
+        .route("/v1/rooms/{room_id}/read", post(rooms_http::mark_read))
+        .fallback(|| async {
+            platform::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            platform::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            platform::ops::HttpMetrics::track,
+        ));
+    Ok(api.merge(ops.router()))
+}

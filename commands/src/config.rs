@@ -1,0 +1,91 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use platform::config::{env_or, env_string};
+
+/// Settings of the commands tier, read once from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_COMMANDS_LISTEN`, default `127.0.0.1:8090`.
+    pub listen: SocketAddr,
+    /// `CHAT_COMMANDS_ADVERTISE_URL`: how other instances reach this one to forward commands
+    /// for rooms it owns; default `http://<listen>`.
+    pub advertise_url: String,
+    /// `CHAT_KAFKA_BROKERS`, default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// `CHAT_REGISTRY_URL`, default `http://127.0.0.1:8081`.
+    pub registry_url: String,
+    /// `CHAT_PG_URL`, default `postgres://postgres@127.0.0.1:5432/chat`.
+    pub pg_url: String,
+    /// `CHAT_COMMANDS_PG_SCHEMA`, default `identity`: PostgreSQL schema of users, sessions and
+    /// the outbox.
+    pub pg_schema: String,
+    /// `CHAT_REDIS_URL`, default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// `CHAT_REDIS_PREFIX`, default empty: prefix of every Redis key (isolates test stacks).
+    pub redis_prefix: String,
+    /// `CHAT_COMMANDS_GROUP`, default `chat-commands`: the consumer group whose partition
+    /// assignment decides which instance writes which rooms.
+    pub group_id: String,
+    /// `CHAT_JWT_PRIVATE_KEY_FILE`: RSA private key (PEM, PKCS#8 or PKCS#1) that signs access
+    /// tokens; `deploy/local/up` generates one for development. Default
+    /// `$CHAT_STATE_DIR/keys/jwt-private.pem`.
+    pub jwt_private_key_file: PathBuf,
+    /// `CHAT_ACCESS_TOKEN_TTL_SECS`, default 900.
+    pub access_token_ttl: Duration,
+    /// `CHAT_REFRESH_TOKEN_TTL_SECS`, default 30 days.
+    pub refresh_token_ttl: Duration,
+    /// `CHAT_MESSAGE_RATE_PER_SEC` / `CHAT_MESSAGE_BURST`, default 10/s with bursts of 30:
+    /// per-user posting limit.
+    pub message_rate_per_sec: f64,
+    pub message_burst: f64,
+    /// `CHAT_MAX_BODY_BYTES`, default 64 KiB: largest accepted JSON body.
+    pub max_body_bytes: usize,
+    /// `CHAT_COMMAND_TIMEOUT_MS`, default 10000: how long a command may wait for its room's
+    /// writer (catching up after a rebalance) and the broker's acknowledgement.
+    pub command_timeout: Duration,
+    /// `CHAT_ARGON2_M_KIB`, default 19456 (OWASP's minimum for argon2id: m=19 MiB, t=2, p=1).
+    pub argon2_m_kib: u32,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, platform::ConfigError> {
+        let listen: SocketAddr = env_or(
+            "CHAT_COMMANDS_LISTEN",
+            SocketAddr::from(([127, 0, 0, 1], 8090)),
+        )?;
+        let state_dir = std::env::var("CHAT_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::env::var("HOME")
+                    .map(|h| PathBuf::from(h).join(".local/state/chat-platform"))
+                    .unwrap_or_else(|_| PathBuf::from("."))
+            });
+        Ok(Self {
+            listen,
+            advertise_url: env_string("CHAT_COMMANDS_ADVERTISE_URL", &format!("http://{listen}")),
+            brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
+            registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
+            pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            pg_schema: env_string("CHAT_COMMANDS_PG_SCHEMA", "identity"),
+            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
+            group_id: env_string("CHAT_COMMANDS_GROUP", "chat-commands"),
+            jwt_private_key_file: env_or(
+                "CHAT_JWT_PRIVATE_KEY_FILE",
+                state_dir.join("keys/jwt-private.pem"),
+            )?,
+            access_token_ttl: Duration::from_secs(env_or("CHAT_ACCESS_TOKEN_TTL_SECS", 900u64)?),
+            refresh_token_ttl: Duration::from_secs(env_or(
+                "CHAT_REFRESH_TOKEN_TTL_SECS",
+                30 * 24 * 3600u64,
+            )?),
+            message_rate_per_sec: env_or("CHAT_MESSAGE_RATE_PER_SEC", 10.0)?,
+            message_burst: env_or("CHAT_MESSAGE_BURST", 30.0)?,
+            max_body_bytes: env_or("CHAT_MAX_BODY_BYTES", 64 * 1024)?,
+            command_timeout: Duration::from_millis(env_or("CHAT_COMMAND_TIMEOUT_MS", 10_000u64)?),
+            argon2_m_kib: env_or("CHAT_ARGON2_M_KIB", 19_456u32)?,
+        })
+    }
+}

@@ -1,0 +1,296 @@
+//! `/v1/auth/*` and `/v1/users/me`.
+
+use std::net::SocketAddr;
+
+use axum::Json as JsonResponse;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use platform::auth::revoked_session_key;
+use platform::json::Json;
+use schemas::events::{SessionRevoked, UserRegistered};
+use schemas::{DomainEvent, Envelope};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::store::Rotation;
+use super::tokens::{hash_refresh_token, new_refresh_token};
+use super::validate;
+use crate::app::{App, AppState};
+use crate::error::CommandError;
+
+#[derive(Deserialize)]
+pub struct RegisterRequest {
+    email: String,
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct RegisterResponse {
+    user_id: String,
+    username: String,
+}
+
+pub async fn register(
+    State(app): State<AppState>,
+    Json(request): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, CommandError> {
+    let username = validate::username(&request.username)?;
+    let email = validate::email(&request.email)?;
+    validate::password(&request.password)?;
+    let hash = app.passwords.hash(request.password).await?;
+    let user_id = Uuid::now_v7();
+    let event: DomainEvent = UserRegistered {
+        envelope: Envelope::for_user(user_id.to_string(), Some(user_id.to_string())),
+        username: username.clone(),
+        display_name: None,
+    }
+    .into();
+    app.store
+        .create_user(user_id, &email, &username, &hash, &event)
+        .await?;
+    tracing::info!(%user_id, %username, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        JsonResponse(RegisterResponse {
+            user_id: user_id.to_string(),
+            username,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    login: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    user_id: String,
+}
+
+pub async fn login(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<LoginRequest>,
+) -> Result<impl IntoResponse, CommandError> {
+    if request.login.trim().is_empty() || request.login.len() > 255 || request.password.len() > 1024
+    {
+        return Err(CommandError::invalid("login and password are required"));
+    }
+    let ip = app.client_ip(peer, &headers);
+    app.throttle.check(&request.login, &ip).await?;
+    let account = app.store.find_login(&request.login).await?;
+    let ok = app
+        .passwords
+        .verify(
+            request.password,
+            account.as_ref().map(|a| a.password_hash.clone()),
+        )
+        .await?;
+    let account = match account {
+        Some(account) if ok => account,
+        _ => {
+            app.throttle.failed(&request.login, &ip).await?;
+            return Err(CommandError::BadCredentials);
+        }
+    };
+    app.throttle.succeeded(&request.login, &ip).await?;
+    let session_id = Uuid::now_v7();
+    let (refresh_token, refresh_hash) = new_refresh_token();
+    let user_agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    app.store
+        .create_session(
+            session_id,
+            account.id,
+            &refresh_hash,
+            app.config.refresh_token_ttl,
+            user_agent,
+            &ip,
+        )
+        .await?;
+    record_session(&app, account.id, session_id).await?;
+    let access_token = app.signer.issue(
+        &account.id.to_string(),
+        &session_id.to_string(),
+        &account.username,
+    )?;
+    Ok(JsonResponse(TokenPair {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: app.signer.access_ttl().as_secs(),
+        user_id: account.id.to_string(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+pub async fn refresh(
+    State(app): State<AppState>,
+    Json(request): Json<RefreshRequest>,
+) -> Result<impl IntoResponse, CommandError> {
+    if request.refresh_token.is_empty() || request.refresh_token.len() > 512 {
+        return Err(CommandError::Auth(platform::auth::AuthError::Invalid));
+    }
+    let old_hash = hash_refresh_token(&request.refresh_token);
+    let (refresh_token, new_hash) = new_refresh_token();
+    let rotation = app
+        .store
+        .rotate(
+            &old_hash,
+            &new_hash,
+            app.config.refresh_token_ttl,
+            |user_id, session_id| revoked_event(user_id, session_id, "refresh_token_reuse"),
+        )
+        .await?;
+    match rotation {
+        Rotation::Rotated {
+            user_id,
+            session_id,
+            username,
+        } => {
+            record_session(&app, user_id, session_id).await?;
+            let access_token =
+                app.signer
+                    .issue(&user_id.to_string(), &session_id.to_string(), &username)?;
+            Ok(JsonResponse(TokenPair {
+                access_token,
+                refresh_token,
+                token_type: "Bearer",
+                expires_in: app.signer.access_ttl().as_secs(),
+                user_id: user_id.to_string(),
+            }))
+        }
+        Rotation::Reused {
+            user_id,
+            session_id,
+        } => {
+            tracing::warn!(%user_id, %session_id, "refresh token reused; session revoked");
+            mark_revoked(&app, user_id, session_id).await?;
+            Err(CommandError::Auth(platform::auth::AuthError::Revoked))
+        }
+        Rotation::Invalid => Err(CommandError::Auth(platform::auth::AuthError::Invalid)),
+    }
+}
+
+pub async fn logout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, CommandError> {
+    let claims = app.authenticate(&headers).await?;
+    let (user_id, session_id) = parse_ids(&claims.sub, &claims.sid)?;
+    app.store
+        .revoke_session(
+            session_id,
+            "logout",
+            &revoked_event(user_id, session_id, "logout"),
+        )
+        .await?;
+    mark_revoked(&app, user_id, session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn jwks(State(app): State<AppState>) -> impl IntoResponse {
+    JsonResponse(app.signer.jwks().clone())
+}
+
+#[derive(Serialize)]
+pub struct Me {
+    user_id: String,
+    username: String,
+    email: String,
+}
+
+pub async fn me(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, CommandError> {
+    let claims = app.authenticate(&headers).await?;
+    let (user_id, _) = parse_ids(&claims.sub, &claims.sid)?;
+    let user = app
+        .store
+        .user(user_id)
+        .await?
+        .ok_or(CommandError::NotFound("user"))?;
+    Ok(JsonResponse(Me {
+        user_id: user.id.to_string(),
+        username: user.username,
+        email: user.email,
+    }))
+}
+
+fn parse_ids(sub: &str, sid: &str) -> Result<(Uuid, Uuid), CommandError> {
+    match (Uuid::parse_str(sub), Uuid::parse_str(sid)) {
+        (Ok(u), Ok(s)) => Ok((u, s)),
+        _ => Err(CommandError::Auth(platform::auth::AuthError::Invalid)),
+    }
+}
+
+fn revoked_event(user_id: Uuid, session_id: Uuid, reason: &str) -> DomainEvent {
+    SessionRevoked {
+        envelope: Envelope::for_user(user_id.to_string(), Some(user_id.to_string())),
+        session_id: session_id.to_string(),
+        reason: reason.to_string(),
+    }
+    .into()
+}
+
+/// The seed's `session:{user_id}` hash: the user's latest session and when it was used.
+async fn record_session(app: &App, user_id: Uuid, session_id: Uuid) -> Result<(), CommandError> {
+    let mut redis = app.redis.clone();
+    let key = format!("{}session:{user_id}", app.config.redis_prefix);
+    let now = schemas::envelope::now_ms();
+    let expires = now + app.config.refresh_token_ttl.as_millis() as i64;
+    let _: () = redis::pipe()
+        .hset(&key, "session_id", session_id.to_string())
+        .ignore()
+        .hset(&key, "expires_at", expires)
+        .ignore()
+        .hset(&key, "last_seen", now)
+        .ignore()
+        .expire(&key, app.config.refresh_token_ttl.as_secs() as i64)
+        .ignore()
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
+
+/// Makes every access token of the session fail verification in every tier at once.
+async fn mark_revoked(app: &App, user_id: Uuid, session_id: Uuid) -> Result<(), CommandError> {
+    let mut redis = app.redis.clone();
+    let ttl = app.signer.access_ttl().as_secs() + 60;
+    let key = revoked_session_key(&app.config.redis_prefix, &session_id.to_string());
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .arg("EX")
+        .arg(ttl)
+        .query_async(&mut redis)
+        .await?;
+    let session_key = format!("{}session:{user_id}", app.config.redis_prefix);
+    let current: Option<String> = redis::cmd("HGET")
+        .arg(&session_key)
+        .arg("session_id")
+        .query_async(&mut redis)
+        .await?;
+    if current.as_deref() == Some(session_id.to_string().as_str()) {
+        let _: () = redis::cmd("DEL")
+            .arg(&session_key)
+            .query_async(&mut redis)
+            .await?;
+    }
+    Ok(())
+}

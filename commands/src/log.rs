@@ -1,0 +1,110 @@
+//! Appending events to the log: the Avro codec plus the idempotent producer (acks=all).
+
+use std::time::Duration;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use schemas::{DomainEvent, EventCodec};
+
+use crate::error::CommandError;
+
+pub struct EventLog {
+    producer: FutureProducer,
+    codec: EventCodec,
+    brokers: String,
+}
+
+impl EventLog {
+    /// Creates the producer, registers every schema (an incompatible schema stops start-up
+    /// here, not at the first write) and waits until the broker answers.
+    pub async fn connect(brokers: &str, registry_url: &str) -> Result<Self, CommandError> {
+        let producer: FutureProducer = schemas::kafka::producer_config(brokers)
+            .create()
+            .map_err(schemas::SchemaError::from)?;
+        let codec = EventCodec::new(registry_url)?;
+        codec.register_all().await?;
+        let log = Self {
+            producer,
+            codec,
+            brokers: brokers.to_string(),
+        };
+        // Metadata first: an idempotent producer fetches its producer id right after the
+        // broker answers, so the first real write does not wait for it.
+        log.partition_count(schemas::topics::ROOM_EVENTS).await?;
+        Ok(log)
+    }
+
+    pub fn codec(&self) -> &EventCodec {
+        &self.codec
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// Partition count of `topic`, from the broker.
+    pub async fn partition_count(&self, topic: &'static str) -> Result<i32, CommandError> {
+        let brokers = self.brokers.clone();
+        let count = tokio::task::spawn_blocking(move || -> Result<i32, CommandError> {
+            let client: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .map_err(schemas::SchemaError::from)?;
+            Ok(schemas::kafka::partition_count(
+                &client,
+                topic,
+                Duration::from_secs(10),
+            )?)
+        })
+        .await
+        .map_err(|e| CommandError::Internal(e.to_string()))??;
+        if count == 0 {
+            return Err(CommandError::Unavailable(format!(
+                "topic {topic} does not exist"
+            )));
+        }
+        Ok(count)
+    }
+
+    /// Encodes and enqueues one event; the returned future resolves when the broker
+    /// acknowledged it (or it failed). Records for one partition are sent in call order, and
+    /// the idempotent producer keeps that order on the broker.
+    pub async fn send(
+        &self,
+        event: &DomainEvent,
+        partition: Option<i32>,
+    ) -> Result<DeliveryFuture, CommandError> {
+        let payload = self.codec.encode(event).await?;
+        let key = event
+            .key()
+            .ok_or_else(|| CommandError::Internal("event without a key".into()))?
+            .to_string();
+        let mut record = FutureRecord::to(event.topic().name())
+            .key(&key)
+            .payload(&payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| CommandError::Unavailable(format!("cannot enqueue the event: {e}")))
+    }
+
+    /// Waits for every queued record to be acknowledged (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}
+
+/// Resolves a delivery future into ok / a 503-class error.
+pub async fn delivered(future: DeliveryFuture) -> Result<(i32, i64), CommandError> {
+    match future.await {
+        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+        Ok(Err((e, _))) => Err(CommandError::Unavailable(format!(
+            "the broker did not acknowledge: {e}"
+        ))),
+        Err(_) => Err(CommandError::Unavailable("the producer was dropped".into())),
+    }
+}

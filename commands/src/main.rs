@@ -1,0 +1,116 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use commands::app::{self, App};
+use commands::config::Config;
+use commands::identity::passwords::Passwords;
+use commands::identity::store::IdentityStore;
+use commands::identity::throttle::Throttle;
+use commands::identity::tokens::Signer;
+use commands::log::EventLog;
+use commands::ratelimit::RateLimiter;
+use commands::writer::Writer;
+use commands::writer::directory::OwnerDirectory;
+use commands::writer::metrics::WriterMetrics;
+use platform::auth::TokenVerifier;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    platform::telemetry::init("commands");
+    let config = Config::from_env()?;
+    let registry = prometheus::Registry::new();
+
+    let store = IdentityStore::connect(&config.pg_url, &config.pg_schema)
+        .await
+        .context("cannot open the identity store")?;
+    let redis = redis::Client::open(config.redis_url.as_str())
+        .context("CHAT_REDIS_URL")?
+        .get_connection_manager()
+        .await
+        .context("cannot connect to Redis")?;
+    let signer = Signer::load(&config.jwt_private_key_file, config.access_token_ttl)?;
+    let verifier = TokenVerifier::new(
+        signer.jwks(),
+        None,
+        redis.clone(),
+        config.redis_prefix.clone(),
+    )?;
+    let log = Arc::new(
+        EventLog::connect(&config.brokers, &config.registry_url)
+            .await
+            .context("cannot reach the broker or the schema registry")?,
+    );
+
+    let shutdown = CancellationToken::new();
+    let directory = OwnerDirectory::new(
+        redis.clone(),
+        &config.redis_prefix,
+        &config.group_id,
+        &config.advertise_url,
+    );
+    let (writer, membership) = Writer::start(
+        log.clone(),
+        WriterMetrics::register(&registry)?,
+        directory,
+        &config.group_id,
+        config.command_timeout,
+        shutdown.clone(),
+    )
+    .await?;
+    let relay = tokio::spawn(commands::identity::outbox::run(
+        store.clone(),
+        log.clone(),
+        shutdown.clone(),
+    ));
+
+    let app = Arc::new(App {
+        passwords: Passwords::new(config.argon2_m_kib, 2)?,
+        throttle: Throttle::new(redis.clone(), config.redis_prefix.clone()),
+        limiter: RateLimiter::new(config.message_rate_per_sec, config.message_burst),
+        http: reqwest::Client::builder()
+            .timeout(config.command_timeout + Duration::from_secs(2))
+            .build()?,
+        config: config.clone(),
+        store,
+        signer,
+        verifier,
+        redis,
+        writer,
+    });
+    let sweeper = {
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => app.limiter.sweep(),
+                }
+            }
+        })
+    };
+
+    let router = app::router(app, registry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, advertise = %config.advertise_url, group = %config.group_id, "commands ready");
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(platform::shutdown::signal())
+    .await?;
+
+    // Requests are finished; hand the partitions over (draining appends) and stop.
+    shutdown.cancel();
+    let _ = tokio::task::spawn_blocking(move || membership.join()).await;
+    let _ = relay.await;
+    let _ = sweeper.await;
+    log.flush(Duration::from_secs(10));
+    tracing::info!("commands stopped");
+    Ok(())
+}

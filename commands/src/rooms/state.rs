@@ -1,0 +1,346 @@
+//! Room state as the single writer of a partition sees it, folded from `chat.room-events`.
+//!
+//! Applying follows the consumer rule of ARCHITECTURE.md: per room only `seq = last + 1` is
+//! applied; a record already applied (same `seq`, same `event_id`) is a duplicate and skipped;
+//! anything else (another writer's event, a gap) is a conflict the caller reports.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use schemas::DomainEvent;
+use schemas::events::{Role, Visibility};
+
+/// Per-author `client_msg_id`s remembered per room: retries within this window get the first
+/// answer. Older keys are forgotten so memory stays bounded (clients retry within seconds).
+pub const IDEMPOTENCY_WINDOW: usize = 10_000;
+/// Recent `(seq, event_id)` pairs kept to tell a re-read duplicate from a conflict.
+const RECENT_EVENTS: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub author_id: String,
+    pub deleted: bool,
+    pub content_len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostOutcome {
+    pub message_id: String,
+    pub seq: i64,
+    pub event_id: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RoomState {
+    pub room_id: String,
+    pub seq: i64,
+    pub name: String,
+    pub visibility: Option<Visibility>,
+    pub topic: Option<String>,
+    pub members: HashMap<String, Role>,
+    pub banned: HashSet<String>,
+    pub invited: HashSet<String>,
+    pub messages: HashMap<String, MessageInfo>,
+    /// (message_id, member_id, emoji)
+    pub reactions: HashSet<(String, String, String)>,
+    pub read_markers: HashMap<String, i64>,
+    /// call_id -> participants
+    pub calls: HashMap<String, HashSet<String>>,
+    posted: HashMap<(String, String), PostOutcome>,
+    posted_order: VecDeque<(String, String)>,
+    recent: VecDeque<(i64, String)>,
+}
+
+impl RoomState {
+    pub fn is_private(&self) -> bool {
+        self.visibility == Some(Visibility::Private)
+    }
+
+    pub fn role_of(&self, user_id: &str) -> Option<Role> {
+        self.members.get(user_id).copied()
+    }
+
+    pub fn owners(&self) -> usize {
+        self.members.values().filter(|r| **r == Role::Owner).count()
+    }
+
+    /// The answer given to the first post with this author's `client_msg_id`, if remembered.
+    pub fn posted(&self, author_id: &str, client_msg_id: &str) -> Option<&PostOutcome> {
+        self.posted
+            .get(&(author_id.to_string(), client_msg_id.to_string()))
+    }
+
+    fn remember_post(&mut self, author_id: &str, client_msg_id: &str, outcome: PostOutcome) {
+        let key = (author_id.to_string(), client_msg_id.to_string());
+        if self.posted.insert(key.clone(), outcome).is_none() {
+            self.posted_order.push_back(key);
+            if self.posted_order.len() > IDEMPOTENCY_WINDOW
+                && let Some(old) = self.posted_order.pop_front()
+            {
+                self.posted.remove(&old);
+            }
+        }
+    }
+
+    fn mutate(&mut self, event: &DomainEvent) {
+        use DomainEvent as E;
+        match event {
+            E::RoomCreated(e) => {
+                self.name = e.name.clone();
+                self.visibility = Some(e.visibility);
+                self.topic = e.topic.clone();
+                self.members.insert(e.owner_id.clone(), Role::Owner);
+            }
+            E::RoomUpdated(e) => {
+                self.name = e.name.clone();
+                self.visibility = Some(e.visibility);
+                self.topic = e.topic.clone();
+            }
+            E::MemberJoined(e) => {
+                self.members.insert(e.member_id.clone(), e.role);
+                self.invited.remove(&e.member_id);
+            }
+            E::MemberLeft(e) => {
+                self.members.remove(&e.member_id);
+                self.read_markers.remove(&e.member_id);
+            }
+            E::MemberInvited(e) => {
+                self.invited.insert(e.invitee_id.clone());
+            }
+            E::MemberBanned(e) => {
+                self.members.remove(&e.member_id);
+                self.invited.remove(&e.member_id);
+                self.banned.insert(e.member_id.clone());
+            }
+            E::MemberRoleChanged(e) => {
+                self.members.insert(e.member_id.clone(), e.new_role);
+            }
+            E::MessagePosted(e) => {
+                self.messages.insert(
+                    e.message_id.clone(),
+                    MessageInfo {
+                        author_id: e.author_id.clone(),
+                        deleted: false,
+                        content_len: e.content.chars().count(),
+                    },
+                );
+                if let (Some(key), Some(seq)) = (&e.envelope.idempotency_key, e.envelope.seq) {
+                    let outcome = PostOutcome {
+                        message_id: e.message_id.clone(),
+                        seq,
+                        event_id: e.envelope.event_id.clone(),
+                    };
+                    self.remember_post(&e.author_id, key, outcome);
+                }
+            }
+            E::MessageEdited(e) => {
+                if let Some(m) = self.messages.get_mut(&e.message_id) {
+                    m.content_len = e.content.chars().count();
+                }
+            }
+            E::MessageDeleted(e) => {
+                if let Some(m) = self.messages.get_mut(&e.message_id) {
+                    m.deleted = true;
+                }
+                self.reactions.retain(|(mid, _, _)| mid != &e.message_id);
+            }
+            E::ReactionAdded(e) => {
+                self.reactions
+                    .insert((e.message_id.clone(), e.member_id.clone(), e.emoji.clone()));
+            }
+            E::ReactionRemoved(e) => {
+                self.reactions.remove(&(
+                    e.message_id.clone(),
+                    e.member_id.clone(),
+                    e.emoji.clone(),
+                ));
+            }
+            E::ReadMarkerSet(e) => {
+                self.read_markers.insert(e.member_id.clone(), e.read_seq);
+            }
+            E::AttachmentUploaded(_) => {}
+            E::CallStarted(e) => {
+                self.calls
+                    .insert(e.call_id.clone(), HashSet::from([e.initiator_id.clone()]));
+            }
+            E::CallJoined(e) => {
+                self.calls
+                    .entry(e.call_id.clone())
+                    .or_default()
+                    .insert(e.member_id.clone());
+            }
+            E::CallLeft(e) => {
+                if let Some(p) = self.calls.get_mut(&e.call_id) {
+                    p.remove(&e.member_id);
+                }
+            }
+            E::CallEnded(e) => {
+                self.calls.remove(&e.call_id);
+            }
+            E::UserRegistered(_)
+            | E::UserProfileUpdated(_)
+            | E::SessionRevoked(_)
+            | E::PresenceChanged(_) => {}
+        }
+    }
+}
+
+/// What applying one record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// Already applied (same room, seq and event id): a re-read, skipped.
+    Duplicate,
+    /// Not the next event of its room: another writer, a gap, or a foreign record.
+    Conflict(String),
+}
+
+/// The rooms of one partition.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: HashMap<String, RoomState>,
+}
+
+impl Rooms {
+    pub fn get(&self, room_id: &str) -> Option<&RoomState> {
+        self.rooms.get(room_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    pub fn apply(&mut self, event: &DomainEvent) -> Applied {
+        let envelope = event.envelope();
+        let (Some(room_id), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
+            return Applied::Conflict(format!("{} without room_id/seq", event.kind().as_str()));
+        };
+        let state = match self.rooms.get_mut(room_id) {
+            Some(state) => state,
+            None => {
+                if !matches!(event, DomainEvent::RoomCreated(_)) || seq != 1 {
+                    return Applied::Conflict(format!(
+                        "{} seq {seq} for unknown room {room_id}",
+                        event.kind().as_str()
+                    ));
+                }
+                self.rooms
+                    .entry(room_id.to_string())
+                    .or_insert_with(|| RoomState {
+                        room_id: room_id.to_string(),
+                        ..RoomState::default()
+                    })
+            }
+        };
+        if seq != state.seq + 1 {
+            if seq <= state.seq
+                && state
+                    .recent
+                    .iter()
+                    .any(|(s, id)| *s == seq && *id == envelope.event_id)
+            {
+                return Applied::Duplicate;
+            }
+            return Applied::Conflict(format!(
+                "room {room_id}: got seq {seq} ({}) after {}",
+                envelope.event_id, state.seq
+            ));
+        }
+        state.mutate(event);
+        state.seq = seq;
+        state.recent.push_back((seq, envelope.event_id.clone()));
+        if state.recent.len() > RECENT_EVENTS {
+            state.recent.pop_front();
+        }
+        Applied::Applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::Envelope;
+    use schemas::events::*;
+
+    fn created(room: &str) -> DomainEvent {
+        RoomCreated {
+            envelope: Envelope::for_room(room, 1, Some("owner".into())),
+            name: "r".into(),
+            visibility: Visibility::Public,
+            topic: None,
+            owner_id: "owner".into(),
+        }
+        .into()
+    }
+
+    fn post(room: &str, seq: i64, key: &str) -> DomainEvent {
+        let mut envelope = Envelope::for_room(room, seq, Some("owner".into()));
+        envelope.idempotency_key = Some(key.into());
+        MessagePosted {
+            envelope,
+            message_id: format!("m{seq}"),
+            author_id: "owner".into(),
+            content: "hi".into(),
+            message_type: MessageType::Text,
+            reply_to: None,
+            attachments: vec![],
+        }
+        .into()
+    }
+
+    #[test]
+    fn only_the_next_seq_applies_and_rereads_are_duplicates() {
+        let mut rooms = Rooms::default();
+        let c = created("r1");
+        assert_eq!(rooms.apply(&c), Applied::Applied);
+        let p2 = post("r1", 2, "k2");
+        assert_eq!(rooms.apply(&p2), Applied::Applied);
+        assert_eq!(rooms.apply(&p2), Applied::Duplicate);
+        assert_eq!(rooms.apply(&c), Applied::Duplicate);
+        // Same seq, other event: a second writer.
+        assert!(matches!(
+            rooms.apply(&post("r1", 2, "other")),
+            Applied::Conflict(_)
+        ));
+        // A gap.
+        assert!(matches!(
+            rooms.apply(&post("r1", 4, "k4")),
+            Applied::Conflict(_)
+        ));
+        // Events for a room that was never created.
+        assert!(matches!(
+            rooms.apply(&post("r2", 1, "k")),
+            Applied::Conflict(_)
+        ));
+        let state = rooms.get("r1").unwrap();
+        assert_eq!(state.seq, 2);
+        assert_eq!(state.posted("owner", "k2").unwrap().seq, 2);
+        assert_eq!(state.role_of("owner"), Some(Role::Owner));
+    }
+
+    #[test]
+    fn the_idempotency_window_is_bounded() {
+        let mut rooms = Rooms::default();
+        rooms.apply(&created("r"));
+        for seq in 2..(IDEMPOTENCY_WINDOW as i64 + 12) {
+            assert_eq!(
+                rooms.apply(&post("r", seq, &format!("k{seq}"))),
+                Applied::Applied
+            );
+        }
+        let state = rooms.get("r").unwrap();
+        assert!(
+            state.posted("owner", "k2").is_none(),
+            "oldest key forgotten"
+        );
+        assert!(
+            state
+                .posted("owner", &format!("k{}", IDEMPOTENCY_WINDOW as i64 + 11))
+                .is_some()
+        );
+        assert_eq!(state.posted.len(), IDEMPOTENCY_WINDOW);
+    }
+}

@@ -1,0 +1,92 @@
+//! Rebuilding a partition's room state from the log before its writer accepts commands.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use schemas::topics::ROOM_EVENTS;
+
+use super::metrics::WriterMetrics;
+use crate::error::CommandError;
+use crate::log::EventLog;
+use crate::rooms::{Applied, Rooms};
+
+/// Applies every record of `partition` from `from` up to the current end of the partition to
+/// `rooms` and returns the offset after the last one read. Conflicts (records that are not the
+/// next event of their room: a second writer) are counted and logged, never applied.
+pub async fn catch_up(
+    log: &EventLog,
+    partition: i32,
+    from: i64,
+    rooms: &mut Rooms,
+    metrics: &WriterMetrics,
+) -> Result<i64, CommandError> {
+    let started = Instant::now();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", log.brokers())
+        // Never joined or committed (the partition is assigned by hand), but librdkafka wants
+        // a group id for a consumer.
+        .set("group.id", "chat-commands-catchup")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(schemas::SchemaError::from)?;
+    let (_, high) = consumer
+        .fetch_watermarks(ROOM_EVENTS, partition, Duration::from_secs(10))
+        .map_err(schemas::SchemaError::from)?;
+    if from >= high {
+        return Ok(from.max(high));
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(ROOM_EVENTS, partition, Offset::Offset(from))
+        .map_err(schemas::SchemaError::from)?;
+    consumer
+        .assign(&assignment)
+        .map_err(schemas::SchemaError::from)?;
+
+    let mut next = from;
+    let mut applied = 0u64;
+    while next < high {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| {
+                CommandError::Unavailable(format!(
+                    "catching up partition {partition}: no record at offset {next} within 30 s"
+                ))
+            })?
+            .map_err(schemas::SchemaError::from)?;
+        next = message.offset() + 1;
+        let Some(payload) = message.payload() else {
+            metrics.undecodable.inc();
+            continue;
+        };
+        match log.codec().decode(payload).await {
+            Ok(event) => match rooms.apply(&event) {
+                Applied::Applied => applied += 1,
+                Applied::Duplicate => {}
+                Applied::Conflict(reason) => {
+                    metrics.conflicts.inc();
+                    tracing::warn!(partition, offset = message.offset(), %reason, "conflicting record ignored");
+                }
+            },
+            Err(e) => {
+                metrics.undecodable.inc();
+                tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable record ignored");
+            }
+        }
+    }
+    metrics.catchup_events.inc_by(applied);
+    tracing::info!(
+        partition,
+        from,
+        to = next,
+        applied,
+        rooms = rooms.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "partition caught up"
+    );
+    Ok(next)
+}

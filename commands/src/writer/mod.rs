@@ -1,0 +1,274 @@
+//! The write path: which instance writes which rooms, and the writers themselves.
+//!
+//! Ownership follows Kafka's consumer-group assignment of `chat.room-events`: an instance
+//! writes exactly the rooms of the partitions the group assigned it. On assignment it rebuilds
+//! those rooms from the log before accepting a command for them; on revocation it stops taking
+//! commands and lets every append in flight settle before the group moves on, so the next owner
+//! catches up on a complete log. Commands for other partitions are forwarded to their owner.
+
+mod catchup;
+pub mod directory;
+pub mod metrics;
+mod ownership;
+mod partition;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use schemas::partition::partition_for;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::directory::{ENTRY_TTL_SECS, OwnerDirectory};
+use self::metrics::WriterMetrics;
+use self::partition::{Job, PartitionWriter};
+use crate::error::CommandError;
+use crate::log::EventLog;
+use crate::rooms::{Actor, Command, Outcome};
+
+/// Commands queued per partition while its writer catches up or is busy; past it, 503.
+const QUEUE_PER_PARTITION: usize = 4096;
+
+/// Where a command must go when this instance does not write its room.
+#[derive(Debug)]
+pub enum Route {
+    /// Forward to the owner at this base URL.
+    Forward(String),
+}
+
+struct Owned {
+    jobs: mpsc::Sender<Job>,
+    ready: watch::Receiver<bool>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    log: Arc<EventLog>,
+    metrics: WriterMetrics,
+    directory: OwnerDirectory,
+    partitions: i32,
+    owned: RwLock<HashMap<i32, Owned>>,
+    command_timeout: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+impl Writer {
+    /// Joins `group` and starts writing the partitions it assigns to this instance.
+    pub async fn start(
+        log: Arc<EventLog>,
+        metrics: WriterMetrics,
+        directory: OwnerDirectory,
+        group: &str,
+        command_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), CommandError> {
+        let partitions = log.partition_count(schemas::topics::ROOM_EVENTS).await?;
+        let writer = Writer {
+            inner: Arc::new(Inner {
+                log,
+                metrics,
+                directory,
+                partitions,
+                owned: RwLock::new(HashMap::new()),
+                command_timeout,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        };
+        let membership = ownership::spawn(writer.clone(), group, shutdown.clone())?;
+        tokio::spawn(writer.clone().refresh_directory(shutdown));
+        Ok((writer, membership))
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.inner.partitions
+    }
+
+    pub fn partition_of(&self, room_id: &str) -> i32 {
+        partition_for(room_id, self.inner.partitions)
+    }
+
+    fn owned_partitions(&self) -> Vec<i32> {
+        self.inner
+            .owned
+            .read()
+            .map(|o| o.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// A fresh room id on a partition this instance writes (when it writes any), so creating a
+    /// room needs no forwarding.
+    pub fn new_room_id(&self) -> String {
+        let owned = self.owned_partitions();
+        for _ in 0..10_000 {
+            let id = uuid::Uuid::now_v7().to_string();
+            if owned.is_empty() || owned.contains(&self.partition_of(&id)) {
+                return id;
+            }
+        }
+        uuid::Uuid::now_v7().to_string()
+    }
+
+    /// Runs a command on its room's writer, or says where it must go.
+    pub async fn execute(
+        &self,
+        room_id: String,
+        actor: Actor,
+        command: Command,
+    ) -> Result<Result<Outcome, CommandError>, Route> {
+        let partition = self.partition_of(&room_id);
+        let target = {
+            let owned = match self.inner.owned.read() {
+                Ok(owned) => owned,
+                Err(_) => return Ok(Err(CommandError::Internal("writer map poisoned".into()))),
+            };
+            owned
+                .get(&partition)
+                .map(|o| (o.jobs.clone(), o.ready.clone()))
+        };
+        let Some((jobs, mut ready)) = target else {
+            return match self.inner.directory.owner(partition).await {
+                Ok(Some(owner)) if owner != self.inner.directory.me() => {
+                    self.inner.metrics.forwarded.inc();
+                    Err(Route::Forward(owner))
+                }
+                Ok(_) => Ok(Err(CommandError::Unavailable(format!(
+                    "no writer for partition {partition} right now (rebalancing)"
+                )))),
+                Err(e) => Ok(Err(e)),
+            };
+        };
+        let timeout = self.inner.command_timeout;
+        let result = tokio::time::timeout(timeout, async move {
+            // Commands wait here while a newly assigned partition catches up.
+            if ready.wait_for(|r| *r).await.is_err() {
+                return Err(CommandError::Unavailable("partition writer stopped".into()));
+            }
+            let (reply, answer) = oneshot::channel();
+            jobs.try_send(Job {
+                room_id,
+                actor,
+                command,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    CommandError::Unavailable("room writer overloaded".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    CommandError::Unavailable("partition writer stopped".into())
+                }
+            })?;
+            answer
+                .await
+                .map_err(|_| CommandError::Unavailable("partition writer stopped".into()))?
+        })
+        .await;
+        Ok(result.unwrap_or_else(|_| {
+            Err(CommandError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            )))
+        }))
+    }
+
+    /// Starts writers for newly assigned partitions (called from the group's rebalance).
+    fn acquire(&self, partitions: &[i32]) {
+        let _guard = self.inner.runtime.enter();
+        let Ok(mut owned) = self.inner.owned.write() else {
+            return;
+        };
+        for &p in partitions {
+            if owned.contains_key(&p) {
+                continue;
+            }
+            let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_PER_PARTITION);
+            let (ready_tx, ready_rx) = watch::channel(false);
+            let stop = CancellationToken::new();
+            let writer = PartitionWriter {
+                partition: p,
+                log: self.inner.log.clone(),
+                metrics: self.inner.metrics.clone(),
+                jobs: jobs_rx,
+                ready: ready_tx,
+                stop: stop.clone(),
+            };
+            let task = self.inner.runtime.spawn(writer.run());
+            owned.insert(
+                p,
+                Owned {
+                    jobs: jobs_tx,
+                    ready: ready_rx,
+                    stop,
+                    task,
+                },
+            );
+        }
+        self.inner.metrics.partitions_owned.set(owned.len() as i64);
+        tracing::info!(assigned = ?partitions, owned = owned.len(), "partitions assigned");
+    }
+
+    /// Stops the writers of revoked partitions and waits until their appends settled (called
+    /// from the group's rebalance, on the membership thread, which may block).
+    fn release(&self, partitions: &[i32]) {
+        let removed: Vec<(i32, Owned)> = {
+            let Ok(mut owned) = self.inner.owned.write() else {
+                return;
+            };
+            let removed = partitions
+                .iter()
+                .filter_map(|p| owned.remove(p).map(|o| (*p, o)))
+                .collect();
+            self.inner.metrics.partitions_owned.set(owned.len() as i64);
+            removed
+        };
+        let directory = self.inner.directory.clone();
+        self.inner.runtime.block_on(async move {
+            for (p, owned) in removed {
+                owned.stop.cancel();
+                if tokio::time::timeout(Duration::from_secs(35), owned.task)
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(partition = p, "writer did not stop in time");
+                }
+                if let Err(e) = directory.release(p).await {
+                    tracing::warn!(partition = p, error = %e, "cannot clear the owner entry");
+                }
+            }
+        });
+        tracing::info!(revoked = ?partitions, "partitions revoked");
+    }
+
+    /// Keeps this instance's directory entries alive for the partitions it is ready to write.
+    async fn refresh_directory(self, shutdown: CancellationToken) {
+        let period = Duration::from_secs(ENTRY_TTL_SECS / 3);
+        loop {
+            let ready: Vec<i32> = self
+                .inner
+                .owned
+                .read()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(_, w)| *w.ready.borrow())
+                        .map(|(p, _)| *p)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Err(e) = self.inner.directory.claim(&ready).await {
+                tracing::warn!(error = %e, "cannot refresh the owner directory");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                // Claim soon after a partition becomes ready, not only every period.
+                _ = tokio::time::sleep(if ready.len() < self.owned_partitions().len() { Duration::from_millis(200) } else { period }) => {}
+            }
+        }
+    }
+}
