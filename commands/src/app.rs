@@ -80,6 +80,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             .boxed()
         });
     let max_body = app.config.max_body_bytes;
+    let ownership_state = app.clone();
     let api = Router::new()
         .route("/v1/auth/register", post(identity::handlers::register))
         .route("/v1/auth/login", post(identity::handlers::login))
@@ -130,5 +131,13 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             http_metrics,
             platform::ops::HttpMetrics::track,
         ));
-    Ok(api.merge(ops.router()))
+    let ownership_app = ownership_state.clone();
+    let ownership = Router::new().route(
+        "/ownership",
+        get(move || {
+            let app = ownership_app.clone();
+            async move { axum::Json(app.writer.ownership()) }
+        }),
+    );
+    Ok(api.merge(ops.router()).merge(ownership))
 }

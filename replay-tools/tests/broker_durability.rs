@@ -113,7 +113,6 @@ async fn acknowledged_records_survive_kill_9_of_the_broker() -> anyhow::Result<(
     assert_ne!(stack.pid("broker")?, pid);
 
     let after_crash = read_all(&brokers)?;
-    eprintln!("acked {} read back {}", acked.len(), after_crash.len());
     for (position, payload) in &acked {
         assert_eq!(
             after_crash.get(position),

@@ -27,6 +27,17 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("linger.ms", "0")
         .set("partitioner", LIBRDKAFKA_PARTITIONER)
         .set("message.timeout.ms", "30000");
+    with_debug(config)
+}
+
+/// `CHAT_KAFKA_DEBUG` (e.g. `cgrp,fetch`) turns on librdkafka's debug contexts, for operators
+/// chasing a broker or group problem; unset by default.
+fn with_debug(mut config: ClientConfig) -> ClientConfig {
+    if let Ok(contexts) = std::env::var("CHAT_KAFKA_DEBUG")
+        && !contexts.trim().is_empty()
+    {
+        config.set("debug", contexts.trim());
+    }
     config
 }
 
@@ -40,7 +51,7 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "5")
         .set("session.timeout.ms", "10000");
-    config
+    with_debug(config)
 }
 
 /// What [`ensure_topics`] did for one topic.

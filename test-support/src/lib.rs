@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod api;
+pub mod log;
+pub mod service;
+
+pub use api::{Answer, Api, User};
+pub use service::Service;
+
 /// Where the shared local stack answers (the variables `deploy/local/lib.sh` exports, with the
 /// same defaults).
 pub mod env {
@@ -27,6 +34,19 @@ pub mod env {
     }
     pub fn pg_url() -> String {
         var("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat")
+    }
+    pub fn redis_url() -> String {
+        var("CHAT_REDIS_URL", "redis://127.0.0.1:6379")
+    }
+    pub fn commands_url() -> String {
+        var("CHAT_COMMANDS_URL", "http://127.0.0.1:8090")
+    }
+    pub fn jwt_private_key_file() -> String {
+        let home = std::env::var("HOME").unwrap_or_default();
+        var(
+            "CHAT_JWT_PRIVATE_KEY_FILE",
+            &format!("{home}/.local/state/chat-platform/keys/jwt-private.pem"),
+        )
     }
 }
 
@@ -183,8 +203,8 @@ impl Drop for PrivateStack {
     }
 }
 
-/// Sends `signal` (e.g. "KILL", "TERM") to `pid` and waits until the process is gone.
-pub fn signal(pid: i32, signal: &str) -> anyhow::Result<()> {
+/// Sends `signal` (e.g. "KILL", "TERM") to `pid` without waiting.
+pub fn signal_only(pid: i32, signal: &str) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
@@ -193,6 +213,12 @@ pub fn signal(pid: i32, signal: &str) -> anyhow::Result<()> {
     if !status.success() {
         bail!("kill -{signal} {pid} failed");
     }
+    Ok(())
+}
+
+/// Sends `signal` (e.g. "KILL", "TERM") to `pid` and waits until the process is gone.
+pub fn signal(pid: i32, signal: &str) -> anyhow::Result<()> {
+    signal_only(pid, signal)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
         if Instant::now() >= deadline {

@@ -29,6 +29,16 @@ use crate::rooms::{Actor, Command, Outcome};
 
 /// Commands queued per partition while its writer catches up or is busy; past it, 503.
 const QUEUE_PER_PARTITION: usize = 4096;
+/// How long a command looks for its room's writer while ownership is moving.
+const ROUTE_PATIENCE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ownership {
+    pub instance: String,
+    pub partitions: i32,
+    pub owned: Vec<i32>,
+    pub ready: Vec<i32>,
+}
 
 /// Where a command must go when this instance does not write its room.
 #[derive(Debug)]
@@ -94,6 +104,35 @@ impl Writer {
         partition_for(room_id, self.inner.partitions)
     }
 
+    /// Which partitions this instance writes and which of them finished catching up
+    /// (`GET /ownership`, for operators and tests).
+    pub fn ownership(&self) -> Ownership {
+        let (mut owned, mut ready) = (Vec::new(), Vec::new());
+        if let Ok(map) = self.inner.owned.read() {
+            for (p, w) in map.iter() {
+                owned.push(*p);
+                if *w.ready.borrow() {
+                    ready.push(*p);
+                }
+            }
+        }
+        owned.sort_unstable();
+        ready.sort_unstable();
+        Ownership {
+            instance: self.inner.directory.me().to_string(),
+            partitions: self.inner.partitions,
+            owned,
+            ready,
+        }
+    }
+
+    fn local(&self, partition: i32) -> Option<(mpsc::Sender<Job>, watch::Receiver<bool>)> {
+        let owned = self.inner.owned.read().ok()?;
+        owned
+            .get(&partition)
+            .map(|o| (o.jobs.clone(), o.ready.clone()))
+    }
+
     fn owned_partitions(&self) -> Vec<i32> {
         self.inner
             .owned
@@ -123,27 +162,29 @@ impl Writer {
         command: Command,
     ) -> Result<Result<Outcome, CommandError>, Route> {
         let partition = self.partition_of(&room_id);
-        let target = {
-            let owned = match self.inner.owned.read() {
-                Ok(owned) => owned,
-                Err(_) => return Ok(Err(CommandError::Internal("writer map poisoned".into()))),
-            };
-            owned
-                .get(&partition)
-                .map(|o| (o.jobs.clone(), o.ready.clone()))
-        };
-        let Some((jobs, mut ready)) = target else {
-            return match self.inner.directory.owner(partition).await {
+        // While ownership moves (a rebalance, an owner that just died) the partition may have
+        // no writer for a moment: look again for a few seconds before answering 503.
+        let deadline = tokio::time::Instant::now() + ROUTE_PATIENCE.min(self.inner.command_timeout);
+        let (jobs, ready) = loop {
+            if let Some(local) = self.local(partition) {
+                break local;
+            }
+            match self.inner.directory.owner(partition).await {
                 Ok(Some(owner)) if owner != self.inner.directory.me() => {
                     self.inner.metrics.forwarded.inc();
-                    Err(Route::Forward(owner))
+                    return Err(Route::Forward(owner));
                 }
-                Ok(_) => Ok(Err(CommandError::Unavailable(format!(
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Err(CommandError::Unavailable(format!(
                     "no writer for partition {partition} right now (rebalancing)"
-                )))),
-                Err(e) => Ok(Err(e)),
-            };
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        let mut ready = ready;
         let timeout = self.inner.command_timeout;
         let result = tokio::time::timeout(timeout, async move {
             // Commands wait here while a newly assigned partition catches up.
@@ -198,6 +239,7 @@ impl Writer {
                 jobs: jobs_rx,
                 ready: ready_tx,
                 stop: stop.clone(),
+                directory: self.inner.directory.clone(),
             };
             let task = self.inner.runtime.spawn(writer.run());
             owned.insert(

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::catchup::catch_up;
+use super::directory::OwnerDirectory;
 use super::metrics::WriterMetrics;
 use crate::error::CommandError;
 use crate::log::{EventLog, delivered};
@@ -34,6 +35,7 @@ pub struct PartitionWriter {
     pub jobs: mpsc::Receiver<Job>,
     pub ready: watch::Sender<bool>,
     pub stop: CancellationToken,
+    pub directory: OwnerDirectory,
 }
 
 impl PartitionWriter {
@@ -45,6 +47,10 @@ impl PartitionWriter {
             None => return,
         };
         let _ = self.ready.send(true);
+        // Announce at once so other instances forward here without waiting for the refresh.
+        if let Err(e) = self.directory.claim(&[p]).await {
+            tracing::warn!(partition = p, error = %e, "cannot publish ownership");
+        }
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<bool>();
         let mut in_flight = 0usize;
         let mut failed = false;

@@ -1,0 +1,466 @@
+//! Identity against the running commands tier (real PostgreSQL, Redis and broker).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use schemas::DomainEvent;
+use schemas::topics::USER_EVENTS;
+use serde_json::{Value, json};
+use test_support::{Api, env, unique, wait_for};
+
+fn api() -> Api {
+    Api::new(env::commands_url())
+}
+
+#[tokio::test]
+async fn twenty_concurrent_registrations_of_one_username_yield_one_account() -> anyhow::Result<()> {
+    let api = api();
+    let username = format!("race{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let attempts = (0..20).map(|i| {
+        let api = api.clone();
+        let username = username.clone();
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/auth/register",
+                None,
+                Some(json!({"email": format!("{username}.{i}@example.test"), "username": username, "password": "password123"})),
+            )
+            .await
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let mut created = 0;
+    for answer in answers {
+        let answer = answer?;
+        match answer.status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => assert_eq!(answer.code(), "username_taken", "{}", answer.body),
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert_eq!(created, 1);
+    // The e-mail address is unique too, whatever its case.
+    let (_, name, _) = api.register("dup").await?;
+    let again = api
+        .call(
+            Method::POST,
+            "/v1/auth/register",
+            None,
+            Some(json!({"email": format!("{}@EXAMPLE.test", name.to_uppercase()), "username": unique("other").replace('-', "")[..20].to_string(), "password": "password123"})),
+        )
+        .await?;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(again.code(), "email_taken");
+    Ok(())
+}
+
+#[tokio::test]
+async fn registration_reaches_the_user_topic_without_secrets() -> anyhow::Result<()> {
+    let api = api();
+    let (user_id, username, password) = api.register("outbox").await?;
+    let events = wait_for(
+        "UserRegistered on chat.user-events",
+        Duration::from_secs(30),
+        || async {
+            let events = test_support::log::read_key(
+                &env::kafka_brokers(),
+                &env::registry_url(),
+                USER_EVENTS,
+                &user_id,
+            )
+            .await
+            .ok()?;
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await?;
+    let DomainEvent::UserRegistered(registered) = &events[0] else {
+        panic!("first user event is {:?}", events[0].kind());
+    };
+    assert_eq!(registered.username, username);
+    assert_eq!(
+        registered.envelope.user_id.as_deref(),
+        Some(user_id.as_str())
+    );
+    let json = serde_json::to_string(&events)?;
+    assert!(
+        !json.contains(&password) && !json.contains("argon2") && !json.contains("@example.test"),
+        "{json}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_whole_session() -> anyhow::Result<()> {
+    let api = api();
+    let user = api.user("rot").await?;
+    let me = api
+        .call(Method::GET, "/v1/users/me", Some(&user.access_token), None)
+        .await?;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["username"], user.username.as_str());
+
+    let refresh = |token: &str| {
+        let api = api.clone();
+        let token = token.to_string();
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(json!({"refresh_token": token})),
+            )
+            .await
+        }
+    };
+    let rotated = refresh(&user.refresh_token).await?;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let second_refresh = rotated.body["refresh_token"].as_str().unwrap().to_string();
+    let second_access = rotated.body["access_token"].as_str().unwrap().to_string();
+    assert_ne!(second_refresh, user.refresh_token);
+    assert_eq!(
+        api.call(Method::GET, "/v1/users/me", Some(&second_access), None)
+            .await?
+            .status,
+        StatusCode::OK
+    );
+
+    // The spent token comes back: theft. Everything of the session dies.
+    let reuse = refresh(&user.refresh_token).await?;
+    assert_eq!(reuse.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reuse.code(), "session_revoked");
+    assert_eq!(
+        refresh(&second_refresh).await?.status,
+        StatusCode::UNAUTHORIZED
+    );
+    for token in [&user.access_token, &second_access] {
+        let answer = api
+            .call(Method::GET, "/v1/users/me", Some(token), None)
+            .await?;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.code(), "session_revoked");
+    }
+    // A new login is a new session and works.
+    let again = api.login(&user.username, &user.password).await?;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(refresh("garbage").await?.status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_at_once() -> anyhow::Result<()> {
+    let api = api();
+    let user = api.user("bye").await?;
+    let out = api
+        .call(
+            Method::POST,
+            "/v1/auth/logout",
+            Some(&user.access_token),
+            None,
+        )
+        .await?;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let me = api
+        .call(Method::GET, "/v1/users/me", Some(&user.access_token), None)
+        .await?;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    let refresh = api
+        .call(
+            Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": user.refresh_token})),
+        )
+        .await?;
+    assert_eq!(refresh.status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_per_account() -> anyhow::Result<()> {
+    let api = api();
+    let (_, username, password) = api.register("brute").await?;
+    for _ in 0..5 {
+        let answer = api.login(&username, "wrong-password").await?;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.code(), "bad_credentials");
+    }
+    // Locked for the first step of the ladder (60 s): even the right password is refused.
+    let locked = api.login(&username, &password).await?;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.body
+    );
+    assert_eq!(locked.code(), "rate_limited");
+    let retry = locked.retry_after.expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Unknown accounts answer exactly like wrong passwords.
+    let unknown = api
+        .login(
+            &unique("nobody").replace('-', "")[..20],
+            "whatever-password",
+        )
+        .await?;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.code(), "bad_credentials");
+    Ok(())
+}
+
+/// Forged and stale tokens: every variant is a 401 with the error body.
+#[tokio::test]
+async fn jwt_attacks_are_rejected() -> anyhow::Result<()> {
+    let api = api();
+    let user = api.user("jwt").await?;
+    let parts: Vec<&str> = user.access_token.split('.').collect();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0])?)?;
+    let kid = header["kid"].as_str().unwrap().to_string();
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+
+    let mut forged = Vec::new();
+    // alg none, no signature.
+    forged.push((
+        "alg none",
+        format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            parts[1]
+        ),
+    ));
+    // HS256 "signed" with the server's public key (the classic key-confusion attack).
+    let public_pem = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in", &env::jwt_private_key_file()])
+        .output()?
+        .stdout;
+    assert!(!public_pem.is_empty());
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(kid.clone());
+    forged.push((
+        "HS256 with the public key",
+        jsonwebtoken::encode(&hs, &claims, &EncodingKey::from_secret(&public_pem))?,
+    ));
+    // Properly signed but expired.
+    let real_key = EncodingKey::from_rsa_pem(&std::fs::read(env::jwt_private_key_file())?)?;
+    let mut rs = Header::new(Algorithm::RS256);
+    rs.kid = Some(kid.clone());
+    let mut expired = claims.clone();
+    expired["exp"] = json!(claims["iat"].as_i64().unwrap() - 3600);
+    expired["iat"] = json!(claims["iat"].as_i64().unwrap() - 7200);
+    forged.push(("expired", jsonwebtoken::encode(&rs, &expired, &real_key)?));
+    // Signed by a key the platform never published.
+    let other_key = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()?
+        .stdout;
+    let mut unknown = Header::new(Algorithm::RS256);
+    unknown.kid = Some("not-a-published-key".into());
+    forged.push((
+        "unknown kid",
+        jsonwebtoken::encode(&unknown, &claims, &EncodingKey::from_rsa_pem(&other_key)?)?,
+    ));
+    // Own kid, foreign key.
+    forged.push((
+        "foreign key, real kid",
+        jsonwebtoken::encode(&rs, &claims, &EncodingKey::from_rsa_pem(&other_key)?)?,
+    ));
+    // Payload changed after signing (someone else's user id).
+    let mut tampered = claims.clone();
+    tampered["sub"] = json!(uuid::Uuid::now_v7().to_string());
+    forged.push((
+        "tampered payload",
+        format!("{}.{}.{}", parts[0], b64(&tampered), parts[2]),
+    ));
+    // Wrong audience, properly signed.
+    let mut audience = claims.clone();
+    audience["aud"] = json!("someone-else");
+    forged.push((
+        "wrong audience",
+        jsonwebtoken::encode(&rs, &audience, &real_key)?,
+    ));
+    forged.push(("garbage", "not.a.jwt".into()));
+
+    for (what, token) in &forged {
+        let answer = api
+            .call(Method::GET, "/v1/users/me", Some(token), None)
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {}",
+            answer.body
+        );
+        assert!(!answer.code().is_empty(), "{what}: {}", answer.body);
+        let post = api
+            .call(
+                Method::POST,
+                "/v1/rooms",
+                Some(token),
+                Some(json!({"name": "x", "visibility": "public"})),
+            )
+            .await?;
+        assert_eq!(
+            post.status,
+            StatusCode::UNAUTHORIZED,
+            "{what} on a write: {}",
+            post.body
+        );
+    }
+    let missing = api.call(Method::GET, "/v1/users/me", None, None).await?;
+    assert_eq!(
+        (missing.status, missing.code()),
+        (StatusCode::UNAUTHORIZED, "missing_token")
+    );
+    // The real token still works.
+    assert_eq!(
+        api.call(Method::GET, "/v1/users/me", Some(&user.access_token), None)
+            .await?
+            .status,
+        StatusCode::OK
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_requests_get_error_bodies_and_the_service_keeps_serving() -> anyhow::Result<()> {
+    let api = api();
+    let user = api.user("bad").await?;
+    let token = Some(user.access_token.as_str());
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "/v1/auth/register",
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/auth/register",
+            "application/json",
+            br#"{"email": 5, "username": [], "password": null}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v1/auth/register",
+            "application/json",
+            br#"{"email":"a@b.co","username":"ab","password":"password123"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v1/auth/register",
+            "application/json",
+            br#"{"email":"a@b.co","username":"okname","password":"short"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v1/auth/register",
+            "text/plain",
+            b"hello".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/auth/login",
+            "application/json",
+            br#"{"login": "x"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v1/rooms",
+            "application/json",
+            br#"{"name": "x", "visibility": "secret"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v1/rooms",
+            "application/json",
+            br#"{"name": "   ", "visibility": "public"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v1/rooms",
+            "application/json",
+            format!(
+                r#"{{"name": "{}", "visibility": "public"}}"#,
+                "x".repeat(100_000)
+            )
+            .into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/rooms/not-a-uuid/messages",
+            "application/json",
+            br#"{"client_msg_id":"a","content":"x"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+    ];
+    for (path, content_type, body, status, code) in cases {
+        let answer = api
+            .raw(Method::POST, path, token, content_type, body)
+            .await?;
+        assert_eq!(answer.status.as_u16(), status, "{path}: {}", answer.body);
+        assert_eq!(answer.code(), code, "{path}: {}", answer.body);
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let room = api.create_room(&user, "public").await?;
+    let long = "x".repeat(4001);
+    for (content, code) in [
+        ("", "invalid_input"),
+        ("   ", "invalid_input"),
+        (long.as_str(), "invalid_input"),
+    ] {
+        let answer = api.post(&user, &room, &unique("c"), content).await?;
+        assert_eq!(
+            (answer.status.as_u16(), answer.code()),
+            (400, code),
+            "{}",
+            answer.body
+        );
+    }
+    let bad_key = api
+        .post(&user, &room, "spaces are not allowed", "hi")
+        .await?;
+    assert_eq!(bad_key.status, StatusCode::BAD_REQUEST);
+    let unknown = api
+        .call(Method::GET, "/v1/nothing/here", None, None)
+        .await?;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    // Still serving.
+    assert_eq!(
+        api.call(Method::GET, "/healthz", None, None).await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.post(&user, &room, &unique("c"), "still here")
+            .await?
+            .status,
+        StatusCode::CREATED
+    );
+    Ok(())
+}

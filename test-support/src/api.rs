@@ -1,0 +1,245 @@
+//! A small client of the platform's HTTP API for tests.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// An HTTP answer: status, `Retry-After` and the JSON body (or the text as a JSON string).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `error.code` of an API error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    http: reqwest::Client,
+    /// Sent as `X-Forwarded-For`, so login throttling by IP is per test, not per machine.
+    client_ip: String,
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub username: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>) -> Self {
+        let n = uuid::Uuid::new_v4().as_u128();
+        Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
+            client_ip: format!("10.{}.{}.{}", (n >> 16) as u8, (n >> 8) as u8, n as u8),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-forwarded-for", &self.client_ip);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{path} unreachable"))?;
+        Self::answer(response).await
+    }
+
+    /// Sends a raw body (for malformed-input tests).
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-forwarded-for", &self.client_ip)
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Self::answer(request.send().await?).await
+    }
+
+    async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    pub async fn register(&self, prefix: &str) -> anyhow::Result<(String, String, String)> {
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let username = format!("{}{}", prefix, &suffix[suffix.len() - 12..]);
+        let password = format!("pw-{suffix}");
+        let answer = self
+            .call(
+                Method::POST,
+                "/v1/auth/register",
+                None,
+                Some(json!({"email": format!("{username}@example.test"), "username": username, "password": password})),
+            )
+            .await?;
+        if answer.status != StatusCode::CREATED {
+            bail!("register {username}: {} {}", answer.status, answer.body);
+        }
+        let user_id = answer.body["user_id"]
+            .as_str()
+            .context("user_id")?
+            .to_string();
+        Ok((user_id, username, password))
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> anyhow::Result<Answer> {
+        self.call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"login": login, "password": password})),
+        )
+        .await
+    }
+
+    /// Registers a fresh user (`prefix` + random) and logs in.
+    pub async fn user(&self, prefix: &str) -> anyhow::Result<User> {
+        let (user_id, username, password) = self.register(prefix).await?;
+        let answer = self.login(&username, &password).await?;
+        if answer.status != StatusCode::OK {
+            bail!("login {username}: {} {}", answer.status, answer.body);
+        }
+        Ok(User {
+            user_id,
+            username,
+            password,
+            access_token: answer.body["access_token"]
+                .as_str()
+                .context("access_token")?
+                .to_string(),
+            refresh_token: answer.body["refresh_token"]
+                .as_str()
+                .context("refresh_token")?
+                .to_string(),
+        })
+    }
+
+    pub async fn create_room(&self, user: &User, visibility: &str) -> anyhow::Result<String> {
+        let answer = self
+            .call(
+                Method::POST,
+                "/v1/rooms",
+                Some(&user.access_token),
+                Some(json!({"name": "test room", "visibility": visibility})),
+            )
+            .await?;
+        if answer.status != StatusCode::CREATED {
+            bail!("create room: {} {}", answer.status, answer.body);
+        }
+        Ok(answer.body["room_id"]
+            .as_str()
+            .context("room_id")?
+            .to_string())
+    }
+
+    pub async fn post(
+        &self,
+        user: &User,
+        room: &str,
+        client_msg_id: &str,
+        content: &str,
+    ) -> anyhow::Result<Answer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/messages"),
+            Some(&user.access_token),
+            Some(json!({"client_msg_id": client_msg_id, "content": content})),
+        )
+        .await
+    }
+
+    /// Posts until the platform accepts it: 429 waits `Retry-After`, 503 and connection errors
+    /// retry with the same `client_msg_id` (which is what makes retrying safe).
+    pub async fn post_until_accepted(
+        &self,
+        user: &User,
+        room: &str,
+        client_msg_id: &str,
+        content: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let outcome = self.post(user, room, client_msg_id, content).await;
+            match outcome {
+                Ok(a) if a.status == StatusCode::CREATED => return Ok(a.body),
+                Ok(a) if a.status == StatusCode::TOO_MANY_REQUESTS => {
+                    tokio::time::sleep(Duration::from_millis(a.retry_after.unwrap_or(1) * 1000 / 4))
+                        .await
+                }
+                Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Ok(a) => bail!("post {client_msg_id}: {} {}", a.status, a.body),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("post {client_msg_id} not accepted within {timeout:?}");
+            }
+        }
+    }
+
+    pub async fn join(&self, user: &User, room: &str) -> anyhow::Result<Answer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/join"),
+            Some(&user.access_token),
+            None,
+        )
+        .await
+    }
+}
