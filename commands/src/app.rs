@@ -62,6 +62,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
     let probe_app = app.clone();
     let probe_redis = app.clone();
+    let probe_writer = app.clone();
     let ops = platform::ops::Ops::new(registry)
         .probe("postgres", move || {
             let app = probe_app.clone();
@@ -78,6 +79,10 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
                     .map_err(|e| e.to_string())
             }
             .boxed()
+        })
+        .probe("writer", move || {
+            let app = probe_writer.clone();
+            async move { app.writer.readiness() }.boxed()
         });
     let max_body = app.config.max_body_bytes;
     let ownership_state = app.clone();

@@ -26,11 +26,9 @@ async fn main() -> anyhow::Result<()> {
     let store = IdentityStore::connect(&config.pg_url, &config.pg_schema)
         .await
         .context("cannot open the identity store")?;
-    let redis = redis::Client::open(config.redis_url.as_str())
-        .context("CHAT_REDIS_URL")?
-        .get_connection_manager()
+    let redis = platform::cache::connect(&config.redis_url)
         .await
-        .context("cannot connect to Redis")?;
+        .context("cannot connect to Redis (CHAT_REDIS_URL)")?;
     let signer = Signer::load(&config.jwt_private_key_file, config.access_token_ttl)?;
     let verifier = TokenVerifier::new(
         signer.jwks(),

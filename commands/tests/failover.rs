@@ -253,7 +253,18 @@ async fn two_instances_share_rooms_and_one_takes_over_when_the_other_dies() -> a
                 .then_some(())
         },
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        let keep = |s: String| {
+            let lines: Vec<&str> = s.lines().filter(|l| !l.contains("DEBUG")).collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        anyhow::anyhow!(
+            "{e}\n--- a ---\n{}\n--- b ---\n{}",
+            keep(a.service.output()),
+            keep(b.service.output())
+        )
+    })?;
 
     let (api_a, api_b) = (a.api(), b.api());
     let user: User = api_a.user("pair").await?;

@@ -182,7 +182,9 @@ start_commands() {
             "$binary"
         record_binary commands
     fi
-    wait_until commands 60 http_ready "$CHAT_COMMANDS_URL/readyz"
+    # Ready means every assigned partition caught up with the log, which takes a while on a
+    # long log.
+    wait_until commands 600 http_ready "$CHAT_COMMANDS_URL/readyz"
 }
 
 # ---------- dispatch ----------

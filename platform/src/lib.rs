@@ -5,10 +5,12 @@
 //! own domain.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod json;
 pub mod ops;
+pub mod pg;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -5,8 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use schemas::DomainEvent;
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, Row};
 use uuid::Uuid;
 
 use crate::error::CommandError;
@@ -60,8 +60,7 @@ impl IdentityStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        pool.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
-            .await?;
+        platform::pg::ensure_schema(&pool, schema).await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await

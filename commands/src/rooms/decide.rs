@@ -6,7 +6,7 @@ use schemas::events::*;
 use schemas::{DomainEvent, Envelope};
 use serde::Serialize;
 
-use super::state::RoomState;
+use super::state::{MessageInfo, RoomState, key};
 use crate::error::CommandError;
 
 #[derive(Debug, Clone)]
@@ -320,14 +320,14 @@ pub fn decide(
                 // A retry: the first answer, nothing written.
                 return Ok(Decision::Noop(Outcome {
                     room_id: room_id.to_string(),
-                    message_id: Some(first.message_id.clone()),
+                    message_id: Some(first.message_id.to_string()),
                     seq: Some(first.seq),
-                    event_id: Some(first.event_id.clone()),
+                    event_id: Some(first.event_id.to_string()),
                 }));
             }
             require_member(room, me)?;
             if let Some(parent) = &reply_to
-                && room.messages.get(parent).is_none_or(|m| m.deleted)
+                && room.message(parent).is_none_or(|m| m.deleted)
             {
                 return Err(CommandError::invalid(
                     "reply_to names no message of this room",
@@ -381,7 +381,7 @@ pub fn decide(
         } => {
             require_member(room, me)?;
             let message = live_message(room, &message_id)?;
-            if message.author_id != me {
+            if message.author != key(me) {
                 return Err(forbidden(
                     "not_author",
                     "only the author can edit a message",
@@ -397,10 +397,10 @@ pub fn decide(
 
         Command::Delete { message_id } => {
             let role = require_member(room, me)?;
-            let Some(message) = room.messages.get(&message_id) else {
+            let Some(message) = room.message(&message_id) else {
                 return Err(CommandError::NotFound("message"));
             };
-            if message.author_id != me && role > Role::Moderator {
+            if message.author != key(me) && role > Role::Moderator {
                 return Err(forbidden(
                     "not_allowed",
                     "only the author or a moderator can delete a message",
@@ -419,10 +419,7 @@ pub fn decide(
         Command::React { message_id, emoji } => {
             require_member(room, me)?;
             live_message(room, &message_id)?;
-            if room
-                .reactions
-                .contains(&(message_id.clone(), me.to_string(), emoji.clone()))
-            {
+            if room.has_reaction(&message_id, me, &emoji) {
                 return Ok(e.noop());
             }
             let event = ReactionAdded {
@@ -437,10 +434,7 @@ pub fn decide(
         Command::Unreact { message_id, emoji } => {
             require_member(room, me)?;
             live_message(room, &message_id)?;
-            if !room
-                .reactions
-                .contains(&(message_id.clone(), me.to_string(), emoji.clone()))
-            {
+            if !room.has_reaction(&message_id, me, &emoji) {
                 return Ok(e.noop());
             }
             let event = ReactionRemoved {
@@ -503,12 +497,8 @@ fn require_member(room: &RoomState, user_id: &str) -> Result<Role, CommandError>
     ))
 }
 
-fn live_message<'a>(
-    room: &'a RoomState,
-    message_id: &str,
-) -> Result<&'a super::state::MessageInfo, CommandError> {
-    room.messages
-        .get(message_id)
+fn live_message(room: &RoomState, message_id: &str) -> Result<MessageInfo, CommandError> {
+    room.message(message_id)
         .filter(|m| !m.deleted)
         .ok_or(CommandError::NotFound("message"))
 }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use schemas::DomainEvent;
 use schemas::events::{Role, Visibility};
+use sha2::{Digest, Sha256};
 
 /// Per-author `client_msg_id`s remembered per room: retries within this window get the first
 /// answer. Older keys are forgotten so memory stays bounded (clients retry within seconds).
@@ -15,18 +16,36 @@ pub const IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Recent `(seq, event_id)` pairs kept to tell a re-read duplicate from a conflict.
 const RECENT_EVENTS: usize = 256;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageInfo {
-    pub author_id: String,
-    pub deleted: bool,
-    pub content_len: usize,
+/// A compact stand-in for an id string in the writer's memory: the UUID's 128 bits (every id
+/// the platform issues is a UUID), or 128 bits of SHA-256 of anything else the log may hold.
+/// Keeping 16 bytes instead of a 36-character string per message, reaction and retry key is
+/// what lets a writer hold every message of its rooms.
+pub type Key = u128;
+
+pub fn key(id: &str) -> Key {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) => u.as_u128(),
+        Err(_) => {
+            let digest = Sha256::digest(id.as_bytes());
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            u128::from_be_bytes(bytes)
+        }
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub author: Key,
+    pub deleted: bool,
+}
+
+/// The first answer to a post, for retries with the same `client_msg_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostOutcome {
-    pub message_id: String,
+    pub message_id: uuid::Uuid,
     pub seq: i64,
-    pub event_id: String,
+    pub event_id: uuid::Uuid,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,15 +58,16 @@ pub struct RoomState {
     pub members: HashMap<String, Role>,
     pub banned: HashSet<String>,
     pub invited: HashSet<String>,
-    pub messages: HashMap<String, MessageInfo>,
-    /// (message_id, member_id, emoji)
-    pub reactions: HashSet<(String, String, String)>,
+    messages: HashMap<Key, MessageInfo>,
+    /// (message, member, emoji)
+    reactions: HashSet<(Key, Key, Key)>,
     pub read_markers: HashMap<String, i64>,
     /// call_id -> participants
     pub calls: HashMap<String, HashSet<String>>,
-    posted: HashMap<(String, String), PostOutcome>,
-    posted_order: VecDeque<(String, String)>,
-    recent: VecDeque<(i64, String)>,
+    /// (author, client_msg_id) -> first answer
+    posted: HashMap<(Key, Key), PostOutcome>,
+    posted_order: VecDeque<(Key, Key)>,
+    recent: VecDeque<(i64, Key)>,
 }
 
 impl RoomState {
@@ -63,16 +83,26 @@ impl RoomState {
         self.members.values().filter(|r| **r == Role::Owner).count()
     }
 
+    pub fn message(&self, message_id: &str) -> Option<MessageInfo> {
+        self.messages.get(&key(message_id)).copied()
+    }
+
+    pub fn has_reaction(&self, message_id: &str, member_id: &str, emoji: &str) -> bool {
+        self.reactions
+            .contains(&(key(message_id), key(member_id), key(emoji)))
+    }
+
     /// The answer given to the first post with this author's `client_msg_id`, if remembered.
-    pub fn posted(&self, author_id: &str, client_msg_id: &str) -> Option<&PostOutcome> {
+    pub fn posted(&self, author_id: &str, client_msg_id: &str) -> Option<PostOutcome> {
         self.posted
-            .get(&(author_id.to_string(), client_msg_id.to_string()))
+            .get(&(key(author_id), key(client_msg_id)))
+            .copied()
     }
 
     fn remember_post(&mut self, author_id: &str, client_msg_id: &str, outcome: PostOutcome) {
-        let key = (author_id.to_string(), client_msg_id.to_string());
-        if self.posted.insert(key.clone(), outcome).is_none() {
-            self.posted_order.push_back(key);
+        let k = (key(author_id), key(client_msg_id));
+        if self.posted.insert(k, outcome).is_none() {
+            self.posted_order.push_back(k);
             if self.posted_order.len() > IDEMPOTENCY_WINDOW
                 && let Some(old) = self.posted_order.pop_front()
             {
@@ -116,43 +146,45 @@ impl RoomState {
             }
             E::MessagePosted(e) => {
                 self.messages.insert(
-                    e.message_id.clone(),
+                    key(&e.message_id),
                     MessageInfo {
-                        author_id: e.author_id.clone(),
+                        author: key(&e.author_id),
                         deleted: false,
-                        content_len: e.content.chars().count(),
                     },
                 );
-                if let (Some(key), Some(seq)) = (&e.envelope.idempotency_key, e.envelope.seq) {
-                    let outcome = PostOutcome {
-                        message_id: e.message_id.clone(),
-                        seq,
-                        event_id: e.envelope.event_id.clone(),
-                    };
-                    self.remember_post(&e.author_id, key, outcome);
+                let ids = (
+                    uuid::Uuid::parse_str(&e.message_id),
+                    uuid::Uuid::parse_str(&e.envelope.event_id),
+                );
+                if let (Some(client_key), Some(seq), (Ok(message_id), Ok(event_id))) =
+                    (&e.envelope.idempotency_key, e.envelope.seq, ids)
+                {
+                    self.remember_post(
+                        &e.author_id,
+                        client_key,
+                        PostOutcome {
+                            message_id,
+                            seq,
+                            event_id,
+                        },
+                    );
                 }
             }
-            E::MessageEdited(e) => {
-                if let Some(m) = self.messages.get_mut(&e.message_id) {
-                    m.content_len = e.content.chars().count();
-                }
-            }
+            E::MessageEdited(_) => {}
             E::MessageDeleted(e) => {
-                if let Some(m) = self.messages.get_mut(&e.message_id) {
+                let message = key(&e.message_id);
+                if let Some(m) = self.messages.get_mut(&message) {
                     m.deleted = true;
                 }
-                self.reactions.retain(|(mid, _, _)| mid != &e.message_id);
+                self.reactions.retain(|(mid, _, _)| *mid != message);
             }
             E::ReactionAdded(e) => {
                 self.reactions
-                    .insert((e.message_id.clone(), e.member_id.clone(), e.emoji.clone()));
+                    .insert((key(&e.message_id), key(&e.member_id), key(&e.emoji)));
             }
             E::ReactionRemoved(e) => {
-                self.reactions.remove(&(
-                    e.message_id.clone(),
-                    e.member_id.clone(),
-                    e.emoji.clone(),
-                ));
+                self.reactions
+                    .remove(&(key(&e.message_id), key(&e.member_id), key(&e.emoji)));
             }
             E::ReadMarkerSet(e) => {
                 self.read_markers.insert(e.member_id.clone(), e.read_seq);
@@ -240,7 +272,7 @@ impl Rooms {
                 && state
                     .recent
                     .iter()
-                    .any(|(s, id)| *s == seq && *id == envelope.event_id)
+                    .any(|(s, id)| *s == seq && *id == key(&envelope.event_id))
             {
                 return Applied::Duplicate;
             }
@@ -251,7 +283,7 @@ impl Rooms {
         }
         state.mutate(event);
         state.seq = seq;
-        state.recent.push_back((seq, envelope.event_id.clone()));
+        state.recent.push_back((seq, key(&envelope.event_id)));
         if state.recent.len() > RECENT_EVENTS {
             state.recent.pop_front();
         }
@@ -281,7 +313,7 @@ mod tests {
         envelope.idempotency_key = Some(key.into());
         MessagePosted {
             envelope,
-            message_id: format!("m{seq}"),
+            message_id: uuid::Uuid::now_v7().to_string(),
             author_id: "owner".into(),
             content: "hi".into(),
             message_type: MessageType::Text,

@@ -30,6 +30,9 @@ pub async fn catch_up(
         .set("group.id", "chat-commands-catchup")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
+        // librdkafka prefetches up to 64 MiB per consumer by default; a dozen partitions
+        // catching up at once would hold most of a gigabyte the allocator never gives back.
+        .set("queued.max.messages.kbytes", "4096")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(schemas::SchemaError::from)?;

@@ -62,6 +62,9 @@ struct Inner {
     owned: RwLock<HashMap<i32, Owned>>,
     command_timeout: Duration,
     runtime: tokio::runtime::Handle,
+    /// Set after the first assignment (possibly empty) from the group.
+    assigned_once: watch::Receiver<bool>,
+    assigned_once_tx: watch::Sender<bool>,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,7 @@ impl Writer {
         shutdown: CancellationToken,
     ) -> Result<(Self, std::thread::JoinHandle<()>), CommandError> {
         let partitions = log.partition_count(schemas::topics::ROOM_EVENTS).await?;
+        let (assigned_once_tx, assigned_once) = watch::channel(false);
         let writer = Writer {
             inner: Arc::new(Inner {
                 log,
@@ -89,6 +93,8 @@ impl Writer {
                 owned: RwLock::new(HashMap::new()),
                 command_timeout,
                 runtime: tokio::runtime::Handle::current(),
+                assigned_once,
+                assigned_once_tx,
             }),
         };
         let membership = ownership::spawn(writer.clone(), group, shutdown.clone())?;
@@ -124,6 +130,24 @@ impl Writer {
             owned,
             ready,
         }
+    }
+
+    /// Ready when this instance is in the writer group and every partition it was assigned has
+    /// caught up with the log, so load balancers and `deploy/local/up` send it traffic only
+    /// when it can answer without waiting.
+    pub fn readiness(&self) -> Result<(), String> {
+        let ownership = self.ownership();
+        if !*self.inner.assigned_once.borrow() {
+            return Err("not yet assigned partitions by the writer group".into());
+        }
+        if ownership.ready.len() < ownership.owned.len() {
+            return Err(format!(
+                "catching up {} of {} partitions",
+                ownership.owned.len() - ownership.ready.len(),
+                ownership.owned.len()
+            ));
+        }
+        Ok(())
     }
 
     fn local(&self, partition: i32) -> Option<(mpsc::Sender<Job>, watch::Receiver<bool>)> {
@@ -253,6 +277,7 @@ impl Writer {
             );
         }
         self.inner.metrics.partitions_owned.set(owned.len() as i64);
+        let _ = self.inner.assigned_once_tx.send(true);
         tracing::info!(assigned = ?partitions, owned = owned.len(), "partitions assigned");
     }
 

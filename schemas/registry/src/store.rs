@@ -5,8 +5,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, Row};
 
 use crate::normalize::NormalizedSchema;
 use crate::{RegistryConfig, RegistryError};
@@ -56,9 +56,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        // The identifier was validated in RegistryConfig::from_env (lowercase, digits, '_').
-        pool.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", config.pg_schema).as_str())
-            .await?;
+        platform::pg::ensure_schema(&pool, &config.pg_schema).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }

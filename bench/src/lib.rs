@@ -1,1 +1,0 @@
-//! Benchmarks (issue #6). Nothing is implemented here yet.

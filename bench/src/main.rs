@@ -1,0 +1,31 @@
+//! Benchmarks. Each prints its numbers and writes `bench/results/<name>.json`; none asserts on
+//! speed (tests never fail because a machine is slow).
+
+mod commands;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bench", about = "Chat platform benchmarks")]
+struct Cli {
+    /// Where result JSON files go.
+    #[arg(long, default_value = "bench/results", global = true)]
+    results: std::path::PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sustained accepted messages/s through the commands tier to the broker, with latency.
+    Commands(commands::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Commands(args) => commands::run(args, &cli.results).await,
+    }
+}

@@ -1,0 +1,17 @@
+//! The Redis connection every tier uses.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// A self-reconnecting Redis connection. Answers may take up to 5 s before they count as
+/// failed: the library's default of half a second turned a busy machine (a writer catching up
+/// on both cores) into spurious "Redis unavailable" errors.
+pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await
+}
