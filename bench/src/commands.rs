@@ -24,7 +24,7 @@ pub struct Args {
     )]
     url: String,
     /// Users posting (each is limited to 10 messages/s by default, so this bounds throughput).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1500)]
     users: usize,
     /// Rooms the users are spread over.
     #[arg(long, default_value_t = 100)]
@@ -109,8 +109,8 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     )
     .await?;
 
-    let commands_pid = report::find_pid("/commands").filter(|_| true);
-    let broker_pid = report::find_pid("tansu broker");
+    let commands_pid = report::stack_pid("commands").or_else(|| report::find_pid("/commands"));
+    let broker_pid = report::stack_pid("broker").or_else(|| report::find_pid("tansu broker"));
     let before = (
         commands_pid.and_then(report::proc_stats),
         broker_pid.and_then(report::proc_stats),
