@@ -37,7 +37,11 @@ pub fn proc_stats(pid: u32) -> Option<(f64, u64)> {
 /// The pid `deploy/local/up` recorded for a service of the stack in `CHAT_STATE_DIR`.
 pub fn stack_pid(service: &str) -> Option<u32> {
     let state = std::env::var("CHAT_STATE_DIR").ok()?;
-    std::fs::read_to_string(format!("{state}/run/{service}.pid")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("{state}/run/{service}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The pid of the first process whose command line contains `needle`.

@@ -32,6 +32,7 @@ pub struct App {
     pub writer: Writer,
     pub limiter: RateLimiter,
     pub http: reqwest::Client,
+    pub files: crate::files::FileStore,
 }
 
 pub type AppState = Arc<App>;
@@ -85,6 +86,8 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             async move { app.writer.readiness() }.boxed()
         });
     let max_body = app.config.max_body_bytes;
+    // The multipart envelope around the file adds a little to the file's own limit.
+    let max_upload = app.config.max_upload_bytes as usize + 64 * 1024;
     let ownership_state = app.clone();
     let api = Router::new()
         .route("/v1/auth/register", post(identity::handlers::register))
@@ -93,6 +96,10 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         .route("/v1/auth/logout", post(identity::handlers::logout))
         .route("/v1/auth/jwks", get(identity::handlers::jwks))
         .route("/v1/users/me", get(identity::handlers::me))
+        .route(
+            "/v1/files",
+            post(crate::files::upload).layer(DefaultBodyLimit::max(max_upload)),
+        )
         .route("/v1/rooms", post(rooms_http::create_room))
         .route("/v1/rooms/{room_id}", patch(rooms_http::update_room))
         .route("/v1/rooms/{room_id}/join", post(rooms_http::join))

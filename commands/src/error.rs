@@ -20,6 +20,8 @@ pub enum CommandError {
     NotFound(&'static str),
     #[error("{1}")]
     Conflict(&'static str, String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("too many requests; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("{0}")]
@@ -64,6 +66,9 @@ impl From<CommandError> for ApiError {
                 message,
             ),
             CommandError::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
+            CommandError::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
             CommandError::RateLimited { retry_after } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
                     .with_retry_after(retry_after)

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod identity;
 pub mod log;
 pub mod ratelimit;

@@ -71,6 +71,8 @@ async fn main() -> anyhow::Result<()> {
         http: reqwest::Client::builder()
             .timeout(config.command_timeout + Duration::from_secs(2))
             .build()?,
+        files: commands::files::FileStore::new(config.files_dir.clone(), config.max_upload_bytes)
+            .await?,
         config: config.clone(),
         store,
         signer,

@@ -7,7 +7,7 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use platform::json::Json;
-use schemas::events::{Role, Visibility};
+use schemas::events::{AttachmentUploaded, Role, Visibility};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
@@ -390,17 +390,26 @@ pub async fn post_message(
         .as_deref()
         .map(|r| validate::id(r, "reply_to"))
         .transpose()?;
-    if let Some(file_id) = body.attachments.first() {
-        // No upload store exists yet, so no file id can name a file.
-        return Err(CommandError::invalid(format!(
-            "attachments: unknown file {file_id}"
-        )));
-    }
+    let attachments = crate::files::resolve_attachments(&app, &actor.user_id, &body.attachments)
+        .await?
+        .into_iter()
+        .map(|f| AttachmentUploaded {
+            // The writer fills in the envelope (room, seq) when it decides the post.
+            envelope: schemas::Envelope::for_room(room_id.clone(), 1, Some(actor.user_id.clone())),
+            file_id: f.file_id,
+            uploader_id: actor.user_id.clone(),
+            filename: f.filename,
+            size: f.size,
+            mime_type: f.mime_type,
+            sha256: f.sha256,
+            url: f.url,
+        })
+        .collect();
     let command = Command::Post {
         client_msg_id,
         content,
         reply_to,
-        attachments: Vec::new(),
+        attachments,
     };
     request
         .run(room_id, actor, command, StatusCode::CREATED)
