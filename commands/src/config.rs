@@ -32,6 +32,9 @@ pub struct Config {
     /// tokens; `deploy/local/up` generates one for development. Default
     /// `$CHAT_STATE_DIR/keys/jwt-private.pem`.
     pub jwt_private_key_file: PathBuf,
+    /// `CHAT_JWT_PRIVATE_KEY`: the same key as PEM text (secret stores often inject env vars);
+    /// when set it wins over the file.
+    pub jwt_private_key_pem: Option<String>,
     /// `CHAT_ACCESS_TOKEN_TTL_SECS`, default 900.
     pub access_token_ttl: Duration,
     /// `CHAT_REFRESH_TOKEN_TTL_SECS`, default 30 days.
@@ -80,6 +83,9 @@ impl Config {
                 "CHAT_JWT_PRIVATE_KEY_FILE",
                 state_dir.join("keys/jwt-private.pem"),
             )?,
+            jwt_private_key_pem: std::env::var("CHAT_JWT_PRIVATE_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty()),
             access_token_ttl: Duration::from_secs(env_or("CHAT_ACCESS_TOKEN_TTL_SECS", 900u64)?),
             refresh_token_ttl: Duration::from_secs(env_or(
                 "CHAT_REFRESH_TOKEN_TTL_SECS",

@@ -29,7 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let redis = platform::cache::connect(&config.redis_url)
         .await
         .context("cannot connect to Redis (CHAT_REDIS_URL)")?;
-    let signer = Signer::load(&config.jwt_private_key_file, config.access_token_ttl)?;
+    let signer = match &config.jwt_private_key_pem {
+        Some(pem) => Signer::from_pem(pem.as_bytes(), config.access_token_ttl)?,
+        None => Signer::load(&config.jwt_private_key_file, config.access_token_ttl)?,
+    };
     let verifier = TokenVerifier::new(
         signer.jwks(),
         None,

@@ -464,3 +464,62 @@ async fn malformed_requests_get_error_bodies_and_the_service_keeps_serving() -> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn failed_logins_back_off_per_client_address() -> anyhow::Result<()> {
+    // One address (this Api's X-Forwarded-For) spraying wrong passwords at many accounts.
+    let api = api();
+    let (_, victim, password) = api.register("spray").await?;
+    for i in 0..20 {
+        let answer = api
+            .login(
+                &format!(
+                    "nobody{i}{}",
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                ),
+                "guess-guess",
+            )
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "attempt {i}: {}",
+            answer.body
+        );
+    }
+    let locked = api.login(&victim, &password).await?;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.body
+    );
+    assert!(locked.retry_after.is_some());
+    // The account itself is fine from another address.
+    let elsewhere = Api::new(env::commands_url());
+    assert_eq!(
+        elsewhere.login(&victim, &password).await?.status,
+        StatusCode::OK
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_jwks_names_the_key_tokens_are_signed_with() -> anyhow::Result<()> {
+    let api = api();
+    let user = api.user("jwks").await?;
+    let jwks = api.call(Method::GET, "/v1/auth/jwks", None, None).await?;
+    assert_eq!(jwks.status, StatusCode::OK);
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD.decode(user.access_token.split('.').next().unwrap())?,
+    )?;
+    assert_eq!(header["alg"], "RS256");
+    let keys = jwks.body["keys"].as_array().expect("keys");
+    let key = keys
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the token's kid is published");
+    assert_eq!(key["kty"], "RSA");
+    assert!(key.get("d").is_none(), "no private part in the JWK set");
+    Ok(())
+}
