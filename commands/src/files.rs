@@ -50,7 +50,7 @@ impl FileStore {
 
     pub fn path_of(&self, file_id: &Uuid) -> PathBuf {
         let id = file_id.simple().to_string();
-        self.dir.join(&id[id.len() - 2..]).join(id)
+        platform::files::path_of(&self.dir, &id).unwrap_or_else(|| self.dir.join(id))
     }
 
     pub fn max_bytes(&self) -> u64 {

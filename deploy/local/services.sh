@@ -187,6 +187,30 @@ start_commands() {
     wait_until commands 600 http_ready "$CHAT_COMMANDS_URL/readyz"
 }
 
+# ---------- projections (read models) and query-api (read API) ----------
+
+# start_workspace_service NAME BINARY LISTEN_VAR PORT URL: one of our binaries, restarted when
+# rebuilt, waited for until /readyz answers.
+start_workspace_service() {
+    local name=$1 binary_name=$2 listen_var=$3 port=$4 url=$5
+    local binary; binary="$(bin_dir)/$binary_name"
+    restart_if_rebuilt "$name" "$binary"
+    if ! running_pid "$name" >/dev/null; then
+        wait_port_free "$name" "$port" "${listen_var/LISTEN/PORT}"
+        start_bg "$name" "$DATA_DIR/$name" env "$listen_var=127.0.0.1:$port" "$binary"
+        record_binary "$name"
+    fi
+    wait_until "$name" 120 http_ready "$url/readyz"
+}
+
+start_projections() {
+    start_workspace_service projections projections CHAT_PROJECTIONS_LISTEN "$CHAT_PROJECTIONS_PORT" "$CHAT_PROJECTIONS_URL"
+}
+
+start_query-api() {
+    start_workspace_service query-api query-api CHAT_QUERY_LISTEN "$CHAT_QUERY_PORT" "$CHAT_QUERY_URL"
+}
+
 # ---------- dispatch ----------
 
 endpoint_of() {
@@ -198,6 +222,8 @@ endpoint_of() {
         mongo) echo "$CHAT_MONGO_URL" ;;
         clickhouse) echo "$CHAT_CLICKHOUSE_URL (native 127.0.0.1:$CHAT_CLICKHOUSE_TCP_PORT)" ;;
         commands) echo "$CHAT_COMMANDS_URL" ;;
+        projections) echo "$CHAT_PROJECTIONS_URL (ops only)" ;;
+        query-api) echo "$CHAT_QUERY_URL" ;;
     esac
 }
 
@@ -210,5 +236,7 @@ ready_check() {
         mongo) port_open "$CHAT_MONGO_PORT" ;;
         clickhouse) clickhouse_ready 2>/dev/null ;;
         commands) http_ready "$CHAT_COMMANDS_URL/healthz" 2>/dev/null ;;
+        projections) http_ready "$CHAT_PROJECTIONS_URL/healthz" 2>/dev/null ;;
+        query-api) http_ready "$CHAT_QUERY_URL/healthz" 2>/dev/null ;;
     esac
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod json;
 pub mod ops;
 pub mod pg;

@@ -1,2 +1,16 @@
-//! The read models (issue #4): one consumer group per projector applying events exactly once
-//! per `(room_id, seq)` into MongoDB, Redis and ClickHouse. Nothing is implemented here yet.
+//! The read side: projectors that fold the event log into read models. Each projector reads
+//! every partition of its topics from its own checkpoints (kept in its store, with its data)
+//! and applies each room's events exactly once, in order; what it cannot apply goes to
+//! `chat.dead-letter` and it moves on.
+
+pub mod config;
+pub mod deadletter;
+pub mod directory;
+pub mod error;
+pub mod gate;
+pub mod mongo;
+pub mod runner;
+pub mod source;
+pub mod text;
+
+pub use error::ProjectionError;

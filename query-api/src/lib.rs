@@ -1,2 +1,12 @@
-//! The read API (issue #4): history paging, search, rooms, members, presence and unread counts
-//! served from the read models. Nothing is implemented here yet.
+//! The read API: history paging, search, rooms, members, presence, unread counts and file
+//! downloads, answered from the read models the projectors maintain. It never writes.
+
+pub mod access;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod messages;
+pub mod openapi;
+pub mod params;
+pub mod rooms;

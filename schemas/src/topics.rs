@@ -22,7 +22,7 @@ pub const DEAD_LETTER: &str = "chat.dead-letter";
 /// `retention.ms` meaning "never delete" on every broker we run on (see the module docs).
 pub const RETAIN_FOREVER_MS: &str = "9223372036854775807";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
     RoomEvents,
     UserEvents,

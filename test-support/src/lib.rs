@@ -38,6 +38,15 @@ pub mod env {
     pub fn redis_url() -> String {
         var("CHAT_REDIS_URL", "redis://127.0.0.1:6379")
     }
+    pub fn query_url() -> String {
+        var("CHAT_QUERY_URL", "http://127.0.0.1:8091")
+    }
+    pub fn mongo_url() -> String {
+        var(
+            "CHAT_MONGO_URL",
+            "mongodb://127.0.0.1:27017/?directConnection=true",
+        )
+    }
     pub fn commands_url() -> String {
         var("CHAT_COMMANDS_URL", "http://127.0.0.1:8090")
     }

@@ -1,0 +1,59 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::config::{env_or, env_string};
+
+/// Settings of the projections process, read once from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_PROJECTIONS_LISTEN`, default `127.0.0.1:8094`: ops endpoints.
+    pub listen: SocketAddr,
+    /// `CHAT_PROJECTORS`, default `mongo`: which projectors this process runs (comma list).
+    pub projectors: Vec<String>,
+    pub brokers: String,
+    pub registry_url: String,
+    /// `CHAT_MONGO_URL` / `CHAT_MONGO_DB` (default `chat`).
+    pub mongo_url: String,
+    pub mongo_db: String,
+    /// `CHAT_PG_URL` and `CHAT_DIRECTORY_PG_SCHEMA` (default `directory`): the user directory.
+    pub pg_url: String,
+    pub directory_schema: String,
+    /// `CHAT_PROJECTION_GROUP_PREFIX`, default `chat-projection-`: each projector's consumer
+    /// group is the prefix plus its name (its positions are committed there for lag reports).
+    pub group_prefix: String,
+    /// `CHAT_PROJECTION_BATCH` (default 500) and `CHAT_PROJECTION_BATCH_MS` (default 50): a
+    /// batch is applied when it is this big or this old.
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    /// `CHAT_PROJECTION_FETCH_WAIT_MS`, default 50.
+    pub fetch_wait_ms: u64,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, platform::ConfigError> {
+        Ok(Self {
+            listen: env_or(
+                "CHAT_PROJECTIONS_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8094)),
+            )?,
+            projectors: env_string("CHAT_PROJECTORS", "mongo,directory")
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
+            registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
+            mongo_url: env_string(
+                "CHAT_MONGO_URL",
+                "mongodb://127.0.0.1:27017/?directConnection=true",
+            ),
+            mongo_db: env_string("CHAT_MONGO_DB", "chat"),
+            pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            directory_schema: env_string("CHAT_DIRECTORY_PG_SCHEMA", "directory"),
+            group_prefix: env_string("CHAT_PROJECTION_GROUP_PREFIX", "chat-projection-"),
+            max_batch: env_or("CHAT_PROJECTION_BATCH", 500usize)?,
+            max_wait: Duration::from_millis(env_or("CHAT_PROJECTION_BATCH_MS", 50u64)?),
+            fetch_wait_ms: env_or("CHAT_PROJECTION_FETCH_WAIT_MS", 50u64)?,
+        })
+    }
+}

@@ -1,0 +1,137 @@
+//! The per-room ordering rule every projector follows (ARCHITECTURE.md, write path 3): apply
+//! only `seq = last + 1`; skip what was already applied; report anything else as a conflict.
+
+use std::collections::{HashMap, VecDeque};
+
+/// How many recent event ids per room tell a re-read from a second writer's event.
+const RECENT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Apply,
+    /// Already applied: a re-read after a restart or a replayed batch.
+    Duplicate,
+    /// Not the next event of its room (a second writer, a gap): dead-lettered, counted.
+    Conflict(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RoomCursor {
+    pub last_seq: i64,
+    pub last_event_id: Option<String>,
+    recent: VecDeque<(i64, String)>,
+}
+
+impl RoomCursor {
+    /// A cursor restored from a store that kept only the last applied event.
+    pub fn restored(last_seq: i64, last_event_id: Option<String>) -> Self {
+        let mut recent = VecDeque::new();
+        if let Some(id) = &last_event_id {
+            recent.push_back((last_seq, id.clone()));
+        }
+        Self {
+            last_seq,
+            last_event_id,
+            recent,
+        }
+    }
+}
+
+/// Cursors of the rooms a projector has seen. Rooms it has not seen must be loaded from the
+/// store (`needs`) before their events are judged.
+#[derive(Debug, Default)]
+pub struct Gate {
+    rooms: HashMap<String, RoomCursor>,
+}
+
+impl Gate {
+    pub fn knows(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    pub fn restore(&mut self, room: &str, cursor: RoomCursor) {
+        self.rooms.insert(room.to_string(), cursor);
+    }
+
+    pub fn cursor(&self, room: &str) -> Option<&RoomCursor> {
+        self.rooms.get(room)
+    }
+
+    /// Judges the event `(seq, event_id)` of `room` and, when it is to be applied, advances.
+    pub fn judge(&mut self, room: &str, seq: i64, event_id: &str) -> Verdict {
+        let cursor = self.rooms.entry(room.to_string()).or_default();
+        if seq == cursor.last_seq + 1 {
+            cursor.last_seq = seq;
+            cursor.last_event_id = Some(event_id.to_string());
+            cursor.recent.push_back((seq, event_id.to_string()));
+            if cursor.recent.len() > RECENT {
+                cursor.recent.pop_front();
+            }
+            return Verdict::Apply;
+        }
+        if seq <= cursor.last_seq {
+            let oldest_known = cursor.recent.front().map(|(s, _)| *s).unwrap_or(i64::MAX);
+            match cursor.recent.iter().find(|(s, _)| *s == seq) {
+                Some((_, id)) if id == event_id => return Verdict::Duplicate,
+                Some((_, id)) => {
+                    return Verdict::Conflict(format!(
+                        "room {room}: seq {seq} is {id}, not {event_id}"
+                    ));
+                }
+                // Older than what is remembered: a replay (the store is ahead of the log read).
+                None if seq < oldest_known => return Verdict::Duplicate,
+                None => {}
+            }
+        }
+        Verdict::Conflict(format!(
+            "room {room}: expected seq {}, got {seq} ({event_id})",
+            cursor.last_seq + 1
+        ))
+    }
+
+    /// Forgets everything (after a failed batch: the store is the truth again).
+    pub fn clear(&mut self) {
+        self.rooms.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_applies_rereads_skip_others_conflict() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.judge("r", 1, "a"), Verdict::Apply);
+        assert_eq!(gate.judge("r", 2, "b"), Verdict::Apply);
+        assert_eq!(gate.judge("r", 2, "b"), Verdict::Duplicate);
+        assert_eq!(gate.judge("r", 1, "a"), Verdict::Duplicate);
+        assert!(
+            matches!(gate.judge("r", 2, "x"), Verdict::Conflict(_)),
+            "second writer"
+        );
+        assert!(
+            matches!(gate.judge("r", 5, "c"), Verdict::Conflict(_)),
+            "gap"
+        );
+        assert_eq!(
+            gate.judge("r", 3, "c"),
+            Verdict::Apply,
+            "the gap event did not advance"
+        );
+        assert!(
+            matches!(gate.judge("new", 2, "z"), Verdict::Conflict(_)),
+            "rooms start at 1"
+        );
+    }
+
+    #[test]
+    fn restored_cursors_treat_older_events_as_replays() {
+        let mut gate = Gate::default();
+        gate.restore("r", RoomCursor::restored(10, Some("e10".into())));
+        assert_eq!(gate.judge("r", 4, "e4"), Verdict::Duplicate);
+        assert_eq!(gate.judge("r", 10, "e10"), Verdict::Duplicate);
+        assert!(matches!(gate.judge("r", 10, "other"), Verdict::Conflict(_)));
+        assert_eq!(gate.judge("r", 11, "e11"), Verdict::Apply);
+    }
+}

@@ -1,0 +1,561 @@
+//! The MongoDB read model: message history, rooms, memberships, shared files.
+//!
+//! Collections (database `CHAT_MONGO_DB`, default `chat`):
+//! - `messages`: the seed's message document plus `seq`, `deleted`, `tokens` (search) and
+//!   `last_seq` (the seq of the last event applied to it); edits, deletes and reactions are
+//!   applied in place.
+//! - `rooms`: name, visibility, topic, owner, `member_count`, `last_activity` and `last_seq`,
+//!   which is also this projector's progress for the room.
+//! - `memberships`: one document per (room, user): role, status (member, invited, banned,
+//!   left) and read marker; it answers "may this user read this room" for query-api.
+//! - `files`: files shared into rooms (AttachmentUploaded), for download authorization.
+//! - `projection_progress`: the projector's partition checkpoints.
+//!
+//! Exactly-once without transactions (the local server has none): each batch writes effects
+//! first, then one update per touched room that moves `last_seq` and applies the room's counters,
+//! guarded by the room's previous `last_seq`, then the partition checkpoints. A crash anywhere
+//! replays from the checkpoint; the rooms' `last_seq` skips what was fully applied, inserts are
+//! keyed by message id, message updates are guarded by the message's `last_seq`, and everything
+//! else is replayed in order from the room's progress point, so the end state is the same.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::options::{IndexOptions, InsertManyOptions};
+use mongodb::{Collection, Database, IndexModel};
+use schemas::DomainEvent;
+use schemas::topics::Topic;
+
+use crate::deadletter::DeadLetter;
+use crate::error::ProjectionError;
+use crate::gate::{Gate, RoomCursor, Verdict};
+use crate::runner::{Counts, Project};
+use crate::source::{Batch, Positions};
+use crate::text;
+
+pub const MESSAGES: &str = "messages";
+pub const ROOMS: &str = "rooms";
+pub const MEMBERSHIPS: &str = "memberships";
+pub const FILES: &str = "files";
+pub const PROGRESS: &str = "projection_progress";
+
+pub struct MongoProjector {
+    db: Database,
+    messages: Collection<Document>,
+    rooms: Collection<Document>,
+    memberships: Collection<Document>,
+    files: Collection<Document>,
+    progress: Collection<Document>,
+    gate: Gate,
+}
+
+/// Creates the collections' indexes (idempotent).
+pub async fn ensure_indexes(db: &Database) -> Result<(), ProjectionError> {
+    let index = |keys: Document, unique: bool| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().unique(unique).build())
+            .build()
+    };
+    let messages = db.collection::<Document>(MESSAGES);
+    // The seed's indexes, plus paging by seq and the search token index.
+    messages
+        .create_index(index(doc! {"room_id": 1, "timestamp": -1}, false))
+        .await?;
+    messages
+        .create_index(index(doc! {"user_id": 1, "timestamp": -1}, false))
+        .await?;
+    // Not unique: messages are identified by _id; the local server's unique compound indexes
+    // report false duplicates.
+    messages
+        .create_index(index(doc! {"room_id": 1, "seq": -1}, false))
+        .await?;
+    messages
+        .create_index(index(doc! {"tokens": 1}, false))
+        .await?;
+    let memberships = db.collection::<Document>(MEMBERSHIPS);
+    memberships
+        .create_index(index(doc! {"user_id": 1, "status": 1}, false))
+        .await?;
+    memberships
+        .create_index(index(doc! {"room_id": 1, "status": 1}, false))
+        .await?;
+    db.collection::<Document>(ROOMS)
+        .create_index(index(doc! {"visibility": 1, "last_activity": -1}, false))
+        .await?;
+    Ok(())
+}
+
+impl MongoProjector {
+    pub async fn open(db: Database) -> Result<Self, ProjectionError> {
+        ensure_indexes(&db).await?;
+        Ok(Self {
+            messages: db.collection(MESSAGES),
+            rooms: db.collection(ROOMS),
+            memberships: db.collection(MEMBERSHIPS),
+            files: db.collection(FILES),
+            progress: db.collection(PROGRESS),
+            db,
+            gate: Gate::default(),
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn topics() -> Vec<Topic> {
+        vec![Topic::RoomEvents]
+    }
+
+    /// The partition checkpoints: one document per topic, `{_id: "offsets:<topic>", next: {"<partition>": offset}}`,
+    /// so a batch moves all its checkpoints with one write.
+    pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        let mut positions = Positions::new();
+        let mut cursor = self.progress.find(doc! {"kind": "offsets"}).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let (Ok(topic), Ok(next)) = (d.get_str("topic"), d.get_document("next")) else {
+                continue;
+            };
+            let Some(topic) = Topic::from_name(topic) else {
+                continue;
+            };
+            for (partition, offset) in next {
+                if let (Ok(partition), Some(offset)) = (partition.parse::<i32>(), offset.as_i64()) {
+                    positions.insert((topic, partition), offset);
+                }
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn restore_cursors(&mut self, batch: &Batch) -> Result<(), ProjectionError> {
+        let unknown: Vec<String> = batch
+            .records
+            .iter()
+            .filter_map(|r| r.event.envelope().room_id.clone())
+            .filter(|room| !self.gate.knows(room))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        // One lookup by _id per room: the local server answers those from its primary key,
+        // while an $in over several ids scans the collection.
+        let mut found = HashMap::new();
+        for room in &unknown {
+            if let Some(d) = self.rooms.find_one(doc! {"_id": room}).await? {
+                found.insert(
+                    room.clone(),
+                    RoomCursor::restored(
+                        d.get_i64("last_seq").unwrap_or(0),
+                        d.get_str("last_event_id").ok().map(str::to_string),
+                    ),
+                );
+            }
+        }
+        for room in unknown {
+            let cursor = found.remove(&room).unwrap_or_default();
+            self.gate.restore(&room, cursor);
+        }
+        Ok(())
+    }
+
+    async fn apply_batch(
+        &mut self,
+        batch: &Batch,
+        dead_letter: &DeadLetter,
+    ) -> Result<Counts, ProjectionError> {
+        self.restore_cursors(batch).await?;
+        let mut stats = Counts::default();
+        // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
+        let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
+        let mut pending_inserts: Vec<Document> = Vec::new();
+        let mut membership_status: HashMap<(String, String), String> = HashMap::new();
+        for record in &batch.records {
+            let envelope = record.event.envelope();
+            let (Some(room), Some(seq)) = (envelope.room_id.clone(), envelope.seq) else {
+                continue;
+            };
+            let before = self.gate.cursor(&room).map(|c| c.last_seq).unwrap_or(0);
+            match self.gate.judge(&room, seq, &envelope.event_id) {
+                Verdict::Apply => {}
+                Verdict::Duplicate => {
+                    stats.duplicates += 1;
+                    continue;
+                }
+                Verdict::Conflict(reason) => {
+                    stats.conflicts += 1;
+                    tracing::warn!(%reason, offset = record.offset, partition = record.partition, "conflicting event dead-lettered");
+                    dead_letter
+                        .send(
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            record.key.as_deref(),
+                            &record.payload,
+                            &format!("conflict: {reason}"),
+                        )
+                        .await?;
+                    continue;
+                }
+            }
+            stats.applied += 1;
+            let delta = touched.entry(room.clone()).or_insert_with(|| RoomDelta {
+                before,
+                ..RoomDelta::default()
+            });
+            delta.last_seq = seq;
+            delta.last_event_id = envelope.event_id.clone();
+            delta.last_activity = envelope.occurred_at;
+            let at = DateTime::from_millis(envelope.occurred_at);
+            use DomainEvent as E;
+            match &record.event {
+                E::MessagePosted(e) => {
+                    let attachments: Vec<Document> = e
+                        .attachments
+                        .iter()
+                        .map(|a| doc! {"file_id": &a.file_id, "filename": &a.filename, "url": &a.url, "size": a.size, "mime_type": &a.mime_type})
+                        .collect();
+                    pending_inserts.push(doc! {
+                        "_id": &e.message_id,
+                        "room_id": &room,
+                        "seq": seq,
+                        "user_id": &e.author_id,
+                        "content": &e.content,
+                        "message_type": enum_str(&e.message_type),
+                        "timestamp": at,
+                        "edited_at": Bson::Null,
+                        "reply_to": e.reply_to.clone().map(Bson::String).unwrap_or(Bson::Null),
+                        "reactions": [],
+                        "attachments": attachments,
+                        "deleted": false,
+                        "tokens": text::tokens(&e.content),
+                        "last_seq": seq,
+                    });
+                    delta.messages += 1;
+                    continue;
+                }
+                // These update messages that may still be waiting in the insert list.
+                E::MessageEdited(_)
+                | E::MessageDeleted(_)
+                | E::ReactionAdded(_)
+                | E::ReactionRemoved(_) => {
+                    self.flush_inserts(&mut pending_inserts).await?;
+                }
+                _ => {}
+            }
+            match &record.event {
+                E::RoomCreated(e) => {
+                    self.rooms
+                        .update_one(
+                            doc! {"_id": &room},
+                            doc! {"$set": {
+                                "name": &e.name, "visibility": enum_str(&e.visibility), "topic": opt(&e.topic),
+                                "owner_id": &e.owner_id, "created_at": at, "member_count": 0_i64,
+                                "last_seq": 0_i64, "last_activity": at,
+                            }},
+                        )
+                        .upsert(true)
+                        .await?;
+                    self.set_membership(
+                        &room,
+                        &e.owner_id,
+                        doc! {"status": "member", "role": "owner", "joined_at": at},
+                    )
+                    .await?;
+                    membership_status.insert((room.clone(), e.owner_id.clone()), "member".into());
+                    delta.members += 1;
+                }
+                E::RoomUpdated(e) => {
+                    self.rooms
+                        .update_one(doc! {"_id": &room}, doc! {"$set": {"name": &e.name, "visibility": enum_str(&e.visibility), "topic": opt(&e.topic)}})
+                        .await?;
+                }
+                E::MemberJoined(e) => {
+                    let was = self
+                        .status(&mut membership_status, &room, &e.member_id)
+                        .await?;
+                    self.set_membership(
+                        &room,
+                        &e.member_id,
+                        doc! {"status": "member", "role": enum_str(&e.role), "joined_at": at},
+                    )
+                    .await?;
+                    if was.as_deref() != Some("member") {
+                        delta.members += 1;
+                    }
+                    membership_status.insert((room.clone(), e.member_id.clone()), "member".into());
+                }
+                E::MemberLeft(e) => {
+                    let was = self
+                        .status(&mut membership_status, &room, &e.member_id)
+                        .await?;
+                    self.set_membership(&room, &e.member_id, doc! {"status": "left"})
+                        .await?;
+                    if was.as_deref() == Some("member") {
+                        delta.members -= 1;
+                    }
+                    membership_status.insert((room.clone(), e.member_id.clone()), "left".into());
+                }
+                E::MemberBanned(e) => {
+                    let was = self
+                        .status(&mut membership_status, &room, &e.member_id)
+                        .await?;
+                    self.set_membership(&room, &e.member_id, doc! {"status": "banned"})
+                        .await?;
+                    if was.as_deref() == Some("member") {
+                        delta.members -= 1;
+                    }
+                    membership_status.insert((room.clone(), e.member_id.clone()), "banned".into());
+                }
+                E::MemberInvited(e) => {
+                    let was = self
+                        .status(&mut membership_status, &room, &e.invitee_id)
+                        .await?;
+                    if was.as_deref() != Some("member") {
+                        self.set_membership(
+                            &room,
+                            &e.invitee_id,
+                            doc! {"status": "invited", "role": "member"},
+                        )
+                        .await?;
+                        membership_status
+                            .insert((room.clone(), e.invitee_id.clone()), "invited".into());
+                    }
+                }
+                E::MemberRoleChanged(e) => {
+                    self.set_membership(&room, &e.member_id, doc! {"role": enum_str(&e.new_role)})
+                        .await?;
+                }
+                E::MessageEdited(e) => {
+                    self.update_message(&e.message_id, seq, doc! {"$set": {"content": &e.content, "tokens": text::tokens(&e.content), "edited_at": at, "last_seq": seq}})
+                        .await?;
+                }
+                E::MessageDeleted(e) => {
+                    // Deleted content leaves the read model: only the tombstone stays.
+                    self.update_message(
+                        &e.message_id,
+                        seq,
+                        doc! {"$set": {"deleted": true, "content": "", "tokens": [], "reactions": [], "attachments": [], "last_seq": seq}},
+                    )
+                    .await?;
+                }
+                E::ReactionAdded(e) => {
+                    self.update_message(
+                        &e.message_id,
+                        seq,
+                        doc! {"$set": {"last_seq": seq}, "$push": {"reactions": {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at}}},
+                    )
+                    .await?;
+                }
+                E::ReactionRemoved(e) => {
+                    self.update_message(
+                        &e.message_id,
+                        seq,
+                        doc! {"$set": {"last_seq": seq}, "$pull": {"reactions": {"user_id": &e.member_id, "emoji": &e.emoji}}},
+                    )
+                    .await?;
+                }
+                E::ReadMarkerSet(e) => {
+                    self.memberships
+                        .update_one(
+                            doc! {"_id": membership_id(&room, &e.member_id)},
+                            doc! {"$max": {"read_seq": e.read_seq}},
+                        )
+                        .await?;
+                }
+                E::AttachmentUploaded(e) => {
+                    self.files
+                        .update_one(
+                            doc! {"_id": &e.file_id},
+                            doc! {
+                                "$set": {"uploader_id": &e.uploader_id, "filename": &e.filename, "size": e.size, "mime_type": &e.mime_type, "sha256": &e.sha256},
+                                "$addToSet": {"rooms": &room},
+                            },
+                        )
+                        .upsert(true)
+                        .await?;
+                }
+                E::MessagePosted(_)
+                | E::CallStarted(_)
+                | E::CallJoined(_)
+                | E::CallLeft(_)
+                | E::CallEnded(_)
+                | E::UserRegistered(_)
+                | E::UserProfileUpdated(_)
+                | E::SessionRevoked(_)
+                | E::PresenceChanged(_) => {}
+            }
+        }
+        self.flush_inserts(&mut pending_inserts).await?;
+
+        // Progress per room, exactly once per batch: applied only while the room still stands
+        // where this batch started (a retried batch finds it moved and leaves it).
+        for (room, delta) in &touched {
+            let stored = self.rooms.find_one(doc! {"_id": room}).await?;
+            if stored.as_ref().and_then(|d| d.get_i64("last_seq").ok()) != Some(delta.before) {
+                continue;
+            }
+            self.rooms
+                .update_one(
+                    doc! {"_id": room},
+                    doc! {
+                        "$set": {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)},
+                        "$inc": {"member_count": delta.members, "message_count": delta.messages},
+                    },
+                )
+                .await?;
+        }
+        let mut by_topic: BTreeMap<Topic, Document> = BTreeMap::new();
+        for ((topic, partition), next) in &batch.positions {
+            by_topic
+                .entry(*topic)
+                .or_default()
+                .insert(format!("next.{partition}"), *next);
+        }
+        for (topic, mut set) in by_topic {
+            set.insert("kind", "offsets");
+            set.insert("topic", topic.name());
+            self.progress
+                .update_one(
+                    doc! {"_id": format!("offsets:{}", topic.name())},
+                    doc! {"$set": set},
+                )
+                .upsert(true)
+                .await?;
+        }
+        Ok(stats)
+    }
+
+    async fn flush_inserts(&self, pending: &mut Vec<Document>) -> Result<(), ProjectionError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let docs = std::mem::take(pending);
+        let result = self
+            .messages
+            .insert_many(&docs)
+            .with_options(InsertManyOptions::builder().ordered(false).build())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A replay re-inserts messages that are already there: keyed by message id, the
+            // duplicates are refused and the rest goes in.
+            Err(e) if is_duplicate_only(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies `update` to the message unless an event at or after `seq` was applied to it.
+    /// Read, compare, write by `_id` (not one filtered update): the local server answers `_id`
+    /// equality from its key and scans the collection for any other filter. Safe because this
+    /// projector is the only writer of its rooms' documents.
+    async fn update_message(
+        &self,
+        message_id: &str,
+        seq: i64,
+        update: Document,
+    ) -> Result<(), ProjectionError> {
+        let Some(current) = self.messages.find_one(doc! {"_id": message_id}).await? else {
+            return Ok(());
+        };
+        if current.get_i64("last_seq").unwrap_or(0) >= seq {
+            return Ok(());
+        }
+        self.messages
+            .update_one(doc! {"_id": message_id}, update)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_membership(
+        &self,
+        room: &str,
+        user: &str,
+        fields: Document,
+    ) -> Result<(), ProjectionError> {
+        let mut set = doc! {"room_id": room, "user_id": user};
+        set.extend(fields);
+        self.memberships
+            .update_one(doc! {"_id": membership_id(room, user)}, doc! {"$set": set})
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        cache: &mut HashMap<(String, String), String>,
+        room: &str,
+        user: &str,
+    ) -> Result<Option<String>, ProjectionError> {
+        if let Some(s) = cache.get(&(room.to_string(), user.to_string())) {
+            return Ok(Some(s.clone()));
+        }
+        let found = self
+            .memberships
+            .find_one(doc! {"_id": membership_id(room, user)})
+            .await?;
+        Ok(found.and_then(|d| d.get_str("status").ok().map(str::to_string)))
+    }
+}
+
+#[derive(Debug, Default)]
+struct RoomDelta {
+    before: i64,
+    last_seq: i64,
+    last_event_id: String,
+    last_activity: i64,
+    members: i64,
+    messages: i64,
+}
+
+pub fn membership_id(room: &str, user: &str) -> String {
+    format!("{room}:{user}")
+}
+
+fn opt(value: &Option<String>) -> Bson {
+    value.clone().map(Bson::String).unwrap_or(Bson::Null)
+}
+
+/// The snake_case name of a contract enum (its serde form).
+fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn is_duplicate_only(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_none()
+                && failure
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| w.code == 11000))
+        }
+        _ => false,
+    }
+}
+
+impl Project for MongoProjector {
+    fn name(&self) -> &'static str {
+        "mongo"
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &Batch,
+        dead_letter: &DeadLetter,
+    ) -> Result<Counts, ProjectionError> {
+        self.apply_batch(batch, dead_letter).await
+    }
+
+    fn reset(&mut self) {
+        self.gate.clear();
+    }
+}

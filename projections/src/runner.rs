@@ -1,0 +1,149 @@
+//! Drives one projector: read a batch, apply it (retrying until the store takes it, never
+//! skipping), commit positions for lag reporting, repeat until shutdown.
+
+use std::time::{Duration, Instant};
+
+use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+
+use crate::deadletter::DeadLetter;
+use crate::error::ProjectionError;
+use crate::source::{Batch, Source};
+
+#[derive(Clone)]
+pub struct RunnerMetrics {
+    pub events: IntCounterVec,
+    pub batch_seconds: prometheus::HistogramVec,
+    pub retries: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub position: IntGaugeVec,
+}
+
+impl RunnerMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "projection_events_total",
+                    "Events seen by projector and outcome",
+                ),
+                &["projector", "outcome"],
+            )?,
+            batch_seconds: prometheus::HistogramVec::new(
+                HistogramOpts::new("projection_batch_seconds", "Time to apply one batch").buckets(
+                    vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ],
+                ),
+                &["projector"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "projection_retries_total",
+                    "Batches retried after a store error",
+                ),
+                &["projector"],
+            )?,
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "projection_dead_letters_total",
+                    "Records sent to chat.dead-letter",
+                ),
+                &["consumer", "kind"],
+            )?,
+            position: IntGaugeVec::new(
+                Opts::new("projection_position", "Next offset per partition"),
+                &["projector", "topic", "partition"],
+            )?,
+        };
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.batch_seconds.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.position.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Counts a projector reports per batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub conflicts: usize,
+}
+
+/// What the runner needs from a projector.
+pub trait Project {
+    fn name(&self) -> &'static str;
+    fn apply(
+        &mut self,
+        batch: &Batch,
+        dead_letter: &DeadLetter,
+    ) -> impl std::future::Future<Output = Result<Counts, ProjectionError>> + Send;
+    /// Drops in-memory caches so a retried batch is judged against the store again.
+    fn reset(&mut self);
+}
+
+pub async fn run<P: Project>(
+    mut projector: P,
+    mut source: Source,
+    dead_letter: DeadLetter,
+    metrics: RunnerMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectionError> {
+    let name = projector.name();
+    tracing::info!(projector = name, "projector running");
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            batch = source.next_batch() => batch?,
+        };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let counts = loop {
+            match projector.apply(&batch, &dead_letter).await {
+                Ok(counts) => break counts,
+                Err(e) => {
+                    metrics.retries.with_label_values(&[name]).inc();
+                    tracing::warn!(projector = name, error = %e, "batch failed; retrying it");
+                    projector.reset();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        metrics
+            .batch_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .events
+            .with_label_values(&[name, "applied"])
+            .inc_by(counts.applied as u64);
+        metrics
+            .events
+            .with_label_values(&[name, "duplicate"])
+            .inc_by(counts.duplicates as u64);
+        metrics
+            .events
+            .with_label_values(&[name, "conflict"])
+            .inc_by(counts.conflicts as u64);
+        metrics
+            .events
+            .with_label_values(&[name, "undecodable"])
+            .inc_by(batch.undecodable as u64);
+        for ((topic, partition), next) in &batch.positions {
+            metrics
+                .position
+                .with_label_values(&[name, topic.name(), &partition.to_string()])
+                .set(*next);
+        }
+        source.commit(&batch.positions);
+    }
+    tracing::info!(projector = name, "projector stopped");
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The MongoDB operations the read models use, checked against the MongoDB-compatible server of
+//! the local stack (briskdb), so a query outside the subset both it and real MongoDB support
+//! fails here first.
+
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::options::{FindOptions, IndexOptions, InsertManyOptions};
+use mongodb::{Client, IndexModel};
+
+fn url() -> String {
+    std::env::var("CHAT_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
+}
+
+#[tokio::test]
+async fn the_subset_the_read_models_use() -> anyhow::Result<()> {
+    let client = Client::with_uri_str(url()).await?;
+    let db = client.database(&test_support::unique_ident("subset"));
+    let messages = db.collection::<Document>("messages");
+    messages
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"room_id": 1, "seq": -1})
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+        )
+        .await?;
+    messages
+        .create_index(IndexModel::builder().keys(doc! {"tokens": 1}).build())
+        .await?;
+
+    // insert_many, unordered: duplicates of _id fail with 11000 and the rest goes in.
+    let docs: Vec<Document> = (1..=5)
+        .map(|i| doc! {"_id": format!("m{i}"), "room_id": "r", "seq": i as i64, "tokens": ["hello", format!("w{i}")], "last_seq": i as i64, "reactions": []})
+        .collect();
+    messages.insert_many(&docs[..3]).await?;
+    let again = messages
+        .insert_many(&docs)
+        .with_options(InsertManyOptions::builder().ordered(false).build())
+        .await;
+    let err = again.expect_err("duplicates must be reported");
+    let text = err.to_string();
+    assert!(
+        text.contains("11000") || text.to_lowercase().contains("duplicate"),
+        "{text}"
+    );
+    assert_eq!(
+        messages.count_documents(doc! {"room_id": "r"}).await?,
+        5,
+        "the non-duplicates went in"
+    );
+
+    // Guarded updates: applied once, a replay (same seq) changes nothing.
+    for _ in 0..2 {
+        messages
+            .update_one(
+                doc! {"_id": "m2", "last_seq": {"$lt": 10_i64}},
+                doc! {"$set": {"last_seq": 10_i64, "content": "edited"}, "$push": {"reactions": {"user_id": "u", "emoji": "👍"}}},
+            )
+            .await?;
+    }
+    let m2 = messages.find_one(doc! {"_id": "m2"}).await?.unwrap();
+    assert_eq!(m2.get_array("reactions")?.len(), 1);
+    messages
+        .update_one(doc! {"_id": "m2", "last_seq": {"$lt": 11_i64}}, doc! {"$set": {"last_seq": 11_i64}, "$pull": {"reactions": {"user_id": "u", "emoji": "👍"}}})
+        .await?;
+    assert_eq!(
+        messages
+            .find_one(doc! {"_id": "m2"})
+            .await?
+            .unwrap()
+            .get_array("reactions")?
+            .len(),
+        0
+    );
+
+    // Paging: seq range, sort, limit.
+    let page: Vec<Document> = messages
+        .find(doc! {"room_id": "r", "seq": {"$lt": 5_i64}})
+        .with_options(
+            FindOptions::builder()
+                .sort(doc! {"seq": -1})
+                .limit(2)
+                .build(),
+        )
+        .await?
+        .try_collect()
+        .await?;
+    let seqs: Vec<i64> = page.iter().map(|d| d.get_i64("seq").unwrap()).collect();
+    assert_eq!(seqs, [4, 3]);
+
+    // Token search: $all over the token array with room_id $in, seq $lt, sorted.
+    let hits: Vec<Document> = messages
+        .find(doc! {"tokens": {"$all": ["hello", "w3"]}, "room_id": {"$in": ["r", "other"]}, "seq": {"$lt": 100_i64}})
+        .with_options(FindOptions::builder().sort(doc! {"seq": -1}).limit(10).build())
+        .await?
+        .try_collect()
+        .await?;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].get_str("_id")?, "m3");
+
+    // Upserts with $set / $inc / $max ($setOnInsert is not in the subset: briskdb refuses it).
+    let rooms = db.collection::<Document>("rooms");
+    for _ in 0..2 {
+        rooms
+            .update_one(
+                doc! {"_id": "r"},
+                doc! {"$set": {"name": "x"}, "$inc": {"n": 1}, "$max": {"last_seq": 7_i64}},
+            )
+            .upsert(true)
+            .await?;
+    }
+    let room = rooms.find_one(doc! {"_id": "r"}).await?.unwrap();
+    assert_eq!(
+        (
+            room.get_i32("n")
+                .ok()
+                .map(i64::from)
+                .or(room.get_i64("n").ok()),
+            room.get_i64("last_seq")?
+        ),
+        (Some(2), 7)
+    );
+
+    // distinct.
+    let distinct = messages.distinct("room_id", doc! {}).await?;
+    assert_eq!(distinct.len(), 1);
+    db.drop().await?;
+    Ok(())
+}

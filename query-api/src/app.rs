@@ -1,0 +1,100 @@
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use futures::FutureExt;
+use mongodb::Database;
+use platform::auth::{AccessClaims, TokenVerifier};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::error::QueryError;
+use crate::{files, messages, openapi, rooms};
+
+pub struct App {
+    pub config: Config,
+    pub db: Database,
+    pub redis: ConnectionManager,
+    pub directory: PgPool,
+    pub verifier: TokenVerifier,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, QueryError> {
+        Ok(self.verifier.verify_headers(headers).await?)
+    }
+}
+
+pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, prometheus::Error> {
+    let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
+    let (mongo, redis, pg) = (app.clone(), app.clone(), app.clone());
+    let ops = platform::ops::Ops::new(registry)
+        .probe("mongo", move || {
+            let app = mongo.clone();
+            async move {
+                app.db
+                    .run_command(mongodb::bson::doc! {"ping": 1})
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            .boxed()
+        })
+        .probe("redis", move || {
+            let app = redis.clone();
+            async move {
+                let mut conn = app.redis.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            .boxed()
+        })
+        .probe("postgres", move || {
+            let app = pg.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&app.directory)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            .boxed()
+        });
+    let api = Router::new()
+        .route("/v1/rooms", get(rooms::list))
+        .route("/v1/rooms/{room_id}", get(rooms::detail))
+        .route("/v1/rooms/{room_id}/members", get(rooms::members))
+        .route("/v1/rooms/{room_id}/presence", get(rooms::presence))
+        .route("/v1/rooms/{room_id}/messages", get(messages::history))
+        .route("/v1/search", get(messages::search))
+        .route("/v1/me/unread", get(rooms::unread))
+        .route("/v1/files/{file_id}", get(files::download))
+        .route("/v1/openapi.json", get(openapi::document))
+        .fallback(|| async {
+            platform::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            platform::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            platform::ops::HttpMetrics::track,
+        ));
+    Ok(api.merge(ops.router()))
+}

@@ -1,0 +1,52 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use platform::config::{env_or, env_string};
+
+/// Settings of the read API, read once from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_QUERY_LISTEN`, default `127.0.0.1:8091`.
+    pub listen: SocketAddr,
+    pub mongo_url: String,
+    /// `CHAT_MONGO_DB`, default `chat` (the projector's database).
+    pub mongo_db: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub pg_url: String,
+    /// `CHAT_DIRECTORY_PG_SCHEMA`, default `directory`: the user directory projection.
+    pub directory_schema: String,
+    /// `CHAT_JWKS_URL`, default `http://127.0.0.1:8090/v1/auth/jwks`: the commands tier's keys.
+    pub jwks_url: String,
+    /// `CHAT_FILES_DIR`: the file store the commands tier writes (same default).
+    pub files_dir: PathBuf,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, platform::ConfigError> {
+        let state_dir = std::env::var("CHAT_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::env::var("HOME")
+                    .map(|h| PathBuf::from(h).join(".local/state/chat-platform"))
+                    .unwrap_or_else(|_| PathBuf::from("."))
+            });
+        Ok(Self {
+            listen: env_or(
+                "CHAT_QUERY_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8091)),
+            )?,
+            mongo_url: env_string(
+                "CHAT_MONGO_URL",
+                "mongodb://127.0.0.1:27017/?directConnection=true",
+            ),
+            mongo_db: env_string("CHAT_MONGO_DB", "chat"),
+            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
+            pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            directory_schema: env_string("CHAT_DIRECTORY_PG_SCHEMA", "directory"),
+            jwks_url: env_string("CHAT_JWKS_URL", "http://127.0.0.1:8090/v1/auth/jwks"),
+            files_dir: env_or("CHAT_FILES_DIR", state_dir.join("files"))?,
+        })
+    }
+}

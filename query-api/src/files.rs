@@ -1,0 +1,92 @@
+//! `GET /v1/files/{file_id}`: streams a file to members of a room it was shared in (and to its
+//! uploader). Files never shared are not known to the read side: 404 for everyone.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use mongodb::bson::{Document, doc};
+use projections::mongo::{FILES, MEMBERSHIPS};
+use tokio_util::io::ReaderStream;
+
+use crate::app::AppState;
+use crate::error::QueryError;
+
+pub async fn download(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(file_id): Path<String>,
+) -> Result<Response, QueryError> {
+    let claims = app.authenticate(&headers).await?;
+    let path = platform::files::path_of(&app.config.files_dir, &file_id)
+        .ok_or(QueryError::NotFound("file"))?;
+    let file = app
+        .db
+        .collection::<Document>(FILES)
+        .find_one(doc! {"_id": &file_id})
+        .await?
+        .ok_or(QueryError::NotFound("file"))?;
+    let rooms: Vec<String> = file
+        .get_array("rooms")
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let uploader = file.get_str("uploader_id").unwrap_or_default() == claims.sub;
+    let member = app
+        .db
+        .collection::<Document>(MEMBERSHIPS)
+        .find_one(doc! {"user_id": &claims.sub, "status": "member", "room_id": {"$in": &rooms}})
+        .await?
+        .is_some();
+    if !uploader && !member {
+        return Err(QueryError::NotFound("file"));
+    }
+    let handle = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| QueryError::NotFound("file"))?;
+    let mime = file
+        .get_str("mime_type")
+        .unwrap_or("application/octet-stream");
+    let filename = file.get_str("filename").unwrap_or("file");
+    // Images are shown inline; anything else is a download, never rendered by the browser.
+    let disposition = if mime.starts_with("image/") && mime != "image/svg+xml" {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let encoded: String = filename
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut response = Response::new(Body::from_stream(ReaderStream::new(handle)));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(size) = file.get_i64("size") {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("{disposition}; filename*=UTF-8''{encoded}"))
+    {
+        h.insert(header::CONTENT_DISPOSITION, value);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,68 @@
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use platform::auth::TokenVerifier;
+use query_api::app::{self, App};
+use query_api::config::Config;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    platform::telemetry::init("query-api");
+    let config = Config::from_env()?;
+    let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
+        .await
+        .context("CHAT_MONGO_URL")?;
+    let redis = platform::cache::connect(&config.redis_url)
+        .await
+        .context("cannot connect to Redis")?;
+    let directory = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(
+            PgConnectOptions::from_str(&config.pg_url)?
+                .options([("search_path", config.directory_schema.as_str())]),
+        )
+        .await
+        .context("cannot open the user directory")?;
+    // The commands tier publishes the token keys; wait for it rather than fail a joint start.
+    let verifier = {
+        let mut attempt = 0;
+        loop {
+            match TokenVerifier::from_url(
+                &config.jwks_url,
+                redis.clone(),
+                config.redis_prefix.clone(),
+            )
+            .await
+            {
+                Ok(v) => break v,
+                Err(e) if attempt < 60 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, "token keys not available yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e).context("cannot fetch the token keys (CHAT_JWKS_URL)"),
+            }
+        }
+    };
+    let app = Arc::new(App {
+        db: mongo.database(&config.mongo_db),
+        redis,
+        directory,
+        verifier,
+        config: config.clone(),
+    });
+    let router = app::router(app, prometheus::Registry::new())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "query-api ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(platform::shutdown::signal())
+        .await?;
+    tracing::info!("query-api stopped");
+    Ok(())
+}

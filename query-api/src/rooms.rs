@@ -1,0 +1,216 @@
+//! Rooms, members, presence and unread counts.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::options::FindOptions;
+use projections::mongo::{MEMBERSHIPS, MESSAGES, ROOMS, membership_id};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::access::{Access, member_rooms, readable_room};
+use crate::app::{App, AppState};
+use crate::error::QueryError;
+use crate::params::Params;
+
+fn millis(d: &Document, key: &str) -> Value {
+    d.get_datetime(key)
+        .map(|t| json!(t.timestamp_millis()))
+        .unwrap_or(Value::Null)
+}
+
+fn int(d: &Document, key: &str) -> i64 {
+    d.get_i64(key)
+        .or_else(|_| d.get_i32(key).map(i64::from))
+        .unwrap_or(0)
+}
+
+pub fn room_json(room: &Document) -> Value {
+    json!({
+        "room_id": room.get_str("_id").unwrap_or_default(),
+        "name": room.get_str("name").unwrap_or_default(),
+        "visibility": room.get_str("visibility").unwrap_or_default(),
+        "topic": room.get_str("topic").ok(),
+        "owner_id": room.get_str("owner_id").ok(),
+        "member_count": int(room, "member_count"),
+        "message_count": int(room, "message_count"),
+        "last_seq": int(room, "last_seq"),
+        "created_at": millis(room, "created_at"),
+        "last_activity": millis(room, "last_activity"),
+    })
+}
+
+/// `GET /v1/rooms?scope=joined|public&limit=` — the caller's rooms (default), or public rooms
+/// by recent activity.
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<Value>, QueryError> {
+    let claims = app.authenticate(&headers).await?;
+    let limit = params.int("limit", 100, 1..=500)?;
+    let rooms = app.db.collection::<Document>(ROOMS);
+    let docs: Vec<Document> = match params.get("scope").unwrap_or("joined") {
+        "joined" => {
+            let ids = member_rooms(&app, &claims.sub).await?;
+            rooms
+                .find(doc! {"_id": {"$in": ids}})
+                .with_options(
+                    FindOptions::builder()
+                        .sort(doc! {"last_activity": -1})
+                        .limit(limit)
+                        .build(),
+                )
+                .await?
+                .try_collect()
+                .await?
+        }
+        "public" => {
+            rooms
+                .find(doc! {"visibility": "public"})
+                .with_options(
+                    FindOptions::builder()
+                        .sort(doc! {"last_activity": -1})
+                        .limit(limit)
+                        .build(),
+                )
+                .await?
+                .try_collect()
+                .await?
+        }
+        other => {
+            return Err(QueryError::invalid(format!(
+                "scope must be joined or public, not {other:?}"
+            )));
+        }
+    };
+    Ok(Json(json!(docs.iter().map(room_json).collect::<Vec<_>>())))
+}
+
+/// `GET /v1/rooms/{room_id}`
+pub async fn detail(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(room_id): Path<String>,
+) -> Result<Json<Value>, QueryError> {
+    let claims = app.authenticate(&headers).await?;
+    let (room, access) = readable_room(&app, &room_id, &claims.sub).await?;
+    let mut body = room_json(&room);
+    body["my_role"] = match access {
+        Access::Member(role) => json!(role),
+        Access::Visitor => Value::Null,
+    };
+    Ok(Json(body))
+}
+
+/// Members online in a room, from the presence projection in Redis.
+pub async fn online(app: &App, room_id: &str) -> Result<Vec<String>, QueryError> {
+    let mut redis = app.redis.clone();
+    let key = format!("{}presence:{room_id}", app.config.redis_prefix);
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(key)
+        .query_async(&mut redis)
+        .await?;
+    members.sort();
+    Ok(members)
+}
+
+/// `GET /v1/rooms/{room_id}/members` — `[{user_id, username, role, online}]`.
+pub async fn members(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(room_id): Path<String>,
+) -> Result<Json<Value>, QueryError> {
+    let claims = app.authenticate(&headers).await?;
+    readable_room(&app, &room_id, &claims.sub).await?;
+    let memberships: Vec<Document> = app
+        .db
+        .collection::<Document>(MEMBERSHIPS)
+        .find(doc! {"room_id": &room_id, "status": "member"})
+        .await?
+        .try_collect()
+        .await?;
+    let ids: Vec<uuid::Uuid> = memberships
+        .iter()
+        .filter_map(|m| {
+            m.get_str("user_id")
+                .ok()
+                .and_then(|u| uuid::Uuid::parse_str(u).ok())
+        })
+        .collect();
+    let names: HashMap<String, String> =
+        sqlx::query("SELECT user_id::text, username FROM users WHERE user_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&app.directory)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    let online = online(&app, &room_id).await?;
+    let mut members: Vec<Value> = memberships
+        .iter()
+        .map(|m| {
+            let user = m.get_str("user_id").unwrap_or_default();
+            json!({
+                "user_id": user,
+                "username": names.get(user),
+                "role": m.get_str("role").unwrap_or("member"),
+                "online": online.iter().any(|o| o == user),
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));
+    Ok(Json(json!(members)))
+}
+
+/// `GET /v1/rooms/{room_id}/presence` — `{online: [user_id]}`.
+pub async fn presence(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(room_id): Path<String>,
+) -> Result<Json<Value>, QueryError> {
+    let claims = app.authenticate(&headers).await?;
+    readable_room(&app, &room_id, &claims.sub).await?;
+    Ok(Json(json!({"online": online(&app, &room_id).await?})))
+}
+
+/// Unread messages are counted up to this many per room.
+const UNREAD_CAP: u64 = 1000;
+
+/// `GET /v1/me/unread` — per joined room: messages by others after the read marker.
+pub async fn unread(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, QueryError> {
+    let claims = app.authenticate(&headers).await?;
+    let me = claims.sub.as_str();
+    let room_ids = member_rooms(&app, me).await?;
+    let rooms: Vec<Document> = app
+        .db
+        .collection::<Document>(ROOMS)
+        .find(doc! {"_id": {"$in": &room_ids}})
+        .await?
+        .try_collect()
+        .await?;
+    let memberships = app.db.collection::<Document>(MEMBERSHIPS);
+    let messages = app.db.collection::<Document>(MESSAGES);
+    let mut out = Vec::with_capacity(rooms.len());
+    for room in &rooms {
+        let room_id = room.get_str("_id").unwrap_or_default();
+        let read_seq = memberships
+            .find_one(doc! {"_id": membership_id(room_id, me)})
+            .await?
+            .map(|m| int(&m, "read_seq"))
+            .unwrap_or(0);
+        let unread = messages
+            .count_documents(doc! {"room_id": room_id, "seq": {"$gt": read_seq}, "deleted": false, "user_id": {"$ne": me}})
+            .limit(UNREAD_CAP)
+            .await?;
+        out.push(json!({"room_id": room_id, "unread": unread, "last_seq": int(room, "last_seq"), "read_seq": read_seq}));
+    }
+    Ok(Json(json!(out)))
+}
