@@ -8,13 +8,19 @@ use platform::config::{env_or, env_string};
 pub struct Config {
     /// `CHAT_PROJECTIONS_LISTEN`, default `127.0.0.1:8094`: ops endpoints.
     pub listen: SocketAddr,
-    /// `CHAT_PROJECTORS`, default `mongo`: which projectors this process runs (comma list).
+    /// `CHAT_PROJECTORS`, default `mongo,redis,clickhouse,directory`: which projectors this process runs (comma list).
     pub projectors: Vec<String>,
     pub brokers: String,
     pub registry_url: String,
     /// `CHAT_MONGO_URL` / `CHAT_MONGO_DB` (default `chat`).
     pub mongo_url: String,
     pub mongo_db: String,
+    /// `CHAT_CLICKHOUSE_URL` / `CHAT_CLICKHOUSE_DB` (default `chat`): the analytics model.
+    pub clickhouse_url: String,
+    pub clickhouse_db: String,
+    /// `CHAT_REDIS_URL` / `CHAT_REDIS_PREFIX` (default empty): the presence read model.
+    pub redis_url: String,
+    pub redis_prefix: String,
     /// `CHAT_PG_URL` and `CHAT_DIRECTORY_PG_SCHEMA` (default `directory`): the user directory.
     pub pg_url: String,
     pub directory_schema: String,
@@ -36,7 +42,7 @@ impl Config {
                 "CHAT_PROJECTIONS_LISTEN",
                 SocketAddr::from(([127, 0, 0, 1], 8094)),
             )?,
-            projectors: env_string("CHAT_PROJECTORS", "mongo,directory")
+            projectors: env_string("CHAT_PROJECTORS", "mongo,redis,clickhouse,directory")
                 .split(',')
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
@@ -48,6 +54,10 @@ impl Config {
                 "mongodb://127.0.0.1:27017/?directConnection=true",
             ),
             mongo_db: env_string("CHAT_MONGO_DB", "chat"),
+            clickhouse_url: env_string("CHAT_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
+            clickhouse_db: env_string("CHAT_CLICKHOUSE_DB", "chat"),
+            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
             pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
             directory_schema: env_string("CHAT_DIRECTORY_PG_SCHEMA", "directory"),
             group_prefix: env_string("CHAT_PROJECTION_GROUP_PREFIX", "chat-projection-"),

@@ -3,14 +3,18 @@
 //! and applies each room's events exactly once, in order; what it cannot apply goes to
 //! `chat.dead-letter` and it moves on.
 
+pub mod analytics;
 pub mod config;
 pub mod deadletter;
 pub mod directory;
 pub mod error;
 pub mod gate;
+pub mod model;
 pub mod mongo;
+pub mod presence;
 pub mod runner;
 pub mod source;
 pub mod text;
+pub mod verify;
 
 pub use error::ProjectionError;

@@ -2,10 +2,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use futures::FutureExt;
+use projections::analytics::AnalyticsProjector;
 use projections::config::Config;
 use projections::deadletter::DeadLetter;
 use projections::directory::DirectoryProjector;
 use projections::mongo::MongoProjector;
+use projections::presence::PresenceProjector;
 use projections::runner::{self, RunnerMetrics};
 use projections::source::{Source, SourceConfig};
 use schemas::EventCodec;
@@ -68,6 +70,73 @@ async fn main() -> anyhow::Result<()> {
                     shutdown.clone(),
                 )));
             }
+            "redis" => {
+                let redis = platform::cache::connect(&config.redis_url)
+                    .await
+                    .context("cannot connect to Redis")?;
+                let projector = PresenceProjector::new(redis.clone(), config.redis_prefix.clone());
+                let start = projector.checkpoints().await?;
+                let source = Source::open(
+                    source_config(PresenceProjector::topics()),
+                    codec.clone(),
+                    dead_letter.clone(),
+                    &start,
+                )
+                .await?;
+                ops = ops.probe("redis", move || {
+                    let mut redis = redis.clone();
+                    async move {
+                        redis::cmd("PING")
+                            .query_async::<String>(&mut redis)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    .boxed()
+                });
+                tasks.push(tokio::spawn(runner::run(
+                    projector,
+                    source,
+                    dead_letter,
+                    metrics.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            "clickhouse" => {
+                let projector = AnalyticsProjector::open(
+                    projections::analytics::client(&config.clickhouse_url),
+                    &config.clickhouse_db,
+                )
+                .await
+                .context("cannot prepare the ClickHouse tables")?;
+                let start = projector.checkpoints().await?;
+                let source = Source::open(
+                    source_config(AnalyticsProjector::topics()),
+                    codec.clone(),
+                    dead_letter.clone(),
+                    &start,
+                )
+                .await?;
+                let client = projector.client().clone();
+                ops = ops.probe("clickhouse", move || {
+                    let client = client.clone();
+                    async move {
+                        client
+                            .query("SELECT 1")
+                            .execute()
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    .boxed()
+                });
+                tasks.push(tokio::spawn(runner::run(
+                    projector,
+                    source,
+                    dead_letter,
+                    metrics.clone(),
+                    shutdown.clone(),
+                )));
+            }
             "directory" => {
                 let projector = DirectoryProjector::open(&config.pg_url, &config.directory_schema)
                     .await
@@ -101,7 +170,9 @@ async fn main() -> anyhow::Result<()> {
                 )));
             }
             other => {
-                bail!("unknown projector {other:?} in CHAT_PROJECTORS (known: mongo, directory)")
+                bail!(
+                    "unknown projector {other:?} in CHAT_PROJECTORS (known: mongo, redis, clickhouse, directory)"
+                )
             }
         }
     }

@@ -462,7 +462,10 @@ impl MongoProjector {
         let Some(current) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(());
         };
-        if current.get_i64("last_seq").unwrap_or(0) >= seq {
+        // Applied already, or the message is gone (nothing changes a deleted message).
+        if current.get_i64("last_seq").unwrap_or(0) >= seq
+            || current.get_bool("deleted").unwrap_or(false)
+        {
             return Ok(());
         }
         self.messages

@@ -93,6 +93,13 @@ pub async fn run<P: Project>(
     shutdown: CancellationToken,
 ) -> Result<(), ProjectionError> {
     let name = projector.name();
+    // Known positions from the start, so "caught up" is visible even with nothing new to read.
+    for ((topic, partition), next) in source.start() {
+        metrics
+            .position
+            .with_label_values(&[name, topic.name(), &partition.to_string()])
+            .set(*next);
+    }
     tracing::info!(projector = name, "projector running");
     loop {
         let batch = tokio::select! {

@@ -56,6 +56,7 @@ pub struct Source {
     codec: Arc<EventCodec>,
     dead_letter: DeadLetter,
     config: SourceConfig,
+    start: Positions,
 }
 
 impl Source {
@@ -107,14 +108,29 @@ impl Source {
             codec,
             dead_letter,
             config,
+            start: start.clone(),
         })
+    }
+
+    /// Where reading started (the checkpoints), per partition that had one.
+    pub fn start(&self) -> &Positions {
+        &self.start
     }
 
     /// The next batch: waits for a first record, then takes what arrives within `max_wait`,
     /// up to `max_batch` records.
     pub async fn next_batch(&mut self) -> Result<Batch, ProjectionError> {
         let mut batch = Batch::default();
-        let first = self.consumer.recv().await?;
+        let first = loop {
+            match self.consumer.recv().await {
+                Ok(message) => break message,
+                // The client reconnects by itself; a broker restart is not the projector's end.
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error; waiting for the broker");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
         self.take(&first, &mut batch).await?;
         let deadline = Instant::now() + self.config.max_wait;
         while batch.records.len() + batch.undecodable < self.config.max_batch {
@@ -123,9 +139,10 @@ impl Source {
                 break;
             }
             match tokio::time::timeout(left, self.consumer.recv()).await {
-                Ok(message) => {
-                    let message = message?;
-                    self.take(&message, &mut batch).await?;
+                Ok(Ok(message)) => self.take(&message, &mut batch).await?,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error; applying what was read");
+                    break;
                 }
                 Err(_) => break,
             }

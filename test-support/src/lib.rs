@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 
 pub mod api;
 pub mod log;
+pub mod produce;
+pub mod scenario;
 pub mod service;
 
 pub use api::{Answer, Api, User};
@@ -40,6 +42,9 @@ pub mod env {
     }
     pub fn query_url() -> String {
         var("CHAT_QUERY_URL", "http://127.0.0.1:8091")
+    }
+    pub fn clickhouse_url() -> String {
+        var("CHAT_CLICKHOUSE_URL", "http://127.0.0.1:8123")
     }
     pub fn mongo_url() -> String {
         var(

@@ -1,0 +1,391 @@
+//! The ClickHouse read model for analysts: one wide `events` table (a row per event) and
+//! materialized views for messages per room per minute, daily active users and call minutes.
+//!
+//! Every statement runs on ClickHouse 18.16 (what the local stack installs) and on current
+//! releases: `DateTime` plus a millisecond `UInt64` instead of `DateTime64`, `String` instead of
+//! `LowCardinality`, materialized views writing `TO` plain Summing/Replacing MergeTree tables.
+//!
+//! Exactly once: the table itself is the checkpoint. Each batch is inserted in one INSERT per
+//! month partition, earliest first, and rows carry their topic, partition and offset; on start
+//! the projector resumes each partition after the highest offset stored. A crash before an
+//! insert completes loses the whole insert (ClickHouse parts are atomic), so nothing is applied
+//! twice and nothing skipped.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Client;
+use schemas::DomainEvent;
+use schemas::topics::Topic;
+use serde::{Deserialize, Serialize};
+
+use crate::deadletter::DeadLetter;
+use crate::error::ProjectionError;
+use crate::gate::{Gate, RoomCursor, Verdict};
+use crate::runner::{Counts, Project};
+use crate::source::{Batch, Positions};
+
+/// One row of `events`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq)]
+pub struct EventRow {
+    pub event_id: String,
+    pub kind: String,
+    pub topic: String,
+    pub partition: u16,
+    pub offset: u64,
+    pub room_id: String,
+    /// The user the event is about: the author of a message, the member who joined, the user
+    /// of a user or presence event.
+    pub user_id: String,
+    pub actor_id: String,
+    pub seq: i64,
+    /// Seconds (DateTime) and milliseconds of `occurred_at`.
+    pub occurred_at: u32,
+    pub occurred_at_ms: u64,
+    pub message_id: String,
+    /// Characters of the message content (posted or edited).
+    pub content_length: u32,
+    pub attachment_count: u16,
+    pub attachment_bytes: u64,
+    pub call_id: String,
+    pub duration_ms: u64,
+    pub emoji: String,
+    /// Size of the Avro record on the log.
+    pub payload_bytes: u32,
+}
+
+/// The tables, in creation order; `{db}` is replaced by the database.
+pub const SCHEMA: &[&str] = &[
+    "CREATE DATABASE IF NOT EXISTS {db}",
+    "CREATE TABLE IF NOT EXISTS {db}.events (
+        event_id String, kind String, topic String, partition UInt16, offset UInt64,
+        room_id String, user_id String, actor_id String, seq Int64,
+        occurred_at DateTime, occurred_at_ms UInt64, date Date DEFAULT toDate(occurred_at),
+        message_id String, content_length UInt32, attachment_count UInt16, attachment_bytes UInt64,
+        call_id String, duration_ms UInt64, emoji String, payload_bytes UInt32
+    ) ENGINE = MergeTree PARTITION BY toYYYYMM(occurred_at) ORDER BY (kind, room_id, occurred_at, seq)",
+    "CREATE TABLE IF NOT EXISTS {db}.messages_per_room_minute (
+        room_id String, minute DateTime, messages UInt64, characters UInt64
+    ) ENGINE = SummingMergeTree PARTITION BY toYYYYMM(minute) ORDER BY (room_id, minute)",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.mv_messages_per_room_minute TO {db}.messages_per_room_minute AS
+        SELECT room_id, toStartOfMinute(occurred_at) AS minute, count() AS messages, sum(content_length) AS characters
+        FROM {db}.events WHERE kind = 'message_posted' GROUP BY room_id, minute",
+    "CREATE TABLE IF NOT EXISTS {db}.daily_active_users (
+        date Date, user_id String
+    ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(date) ORDER BY (date, user_id)",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.mv_daily_active_users TO {db}.daily_active_users AS
+        SELECT toDate(occurred_at) AS date, actor_id AS user_id
+        FROM {db}.events WHERE actor_id != '' AND topic = 'chat.room-events'",
+    "CREATE TABLE IF NOT EXISTS {db}.call_minutes (
+        room_id String, date Date, calls UInt64, duration_ms UInt64
+    ) ENGINE = SummingMergeTree PARTITION BY toYYYYMM(date) ORDER BY (room_id, date)",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.mv_call_minutes TO {db}.call_minutes AS
+        SELECT room_id, toDate(occurred_at) AS date, count() AS calls, sum(duration_ms) AS duration_ms
+        FROM {db}.events WHERE kind = 'call_ended' GROUP BY room_id, date",
+];
+
+pub fn client(url: &str) -> Client {
+    Client::default().with_url(url).with_validation(false)
+}
+
+fn ch(e: clickhouse::error::Error) -> ProjectionError {
+    ProjectionError::ClickHouse(e.to_string())
+}
+
+pub async fn ensure_schema(client: &Client, db: &str) -> Result<(), ProjectionError> {
+    for statement in SCHEMA {
+        client
+            .query(&statement.replace("{db}", db))
+            .execute()
+            .await
+            .map_err(ch)?;
+    }
+    Ok(())
+}
+
+pub struct AnalyticsProjector {
+    client: Client,
+    db: String,
+    gate: Gate,
+    gate_loaded: bool,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Position {
+    topic: String,
+    partition: u16,
+    offset: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct RoomHead {
+    room_id: String,
+    seq: i64,
+    event_id: String,
+}
+
+impl AnalyticsProjector {
+    pub async fn open(client: Client, db: &str) -> Result<Self, ProjectionError> {
+        ensure_schema(&client, db).await?;
+        Ok(Self {
+            client,
+            db: db.to_string(),
+            gate: Gate::default(),
+            gate_loaded: false,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn topics() -> Vec<Topic> {
+        vec![Topic::RoomEvents, Topic::UserEvents, Topic::PresenceEvents]
+    }
+
+    pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        let rows: Vec<Position> = self
+            .client
+            .query(&format!("SELECT topic, partition, max(offset) AS last_offset FROM {}.events GROUP BY topic, partition", self.db))
+            .fetch_all()
+            .await
+            .map_err(ch)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|p| {
+                Some((
+                    (Topic::from_name(&p.topic)?, i32::from(p.partition)),
+                    p.offset as i64 + 1,
+                ))
+            })
+            .collect())
+    }
+
+    async fn load_gate(&mut self) -> Result<(), ProjectionError> {
+        if self.gate_loaded {
+            return Ok(());
+        }
+        let heads: Vec<RoomHead> = self
+            .client
+            .query(&format!(
+                // Aliases differ from the columns: ClickHouse would read `seq` in argMax as max(seq).
+                "SELECT room_id, max(seq) AS head_seq, argMax(event_id, seq) AS head_event FROM {}.events \
+                 WHERE topic = 'chat.room-events' GROUP BY room_id",
+                self.db
+            ))
+            .fetch_all()
+            .await
+            .map_err(ch)?;
+        for head in heads {
+            self.gate.restore(
+                &head.room_id,
+                RoomCursor::restored(head.seq, Some(head.event_id)),
+            );
+        }
+        self.gate_loaded = true;
+        Ok(())
+    }
+
+    async fn apply_batch(
+        &mut self,
+        batch: &Batch,
+        dead_letter: &DeadLetter,
+    ) -> Result<Counts, ProjectionError> {
+        self.load_gate().await?;
+        let mut counts = Counts::default();
+        // Month partition -> rows, so each INSERT lands in one part.
+        let mut months: BTreeMap<u32, Vec<EventRow>> = BTreeMap::new();
+        for record in &batch.records {
+            let envelope = record.event.envelope();
+            if record.topic == Topic::RoomEvents {
+                let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
+                    continue;
+                };
+                match self.gate.judge(room, seq, &envelope.event_id) {
+                    Verdict::Apply => {}
+                    Verdict::Duplicate => {
+                        counts.duplicates += 1;
+                        continue;
+                    }
+                    Verdict::Conflict(reason) => {
+                        counts.conflicts += 1;
+                        dead_letter
+                            .send(
+                                record.topic,
+                                record.partition,
+                                record.offset,
+                                record.key.as_deref(),
+                                &record.payload,
+                                &format!("conflict: {reason}"),
+                            )
+                            .await?;
+                        continue;
+                    }
+                }
+            }
+            counts.applied += 1;
+            let row = to_row(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.payload.len(),
+                &record.event,
+            );
+            months
+                .entry(month_of(row.occurred_at))
+                .or_default()
+                .push(row);
+        }
+        for rows in months.values() {
+            // The table name is escaped as one identifier: the database goes on the client.
+            let mut insert = self
+                .client
+                .clone()
+                .with_database(&self.db)
+                .insert::<EventRow>("events")
+                .await
+                .map_err(ch)?;
+            for row in rows {
+                insert.write(row).await.map_err(ch)?;
+            }
+            insert.end().await.map_err(ch)?;
+        }
+        Ok(counts)
+    }
+}
+
+impl Project for AnalyticsProjector {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &Batch,
+        dead_letter: &DeadLetter,
+    ) -> Result<Counts, ProjectionError> {
+        self.apply_batch(batch, dead_letter).await
+    }
+
+    fn reset(&mut self) {
+        self.gate.clear();
+        self.gate_loaded = false;
+    }
+}
+
+/// `YYYYMM` of a Unix time in seconds (UTC), the table's partition key.
+fn month_of(secs: u32) -> u32 {
+    // Civil-from-days (Howard Hinnant), enough for a partition key.
+    let days = i64::from(secs) / 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year * 100 + month) as u32
+}
+
+pub fn to_row(
+    topic: Topic,
+    partition: i32,
+    offset: i64,
+    payload_bytes: usize,
+    event: &DomainEvent,
+) -> EventRow {
+    let envelope = event.envelope();
+    let mut row = EventRow {
+        event_id: envelope.event_id.clone(),
+        kind: event.kind().as_str().to_string(),
+        topic: topic.name().to_string(),
+        partition: partition as u16,
+        offset: offset as u64,
+        room_id: envelope.room_id.clone().unwrap_or_default(),
+        user_id: envelope.user_id.clone().unwrap_or_default(),
+        actor_id: envelope.actor_id.clone().unwrap_or_default(),
+        seq: envelope.seq.unwrap_or(0),
+        occurred_at: (envelope.occurred_at / 1000).max(0) as u32,
+        occurred_at_ms: envelope.occurred_at.max(0) as u64,
+        message_id: String::new(),
+        content_length: 0,
+        attachment_count: 0,
+        attachment_bytes: 0,
+        call_id: String::new(),
+        duration_ms: 0,
+        emoji: String::new(),
+        payload_bytes: payload_bytes as u32,
+    };
+    use DomainEvent as E;
+    match event {
+        E::RoomCreated(e) => row.user_id = e.owner_id.clone(),
+        E::MemberJoined(e) => row.user_id = e.member_id.clone(),
+        E::MemberLeft(e) => row.user_id = e.member_id.clone(),
+        E::MemberBanned(e) => row.user_id = e.member_id.clone(),
+        E::MemberInvited(e) => row.user_id = e.invitee_id.clone(),
+        E::MemberRoleChanged(e) => row.user_id = e.member_id.clone(),
+        E::MessagePosted(e) => {
+            row.user_id = e.author_id.clone();
+            row.message_id = e.message_id.clone();
+            row.content_length = e.content.chars().count() as u32;
+            row.attachment_count = e.attachments.len() as u16;
+            row.attachment_bytes = e.attachments.iter().map(|a| a.size.max(0) as u64).sum();
+        }
+        E::MessageEdited(e) => {
+            row.message_id = e.message_id.clone();
+            row.content_length = e.content.chars().count() as u32;
+        }
+        E::MessageDeleted(e) => row.message_id = e.message_id.clone(),
+        E::ReactionAdded(e) => {
+            row.message_id = e.message_id.clone();
+            row.user_id = e.member_id.clone();
+            row.emoji = e.emoji.clone();
+        }
+        E::ReactionRemoved(e) => {
+            row.message_id = e.message_id.clone();
+            row.user_id = e.member_id.clone();
+            row.emoji = e.emoji.clone();
+        }
+        E::ReadMarkerSet(e) => row.user_id = e.member_id.clone(),
+        E::AttachmentUploaded(e) => {
+            row.user_id = e.uploader_id.clone();
+            row.attachment_count = 1;
+            row.attachment_bytes = e.size.max(0) as u64;
+        }
+        E::CallStarted(e) => {
+            row.call_id = e.call_id.clone();
+            row.user_id = e.initiator_id.clone();
+        }
+        E::CallJoined(e) => {
+            row.call_id = e.call_id.clone();
+            row.user_id = e.member_id.clone();
+        }
+        E::CallLeft(e) => {
+            row.call_id = e.call_id.clone();
+            row.user_id = e.member_id.clone();
+        }
+        E::CallEnded(e) => {
+            row.call_id = e.call_id.clone();
+            row.duration_ms = e.duration_ms.max(0) as u64;
+        }
+        E::RoomUpdated(_)
+        | E::UserRegistered(_)
+        | E::UserProfileUpdated(_)
+        | E::SessionRevoked(_)
+        | E::PresenceChanged(_) => {}
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_of_unix_times() {
+        assert_eq!(month_of(0), 197001);
+        assert_eq!(month_of(951_782_400), 200002); // 2000-02-29
+        assert_eq!(month_of(1_798_761_599), 202612); // 2026-12-31 23:59:59
+        assert_eq!(month_of(1_798_761_600), 202701);
+    }
+}

@@ -1,0 +1,309 @@
+//! Compares each store with the [`Model`] of the log and lists every difference.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::Database;
+use mongodb::bson::{Document, doc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use redis::aio::ConnectionManager;
+use schemas::topics::Topic;
+use schemas::{DomainEvent, EventCodec};
+use serde::Deserialize;
+
+use crate::error::ProjectionError;
+use crate::model::Model;
+use crate::mongo::{MEMBERSHIPS, MESSAGES, ROOMS};
+
+/// Every decodable event of `topics` from offset 0 to the current end, partition by partition
+/// (log order within each partition, which is all the model needs). `progress` is called with
+/// the number of records read so far.
+pub async fn read_log(
+    brokers: &str,
+    codec: &EventCodec,
+    topics: &[Topic],
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Vec<DomainEvent>, ProjectionError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "chat-verify")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let count = schemas::kafka::partition_count(&consumer, topic.name(), timeout)?;
+        for p in 0..count {
+            let (_, high) = consumer.fetch_watermarks(topic.name(), p, timeout)?;
+            if high > 0 {
+                ends.insert((topic.name().to_string(), p), high);
+                assignment.add_partition_offset(topic.name(), p, Offset::Beginning)?;
+            }
+        }
+    }
+    let total: i64 = ends.values().sum();
+    let mut events = Vec::new();
+    if ends.is_empty() {
+        return Ok(events);
+    }
+    consumer.assign(&assignment)?;
+    let mut read = 0u64;
+    let mut idle = 0;
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(message) => {
+                idle = 0;
+                let message = message?;
+                read += 1;
+                let key = (message.topic().to_string(), message.partition());
+                if ends
+                    .get(&key)
+                    .is_some_and(|&high| message.offset() + 1 >= high)
+                {
+                    ends.remove(&key);
+                }
+                if let Ok(event) = codec.decode(message.payload().unwrap_or_default()).await {
+                    events.push(event);
+                }
+                if read % 10_000 == 0 {
+                    progress(read, total as u64);
+                }
+            }
+            None => {
+                idle += 1;
+                if idle > 60 {
+                    return Err(ProjectionError::Other(format!(
+                        "reading the log stalled with {} partitions unfinished",
+                        ends.len()
+                    )));
+                }
+            }
+        }
+    }
+    progress(read, total as u64);
+    Ok(events)
+}
+
+fn int(d: &Document, key: &str) -> i64 {
+    d.get_i64(key)
+        .or_else(|_| d.get_i32(key).map(i64::from))
+        .unwrap_or(0)
+}
+
+pub async fn verify_mongo(db: &Database, model: &Model) -> Result<Vec<String>, ProjectionError> {
+    let mut diffs = Vec::new();
+    let mut stored: BTreeMap<String, Document> = BTreeMap::new();
+    let mut cursor = db.collection::<Document>(MESSAGES).find(doc! {}).await?;
+    while let Some(d) = cursor.try_next().await? {
+        if let Ok(id) = d.get_str("_id") {
+            stored.insert(id.to_string(), d);
+        }
+    }
+    for (id, expected) in &model.messages {
+        let Some(d) = stored.remove(id) else {
+            diffs.push(format!("message {id}: missing"));
+            continue;
+        };
+        let reactions: BTreeSet<(String, String)> = d
+            .get_array("reactions")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_document())
+                    .filter_map(|r| {
+                        Some((
+                            r.get_str("user_id").ok()?.to_string(),
+                            r.get_str("emoji").ok()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let actual = (
+            d.get_str("room_id").unwrap_or_default(),
+            int(&d, "seq"),
+            d.get_str("user_id").unwrap_or_default(),
+            d.get_str("content").unwrap_or_default(),
+            d.get_bool("deleted").unwrap_or(false),
+            d.get_datetime("edited_at").is_ok(),
+        );
+        let wanted = (
+            expected.room_id.as_str(),
+            expected.seq,
+            expected.user_id.as_str(),
+            expected.content.as_str(),
+            expected.deleted,
+            expected.edited,
+        );
+        if actual != wanted {
+            diffs.push(format!(
+                "message {id}: stored {actual:?}, log says {wanted:?}"
+            ));
+        }
+        if reactions != expected.reactions {
+            diffs.push(format!(
+                "message {id}: reactions {reactions:?}, log says {:?}",
+                expected.reactions
+            ));
+        }
+    }
+    for id in stored.keys() {
+        diffs.push(format!("message {id}: stored but not in the log"));
+    }
+    for (room_id, expected) in &model.rooms {
+        match db
+            .collection::<Document>(ROOMS)
+            .find_one(doc! {"_id": room_id})
+            .await?
+        {
+            None => diffs.push(format!("room {room_id}: missing")),
+            Some(d) => {
+                let actual = (
+                    int(&d, "last_seq"),
+                    int(&d, "member_count"),
+                    int(&d, "message_count"),
+                    d.get_str("name").unwrap_or_default(),
+                );
+                let wanted = (
+                    expected.last_seq,
+                    expected.member_count,
+                    expected.message_count,
+                    expected.name.as_str(),
+                );
+                if actual != wanted {
+                    diffs.push(format!("room {room_id}: stored (last_seq, members, messages, name) {actual:?}, log says {wanted:?}"));
+                }
+            }
+        }
+    }
+    for ((room, user), expected) in &model.memberships {
+        let id = crate::mongo::membership_id(room, user);
+        match db
+            .collection::<Document>(MEMBERSHIPS)
+            .find_one(doc! {"_id": &id})
+            .await?
+        {
+            None => diffs.push(format!("membership {id}: missing")),
+            Some(d) => {
+                let actual = (
+                    d.get_str("status").unwrap_or_default(),
+                    d.get_str("role").unwrap_or_default(),
+                    int(&d, "read_seq"),
+                );
+                let wanted = (
+                    expected.status.as_str(),
+                    expected.role.as_str(),
+                    expected.read_seq,
+                );
+                if actual != wanted {
+                    diffs.push(format!(
+                        "membership {id}: stored {actual:?}, log says {wanted:?}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(diffs)
+}
+
+pub async fn verify_redis(
+    redis: &ConnectionManager,
+    prefix: &str,
+    model: &Model,
+) -> Result<Vec<String>, ProjectionError> {
+    let mut redis = redis.clone();
+    let mut diffs = Vec::new();
+    for (room, expected) in &model.rooms {
+        let members: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{prefix}members:{room}"))
+            .query_async(&mut redis)
+            .await?;
+        if members != expected.members {
+            diffs.push(format!(
+                "members:{room}: {} stored, {} in the log",
+                members.len(),
+                expected.members.len()
+            ));
+        }
+        let presence: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{prefix}presence:{room}"))
+            .query_async(&mut redis)
+            .await?;
+        let wanted = model.presence(room);
+        if presence != wanted {
+            diffs.push(format!(
+                "presence:{room}: stored {presence:?}, log says {wanted:?}"
+            ));
+        }
+        let stats: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(format!("{prefix}room_stats:{room}"))
+            .query_async(&mut redis)
+            .await?;
+        let actual = (
+            stats.get("member_count").copied().unwrap_or(-1),
+            stats.get("message_count").copied().unwrap_or(-1),
+        );
+        if actual != (expected.member_count, expected.message_count) {
+            diffs.push(format!(
+                "room_stats:{room}: stored (members, messages) {actual:?}, log says {:?}",
+                (expected.member_count, expected.message_count)
+            ));
+        }
+    }
+    Ok(diffs)
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct KindCount {
+    kind: String,
+    n: u64,
+}
+
+pub async fn verify_clickhouse(
+    client: &clickhouse::Client,
+    db: &str,
+    model: &Model,
+) -> Result<Vec<String>, ProjectionError> {
+    let ch = |e: clickhouse::error::Error| ProjectionError::ClickHouse(e.to_string());
+    let mut diffs = Vec::new();
+    let counts: Vec<KindCount> = client
+        .query(&format!(
+            "SELECT kind, count() AS n FROM {db}.events GROUP BY kind"
+        ))
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    let stored: BTreeMap<String, usize> =
+        counts.into_iter().map(|k| (k.kind, k.n as usize)).collect();
+    if stored != model.events_by_kind {
+        diffs.push(format!(
+            "events per kind: stored {stored:?}, log says {:?}",
+            model.events_by_kind
+        ));
+    }
+    let ids: Vec<String> = client
+        .query(&format!("SELECT event_id FROM {db}.events"))
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    if unique.len() != ids.len() {
+        diffs.push(format!(
+            "events: {} rows but {} distinct event ids (duplicates)",
+            ids.len(),
+            unique.len()
+        ));
+    }
+    let missing = model.event_ids.difference(&unique).count();
+    let extra = unique.difference(&model.event_ids).count();
+    if missing > 0 || extra > 0 {
+        diffs.push(format!(
+            "events: {missing} in the log but not stored, {extra} stored but not in the log"
+        ));
+    }
+    Ok(diffs)
+}

@@ -1,0 +1,135 @@
+//! `kill -9` of each projector in the middle of the log, then a restart: the store ends up
+//! exactly as the log says (nothing lost, nothing applied twice), checked against the model.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ReadSide;
+use schemas::topics::Topic;
+use test_support::scenario;
+
+fn now_ms() -> i64 {
+    schemas::envelope::now_ms()
+}
+
+/// Starts `projector` on a log holding `scenario`, kills it once it is between 10% and 90% of
+/// the way, restarts it, waits for the end, and returns the restarted process.
+async fn crash_and_recover(
+    side: &ReadSide,
+    projector: &str,
+    topics: &[Topic],
+    batch: usize,
+) -> anyhow::Result<common::Projections> {
+    let ends = side.ends(topics)?;
+    let total: i64 = ends.values().sum();
+    let mut running = side.start(projector, batch)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let killed_at = loop {
+        let done: i64 = running.positions(projector).await.values().sum();
+        if done * 10 >= total {
+            anyhow::ensure!(
+                done * 10 <= total * 9,
+                "{projector} finished ({done} of {total}) before it could be killed"
+            );
+            running.service.kill9()?;
+            break done;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{projector} made no progress:\n{}",
+            running.service.output()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        killed_at > 0 && killed_at < total,
+        "killed mid-stream: {killed_at} of {total}"
+    );
+    running.service.start()?;
+    running.caught_up(side, projector, topics).await?;
+    Ok(running)
+}
+
+async fn no_conflicts_or_dead_letters(p: &common::Projections, projector: &str) {
+    for outcome in ["conflict", "undecodable"] {
+        let n = p
+            .metric(&format!(
+                "projection_events_total{{outcome=\"{outcome}\",projector=\"{projector}\"}}"
+            ))
+            .await;
+        assert_eq!(n, 0.0, "{projector}: {outcome}");
+    }
+}
+
+#[tokio::test]
+async fn mongo_projector_survives_kill_9() -> anyhow::Result<()> {
+    let side = ReadSide::new()?;
+    let s = scenario::chat(4, 4, 60, now_ms());
+    side.writer().await?.write(&s.events).await?;
+    let topics = [Topic::RoomEvents];
+    let p = crash_and_recover(&side, "mongo", &topics, 10).await?;
+    no_conflicts_or_dead_letters(&p, "mongo").await;
+    let model = side.model(&topics).await?;
+    assert!(model.messages.len() >= 240);
+    let diffs = projections::verify::verify_mongo(&side.mongo().await?, &model).await?;
+    assert!(
+        diffs.is_empty(),
+        "{} differences, e.g. {:?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_projector_survives_kill_9() -> anyhow::Result<()> {
+    let side = ReadSide::new()?;
+    let s = scenario::chat(6, 5, 150, now_ms());
+    side.writer().await?.write(&s.events).await?;
+    let topics = [Topic::RoomEvents, Topic::PresenceEvents];
+    let p = crash_and_recover(&side, "redis", &topics, 2).await?;
+    no_conflicts_or_dead_letters(&p, "redis").await;
+    let model = side.model(&topics).await?;
+    let redis = platform::cache::connect(&test_support::env::redis_url()).await?;
+    let diffs = projections::verify::verify_redis(&redis, &side.redis_prefix, &model).await?;
+    assert!(diffs.is_empty(), "{diffs:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn clickhouse_projector_survives_kill_9() -> anyhow::Result<()> {
+    let side = ReadSide::new()?;
+    let s = scenario::chat(6, 5, 150, now_ms());
+    side.writer().await?.write(&s.events).await?;
+    let topics = [Topic::RoomEvents, Topic::UserEvents, Topic::PresenceEvents];
+    let p = crash_and_recover(&side, "clickhouse", &topics, 2).await?;
+    no_conflicts_or_dead_letters(&p, "clickhouse").await;
+    let model = side.model(&topics).await?;
+    let client = projections::analytics::client(&test_support::env::clickhouse_url());
+    let diffs =
+        projections::verify::verify_clickhouse(&client, &side.clickhouse_db, &model).await?;
+    assert!(diffs.is_empty(), "{diffs:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn directory_projector_survives_kill_9() -> anyhow::Result<()> {
+    let side = ReadSide::new()?;
+    let s = scenario::chat(10, 6, 1, now_ms());
+    side.writer().await?.write(&s.events).await?;
+    let topics = [Topic::UserEvents];
+    crash_and_recover(&side, "directory", &topics, 1).await?;
+    let model = side.model(&topics).await?;
+    let pool = sqlx::PgPool::connect(&test_support::env::pg_url()).await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT user_id::text, username FROM \"{}\".users ORDER BY 1",
+        side.directory_schema
+    ))
+    .fetch_all(&pool)
+    .await?;
+    let stored: std::collections::BTreeMap<String, String> = rows.into_iter().collect();
+    assert_eq!(stored, model.users);
+    assert_eq!(stored.len(), 60);
+    Ok(())
+}
