@@ -18,3 +18,17 @@ pub mod text;
 pub mod verify;
 
 pub use error::ProjectionError;
+
+/// The names of the projectors, as `CHAT_PROJECTORS` and `replay-tools` spell them.
+pub const PROJECTORS: [&str; 4] = ["mongo", "redis", "clickhouse", "directory"];
+
+/// The topics a projector reads, by name.
+pub fn topics_of(projector: &str) -> Option<Vec<schemas::topics::Topic>> {
+    match projector {
+        "mongo" => Some(mongo::MongoProjector::topics()),
+        "redis" => Some(presence::PresenceProjector::topics()),
+        "clickhouse" => Some(analytics::AnalyticsProjector::topics()),
+        "directory" => Some(directory::DirectoryProjector::topics()),
+        _ => None,
+    }
+}
