@@ -152,6 +152,9 @@ start_clickhouse() {
             -e "s|<users_config>users.xml</users_config>|<users_config>$home/etc/users.xml</users_config>|" \
             /etc/clickhouse-server/config.xml >"$home/etc/config.xml"
         cp /etc/clickhouse-server/users.xml "$home/etc/users.xml"
+        # Analysts' dates and minutes are UTC whatever the machine's zone (config.d overrides).
+        mkdir -p "$home/etc/config.d"
+        echo '<yandex><timezone>UTC</timezone></yandex>' >"$home/etc/config.d/timezone.xml"
         start_bg clickhouse "$home" clickhouse-server --config-file="$home/etc/config.xml"
     fi
     wait_until clickhouse 90 clickhouse_ready

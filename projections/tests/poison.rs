@@ -37,16 +37,24 @@ fn dead_letters(brokers: &str, expected: usize) -> anyhow::Result<Vec<Letter>> {
     let mut letters = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while letters.len() < expected && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let message = message?;
         let mut headers = BTreeMap::new();
         if let Some(h) = message.headers() {
             for header in h.iter() {
-                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
                 headers.insert(header.key.to_string(), value);
             }
         }
-        letters.push(Letter { headers, payload: message.payload().unwrap_or_default().to_vec() });
+        letters.push(Letter {
+            headers,
+            payload: message.payload().unwrap_or_default().to_vec(),
+        });
     }
     Ok(letters)
 }
@@ -61,10 +69,17 @@ async fn poison_records_are_dead_lettered_and_projectors_continue() -> anyhow::R
 
     let room = s.rooms[0].clone();
     let poison = b"\x00\x00\x00\x00\x07 definitely not avro";
-    writer.write_raw(Topic::RoomEvents.name(), &room, poison).await?;
+    writer
+        .write_raw(Topic::RoomEvents.name(), &room, poison)
+        .await?;
     // An exact duplicate of the room's last written event: skipped, not a conflict.
-    let last_of_room = first.iter().rev().find(|e| e.envelope().room_id.as_deref() == Some(room.as_str())).cloned();
-    let last_of_room = last_of_room.ok_or_else(|| anyhow::anyhow!("room 0 has no event in the first half"))?;
+    let last_of_room = first
+        .iter()
+        .rev()
+        .find(|e| e.envelope().room_id.as_deref() == Some(room.as_str()))
+        .cloned();
+    let last_of_room =
+        last_of_room.ok_or_else(|| anyhow::anyhow!("room 0 has no event in the first half"))?;
     // A different event claiming a seq far ahead: a conflict.
     let mut ahead = last_of_room.clone();
     ahead.envelope_mut().event_id = schemas::envelope::new_event_id();
@@ -82,25 +97,59 @@ async fn poison_records_are_dead_lettered_and_projectors_continue() -> anyhow::R
 
     // Each projector reading room events dead-letters the poison and the conflict, once.
     let letters = dead_letters(&side.brokers, projectors.len() * 2)?;
-    assert_eq!(letters.len(), projectors.len() * 2, "dead letters: {:?}", letters.iter().map(|l| &l.headers).collect::<Vec<_>>());
+    assert_eq!(
+        letters.len(),
+        projectors.len() * 2,
+        "dead letters: {:?}",
+        letters.iter().map(|l| &l.headers).collect::<Vec<_>>()
+    );
     let ends = side.ends(&[Topic::RoomEvents])?;
     for projector in projectors {
         let group = format!("{}{projector}", side.group_prefix);
-        let mine: Vec<&Letter> = letters.iter().filter(|l| l.headers.get("consumer") == Some(&group)).collect();
-        assert_eq!(mine.len(), 2, "{projector}: {:?}", mine.iter().map(|l| &l.headers).collect::<Vec<_>>());
-        let undecodable = mine.iter().find(|l| l.headers["error"].starts_with("undecodable")).expect("undecodable letter");
-        assert_eq!(undecodable.payload, poison, "{projector}: the original bytes are kept");
-        assert_eq!(undecodable.headers["origin-topic"], Topic::RoomEvents.name());
+        let mine: Vec<&Letter> = letters
+            .iter()
+            .filter(|l| l.headers.get("consumer") == Some(&group))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            2,
+            "{projector}: {:?}",
+            mine.iter().map(|l| &l.headers).collect::<Vec<_>>()
+        );
+        let undecodable = mine
+            .iter()
+            .find(|l| l.headers["error"].starts_with("undecodable"))
+            .expect("undecodable letter");
+        assert_eq!(
+            undecodable.payload, poison,
+            "{projector}: the original bytes are kept"
+        );
+        assert_eq!(
+            undecodable.headers["origin-topic"],
+            Topic::RoomEvents.name()
+        );
         let partition: i32 = undecodable.headers["origin-partition"].parse()?;
         let offset: i64 = undecodable.headers["origin-offset"].parse()?;
         assert!(ends.contains_key(&(Topic::RoomEvents.name().to_string(), partition)));
         assert!(offset >= 0);
-        let conflict = mine.iter().find(|l| !l.headers["error"].starts_with("undecodable")).expect("conflict letter");
-        assert_eq!(conflict.headers["origin-partition"], undecodable.headers["origin-partition"]);
+        let conflict = mine
+            .iter()
+            .find(|l| !l.headers["error"].starts_with("undecodable"))
+            .expect("conflict letter");
+        assert_eq!(
+            conflict.headers["origin-partition"],
+            undecodable.headers["origin-partition"]
+        );
         let conflict_offset: i64 = conflict.headers["origin-offset"].parse()?;
-        assert_eq!(conflict_offset, offset + 2, "{projector}: poison, duplicate, then the conflict");
+        assert_eq!(
+            conflict_offset,
+            offset + 2,
+            "{projector}: poison, duplicate, then the conflict"
+        );
 
-        let metric = |outcome: &str| format!("projection_events_total{{outcome=\"{outcome}\",projector=\"{projector}\"}}");
+        let metric = |outcome: &str| {
+            format!("projection_events_total{{outcome=\"{outcome}\",projector=\"{projector}\"}}")
+        };
         assert_eq!(p.metric(&metric("undecodable")).await, 1.0, "{projector}");
         assert_eq!(p.metric(&metric("conflict")).await, 1.0, "{projector}");
         assert!(p.metric(&metric("duplicate")).await >= 1.0, "{projector}");
@@ -115,7 +164,8 @@ async fn poison_records_are_dead_lettered_and_projectors_continue() -> anyhow::R
     let diffs = projections::verify::verify_redis(&redis, &side.redis_prefix, &model).await?;
     assert!(diffs.is_empty(), "redis: {diffs:?}");
     let client = projections::analytics::client(&test_support::env::clickhouse_url());
-    let diffs = projections::verify::verify_clickhouse(&client, &side.clickhouse_db, &model).await?;
+    let diffs =
+        projections::verify::verify_clickhouse(&client, &side.clickhouse_db, &model).await?;
     assert!(diffs.is_empty(), "clickhouse: {diffs:?}");
     Ok(())
 }
