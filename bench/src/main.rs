@@ -2,6 +2,7 @@
 //! speed (tests never fail because a machine is slow).
 
 mod commands;
+mod replay;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Sustained accepted messages/s through the commands tier to the broker, with latency.
     Commands(commands::Args),
+    /// Rebuild rate of each read model from the log (`replay-tools rebuild`), 100k to 1M events.
+    Replay(replay::Args),
 }
 
 #[tokio::main]
@@ -27,5 +30,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Commands(args) => commands::run(args, &cli.results).await,
+        Command::Replay(args) => replay::run(args, &cli.results).await,
     }
 }

@@ -107,6 +107,8 @@ pub struct AnalyticsProjector {
     db: String,
     gate: Gate,
     gate_loaded: bool,
+    /// The stable database whose live generation this projector follows (`crate::live`).
+    pointer: Option<String>,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -131,7 +133,27 @@ impl AnalyticsProjector {
             db: db.to_string(),
             gate: Gate::default(),
             gate_loaded: false,
+            pointer: None,
         })
+    }
+
+    /// Opens the live generation behind the stable database `db` and follows it.
+    pub async fn open_live(client: Client, db: &str) -> Result<Self, ProjectionError> {
+        let live = crate::live::clickhouse_live(&client, db).await?;
+        let mut projector = Self::open(client, &live).await?;
+        projector.pointer = Some(db.to_string());
+        Ok(projector)
+    }
+
+    /// For a model built from a point in time: each room starts at its first event read.
+    pub fn from_point_in_time(mut self) -> Self {
+        self.gate = Gate::adopting();
+        self
+    }
+
+    /// The database this projector writes (a generation).
+    pub fn database(&self) -> &str {
+        &self.db
     }
 
     pub fn client(&self) -> &Client {
@@ -269,6 +291,16 @@ impl Project for AnalyticsProjector {
     fn reset(&mut self) {
         self.gate.clear();
         self.gate_loaded = false;
+    }
+
+    async fn is_live(&self) -> Result<bool, ProjectionError> {
+        match &self.pointer {
+            Some(db) => Ok(crate::live::clickhouse_current(&self.client, db)
+                .await?
+                .as_deref()
+                == Some(self.db.as_str())),
+            None => Ok(true),
+        }
     }
 }
 

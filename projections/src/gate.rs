@@ -42,9 +42,19 @@ impl RoomCursor {
 #[derive(Debug, Default)]
 pub struct Gate {
     rooms: HashMap<String, RoomCursor>,
+    /// Rebuilding from a point in time: a room's first event seen starts it, whatever its seq.
+    adopt: bool,
 }
 
 impl Gate {
+    /// A gate for a model built from a point in time rather than from each room's start.
+    pub fn adopting() -> Self {
+        Self {
+            rooms: HashMap::new(),
+            adopt: true,
+        }
+    }
+
     pub fn knows(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
     }
@@ -59,7 +69,11 @@ impl Gate {
 
     /// Judges the event `(seq, event_id)` of `room` and, when it is to be applied, advances.
     pub fn judge(&mut self, room: &str, seq: i64, event_id: &str) -> Verdict {
+        let adopt = self.adopt && !self.rooms.contains_key(room);
         let cursor = self.rooms.entry(room.to_string()).or_default();
+        if adopt {
+            cursor.last_seq = seq - 1;
+        }
         if seq == cursor.last_seq + 1 {
             cursor.last_seq = seq;
             cursor.last_event_id = Some(event_id.to_string());

@@ -9,6 +9,7 @@ pub mod deadletter;
 pub mod directory;
 pub mod error;
 pub mod gate;
+pub mod live;
 pub mod model;
 pub mod mongo;
 pub mod presence;

@@ -2,15 +2,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use futures::FutureExt;
+use projections::ProjectionError;
 use projections::analytics::AnalyticsProjector;
 use projections::config::Config;
 use projections::deadletter::DeadLetter;
 use projections::directory::DirectoryProjector;
 use projections::mongo::MongoProjector;
 use projections::presence::PresenceProjector;
-use projections::runner::{self, RunnerMetrics};
-use projections::source::{Source, SourceConfig};
+use projections::runner::{self, Ended, Project, RunnerMetrics};
+use projections::source::{Positions, Source, SourceConfig};
 use schemas::EventCodec;
+use std::future::Future;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -27,33 +29,29 @@ async fn main() -> anyhow::Result<()> {
     for name in &config.projectors {
         let group = format!("{}{name}", config.group_prefix);
         let dead_letter = DeadLetter::new(&config.brokers, &group, metrics.dead_letters.clone())?;
-        let source_config = |topics| SourceConfig {
+        let source_config = SourceConfig {
             brokers: config.brokers.clone(),
             group_id: group.clone(),
-            topics,
+            topics: projections::topics_of(name).unwrap_or_default(),
             max_batch: config.max_batch,
             max_wait: config.max_wait,
             fetch_wait_ms: config.fetch_wait_ms,
+        };
+        let run = Run {
+            source: source_config,
+            codec: codec.clone(),
+            dead_letter,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
         };
         match name.as_str() {
             "mongo" => {
                 let client = mongodb::Client::with_uri_str(&config.mongo_url)
                     .await
                     .context("CHAT_MONGO_URL")?;
-                let projector = MongoProjector::open(client.database(&config.mongo_db))
-                    .await
-                    .context("cannot prepare the MongoDB read model")?;
-                let start = projector.checkpoints().await?;
-                let source = Source::open(
-                    source_config(MongoProjector::topics()),
-                    codec.clone(),
-                    dead_letter.clone(),
-                    &start,
-                )
-                .await?;
-                let probe_db = projector.database().clone();
+                let probe_client = client.clone();
                 ops = ops.probe("mongo", move || {
-                    let db = probe_db.clone();
+                    let db = probe_client.database("admin");
                     async move {
                         db.run_command(mongodb::bson::doc! {"ping": 1})
                             .await
@@ -62,29 +60,24 @@ async fn main() -> anyhow::Result<()> {
                     }
                     .boxed()
                 });
-                tasks.push(tokio::spawn(runner::run(
-                    projector,
-                    source,
-                    dead_letter,
-                    metrics.clone(),
-                    shutdown.clone(),
-                )));
+                let base = config.mongo_db.clone();
+                let redis = platform::cache::connect(&config.redis_url)
+                    .await
+                    .context("cannot connect to Redis")?;
+                let prefix = config.redis_prefix.clone();
+                tasks.push(tokio::spawn(run.supervise(move || {
+                    let (client, base) = (client.clone(), base.clone());
+                    let (redis, prefix) = (redis.clone(), prefix.clone());
+                    async move { MongoProjector::open_live(client, &base, redis, &prefix).await }
+                })));
             }
             "redis" => {
                 let redis = platform::cache::connect(&config.redis_url)
                     .await
                     .context("cannot connect to Redis")?;
-                let projector = PresenceProjector::new(redis.clone(), config.redis_prefix.clone());
-                let start = projector.checkpoints().await?;
-                let source = Source::open(
-                    source_config(PresenceProjector::topics()),
-                    codec.clone(),
-                    dead_letter.clone(),
-                    &start,
-                )
-                .await?;
+                let probe = redis.clone();
                 ops = ops.probe("redis", move || {
-                    let mut redis = redis.clone();
+                    let mut redis = probe.clone();
                     async move {
                         redis::cmd("PING")
                             .query_async::<String>(&mut redis)
@@ -94,32 +87,17 @@ async fn main() -> anyhow::Result<()> {
                     }
                     .boxed()
                 });
-                tasks.push(tokio::spawn(runner::run(
-                    projector,
-                    source,
-                    dead_letter,
-                    metrics.clone(),
-                    shutdown.clone(),
-                )));
+                let base = config.redis_prefix.clone();
+                tasks.push(tokio::spawn(run.supervise(move || {
+                    let (redis, base) = (redis.clone(), base.clone());
+                    async move { PresenceProjector::open_live(redis, &base).await }
+                })));
             }
             "clickhouse" => {
-                let projector = AnalyticsProjector::open(
-                    projections::analytics::client(&config.clickhouse_url),
-                    &config.clickhouse_db,
-                )
-                .await
-                .context("cannot prepare the ClickHouse tables")?;
-                let start = projector.checkpoints().await?;
-                let source = Source::open(
-                    source_config(AnalyticsProjector::topics()),
-                    codec.clone(),
-                    dead_letter.clone(),
-                    &start,
-                )
-                .await?;
-                let client = projector.client().clone();
+                let client = projections::analytics::client(&config.clickhouse_url);
+                let probe = client.clone();
                 ops = ops.probe("clickhouse", move || {
-                    let client = client.clone();
+                    let client = probe.clone();
                     async move {
                         client
                             .query("SELECT 1")
@@ -129,26 +107,16 @@ async fn main() -> anyhow::Result<()> {
                     }
                     .boxed()
                 });
-                tasks.push(tokio::spawn(runner::run(
-                    projector,
-                    source,
-                    dead_letter,
-                    metrics.clone(),
-                    shutdown.clone(),
-                )));
+                let db = config.clickhouse_db.clone();
+                tasks.push(tokio::spawn(run.supervise(move || {
+                    let (client, db) = (client.clone(), db.clone());
+                    async move { AnalyticsProjector::open_live(client, &db).await }
+                })));
             }
             "directory" => {
                 let projector = DirectoryProjector::open(&config.pg_url, &config.directory_schema)
                     .await
                     .context("cannot prepare the user directory")?;
-                let start = projector.checkpoints().await?;
-                let source = Source::open(
-                    source_config(DirectoryProjector::topics()),
-                    codec.clone(),
-                    dead_letter.clone(),
-                    &start,
-                )
-                .await?;
                 let pool = projector.pool().clone();
                 ops = ops.probe("postgres", move || {
                     let pool = pool.clone();
@@ -161,13 +129,18 @@ async fn main() -> anyhow::Result<()> {
                     }
                     .boxed()
                 });
-                tasks.push(tokio::spawn(runner::run(
-                    projector,
-                    source,
-                    dead_letter,
-                    metrics.clone(),
-                    shutdown.clone(),
-                )));
+                let (url, schema) = (config.pg_url.clone(), config.directory_schema.clone());
+                let first = std::sync::Mutex::new(Some(projector));
+                tasks.push(tokio::spawn(run.supervise(move || {
+                    let ready = first.lock().ok().and_then(|mut f| f.take());
+                    let (url, schema) = (url.clone(), schema.clone());
+                    async move {
+                        match ready {
+                            Some(p) => Ok(p),
+                            None => DirectoryProjector::open(&url, &schema).await,
+                        }
+                    }
+                })));
             }
             other => {
                 bail!(
@@ -202,4 +175,69 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("projections stopped");
     Ok(())
+}
+
+/// What every projector task shares: where it reads and how it reports.
+struct Run {
+    source: SourceConfig,
+    codec: Arc<EventCodec>,
+    dead_letter: DeadLetter,
+    metrics: RunnerMetrics,
+    shutdown: CancellationToken,
+}
+
+/// Checkpoints of any projector, for reopening at them.
+trait Checkpointed {
+    fn positions(&self) -> impl Future<Output = Result<Positions, ProjectionError>> + Send;
+}
+
+macro_rules! checkpointed {
+    ($($t:ty),*) => {$(
+        impl Checkpointed for $t {
+            async fn positions(&self) -> Result<Positions, ProjectionError> {
+                self.checkpoints().await
+            }
+        }
+    )*};
+}
+checkpointed!(
+    MongoProjector,
+    PresenceProjector,
+    AnalyticsProjector,
+    DirectoryProjector
+);
+
+impl Run {
+    /// Opens the projector (on the live generation) and runs it; when a rebuild moves the live
+    /// generation, opens it again there, from that generation's checkpoints.
+    async fn supervise<P, F, Fut>(self, open: F) -> Result<(), ProjectionError>
+    where
+        P: Project + Checkpointed,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<P, ProjectionError>>,
+    {
+        loop {
+            let projector = open().await?;
+            let start = projector.positions().await?;
+            let source = Source::open(
+                self.source.clone(),
+                self.codec.clone(),
+                self.dead_letter.clone(),
+                &start,
+            )
+            .await?;
+            match runner::run(
+                projector,
+                source,
+                self.dead_letter.clone(),
+                self.metrics.clone(),
+                self.shutdown.clone(),
+            )
+            .await?
+            {
+                Ended::Shutdown => return Ok(()),
+                Ended::Moved => continue,
+            }
+        }
+    }
 }

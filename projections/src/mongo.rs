@@ -48,49 +48,62 @@ pub struct MongoProjector {
     files: Collection<Document>,
     progress: Collection<Document>,
     gate: Gate,
+    /// Redis, its prefix and the base name whose live pointer this projector follows (`crate::live`).
+    pointer: Option<(redis::aio::ConnectionManager, String, String)>,
 }
 
-/// Creates the collections' indexes (idempotent).
+/// Creates the collections' indexes (idempotent). The local server answers "database is
+/// busy" (WriteConflict, 112) when another client changes indexes at the same time, so each
+/// creation is retried for a while.
 pub async fn ensure_indexes(db: &Database) -> Result<(), ProjectionError> {
-    let index = |keys: Document, unique: bool| {
+    let index = |keys: Document| {
         IndexModel::builder()
             .keys(keys)
-            .options(IndexOptions::builder().unique(unique).build())
+            .options(IndexOptions::builder().unique(false).build())
             .build()
     };
-    let messages = db.collection::<Document>(MESSAGES);
-    // The seed's indexes, plus paging by seq and the search token index.
-    messages
-        .create_index(index(doc! {"room_id": 1, "timestamp": -1}, false))
-        .await?;
-    messages
-        .create_index(index(doc! {"user_id": 1, "timestamp": -1}, false))
-        .await?;
-    // Not unique: messages are identified by _id; the local server's unique compound indexes
-    // report false duplicates.
-    messages
-        .create_index(index(doc! {"room_id": 1, "seq": -1}, false))
-        .await?;
-    messages
-        .create_index(index(doc! {"tokens": 1}, false))
-        .await?;
-    let memberships = db.collection::<Document>(MEMBERSHIPS);
-    memberships
-        .create_index(index(doc! {"user_id": 1, "status": 1}, false))
-        .await?;
-    memberships
-        .create_index(index(doc! {"room_id": 1, "status": 1}, false))
-        .await?;
-    db.collection::<Document>(ROOMS)
-        .create_index(index(doc! {"visibility": 1, "last_activity": -1}, false))
-        .await?;
+    // The seed's indexes, plus paging by seq and the search token index. None unique: messages
+    // are identified by _id, and the local server's unique compound indexes report false
+    // duplicates.
+    let wanted = [
+        (MESSAGES, doc! {"room_id": 1, "timestamp": -1}),
+        (MESSAGES, doc! {"user_id": 1, "timestamp": -1}),
+        (MESSAGES, doc! {"room_id": 1, "seq": -1}),
+        (MESSAGES, doc! {"tokens": 1}),
+        (MEMBERSHIPS, doc! {"user_id": 1, "status": 1}),
+        (MEMBERSHIPS, doc! {"room_id": 1, "status": 1}),
+        (ROOMS, doc! {"visibility": 1, "last_activity": -1}),
+    ];
+    for (collection, keys) in wanted {
+        let collection = db.collection::<Document>(collection);
+        let mut attempt = 0u64;
+        loop {
+            match collection.create_index(index(keys.clone())).await {
+                Ok(_) => break,
+                Err(e) if attempt < 50 && is_busy(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 + 20 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
+}
+
+fn is_busy(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 112)
 }
 
 impl MongoProjector {
     pub async fn open(db: Database) -> Result<Self, ProjectionError> {
         ensure_indexes(&db).await?;
-        Ok(Self {
+        Ok(Self::attach(db))
+    }
+
+    /// The projector over `db` without preparing indexes (for reading its state, e.g. verify).
+    pub fn attach(db: Database) -> Self {
+        Self {
             messages: db.collection(MESSAGES),
             rooms: db.collection(ROOMS),
             memberships: db.collection(MEMBERSHIPS),
@@ -98,7 +111,21 @@ impl MongoProjector {
             progress: db.collection(PROGRESS),
             db,
             gate: Gate::default(),
-        })
+            pointer: None,
+        }
+    }
+
+    /// Opens the live generation of `base` and follows its pointer.
+    pub async fn open_live(
+        client: mongodb::Client,
+        base: &str,
+        redis: redis::aio::ConnectionManager,
+        redis_prefix: &str,
+    ) -> Result<Self, ProjectionError> {
+        let live = crate::live::mongo_live(&redis, redis_prefix, base).await?;
+        let mut projector = Self::open(client.database(&live)).await?;
+        projector.pointer = Some((redis, redis_prefix.to_string(), base.to_string()));
+        Ok(projector)
     }
 
     pub fn database(&self) -> &Database {
@@ -560,5 +587,14 @@ impl Project for MongoProjector {
 
     fn reset(&mut self) {
         self.gate.clear();
+    }
+
+    async fn is_live(&self) -> Result<bool, ProjectionError> {
+        match &self.pointer {
+            Some((redis, prefix, base)) => {
+                Ok(crate::live::mongo_live(redis, prefix, base).await? == self.db.name())
+            }
+            None => Ok(true),
+        }
     }
 }

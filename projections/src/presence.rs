@@ -35,6 +35,8 @@ pub struct PresenceProjector {
     redis: ConnectionManager,
     prefix: String,
     gate: Gate,
+    /// The base prefix whose live pointer this projector follows (`crate::live`).
+    pointer: Option<String>,
 }
 
 impl PresenceProjector {
@@ -43,7 +45,16 @@ impl PresenceProjector {
             redis,
             prefix: prefix.into(),
             gate: Gate::default(),
+            pointer: None,
         }
+    }
+
+    /// Opens the live generation under `base` and follows its pointer.
+    pub async fn open_live(redis: ConnectionManager, base: &str) -> Result<Self, ProjectionError> {
+        let live = crate::live::redis_live(&redis, base).await?;
+        let mut projector = Self::new(redis, live);
+        projector.pointer = Some(base.to_string());
+        Ok(projector)
     }
 
     pub fn topics() -> Vec<Topic> {
@@ -342,5 +353,12 @@ impl Project for PresenceProjector {
 
     fn reset(&mut self) {
         self.gate.clear();
+    }
+
+    async fn is_live(&self) -> Result<bool, ProjectionError> {
+        match &self.pointer {
+            Some(base) => Ok(crate::live::redis_live(&self.redis, base).await? == self.prefix),
+            None => Ok(true),
+        }
     }
 }

@@ -83,7 +83,23 @@ pub trait Project {
     ) -> impl std::future::Future<Output = Result<Counts, ProjectionError>> + Send;
     /// Drops in-memory caches so a retried batch is judged against the store again.
     fn reset(&mut self);
+    /// Whether the generation this projector writes is still the live one (`crate::live`);
+    /// when a rebuild has switched away from it, the projector reopens on the new one.
+    fn is_live(&self) -> impl std::future::Future<Output = Result<bool, ProjectionError>> + Send {
+        async { Ok(true) }
+    }
 }
+
+/// Why a projector's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// The live generation moved (a rebuild switched over): reopen on the new one.
+    Moved,
+}
+
+/// How often a running projector checks that its generation is still live.
+const LIVE_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn run<P: Project>(
     mut projector: P,
@@ -91,8 +107,9 @@ pub async fn run<P: Project>(
     dead_letter: DeadLetter,
     metrics: RunnerMetrics,
     shutdown: CancellationToken,
-) -> Result<(), ProjectionError> {
+) -> Result<Ended, ProjectionError> {
     let name = projector.name();
+    let mut checked = Instant::now();
     // Known positions from the start, so "caught up" is visible even with nothing new to read.
     for ((topic, partition), next) in source.start() {
         metrics
@@ -106,6 +123,22 @@ pub async fn run<P: Project>(
             _ = shutdown.cancelled() => break,
             batch = source.next_batch() => batch?,
         };
+        if checked.elapsed() >= LIVE_CHECK {
+            checked = Instant::now();
+            match projector.is_live().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        projector = name,
+                        "the live generation moved; reopening on it"
+                    );
+                    return Ok(Ended::Moved);
+                }
+                Err(e) => {
+                    tracing::warn!(projector = name, error = %e, "cannot read the live generation")
+                }
+            }
+        }
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let counts = loop {
@@ -116,7 +149,7 @@ pub async fn run<P: Project>(
                     tracing::warn!(projector = name, error = %e, "batch failed; retrying it");
                     projector.reset();
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -152,5 +185,5 @@ pub async fn run<P: Project>(
         source.commit(&batch.positions);
     }
     tracing::info!(projector = name, "projector stopped");
-    Ok(())
+    Ok(Ended::Shutdown)
 }

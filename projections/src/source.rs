@@ -37,6 +37,7 @@ pub struct Batch {
     pub undecodable: usize,
 }
 
+#[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub brokers: String,
     /// Used for committing positions so `replay-tools lag` can show this projector's lag; the

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::error::ProjectionError;
 use crate::model::Model;
 use crate::mongo::{MEMBERSHIPS, MESSAGES, ROOMS};
+use crate::source::Positions;
 
 /// Every decodable event of `topics` from offset 0 to the current end, partition by partition
 /// (log order within each partition, which is all the model needs). `progress` is called with
@@ -25,6 +26,42 @@ pub async fn read_log(
     brokers: &str,
     codec: &EventCodec,
     topics: &[Topic],
+    progress: impl FnMut(u64, u64),
+) -> Result<Vec<DomainEvent>, ProjectionError> {
+    let ends = high_watermarks(brokers, topics)?;
+    read_log_to(brokers, codec, &ends, progress).await
+}
+
+/// The next offset to be written of every non-empty partition of `topics`.
+pub fn high_watermarks(brokers: &str, topics: &[Topic]) -> Result<Positions, ProjectionError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let mut ends = Positions::new();
+    for &topic in topics {
+        let count = schemas::kafka::partition_count(&consumer, topic.name(), timeout)?;
+        if count == 0 {
+            return Err(ProjectionError::Other(format!(
+                "topic {} does not exist",
+                topic.name()
+            )));
+        }
+        for p in 0..count {
+            let (_, high) = consumer.fetch_watermarks(topic.name(), p, timeout)?;
+            if high > 0 {
+                ends.insert((topic, p), high);
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// Every decodable event before `until` (next offset per partition), partitions in order.
+pub async fn read_log_to(
+    brokers: &str,
+    codec: &EventCodec,
+    until: &Positions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Vec<DomainEvent>, ProjectionError> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -33,17 +70,12 @@ pub async fn read_log(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()?;
-    let timeout = Duration::from_secs(10);
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for topic in topics {
-        let count = schemas::kafka::partition_count(&consumer, topic.name(), timeout)?;
-        for p in 0..count {
-            let (_, high) = consumer.fetch_watermarks(topic.name(), p, timeout)?;
-            if high > 0 {
-                ends.insert((topic.name().to_string(), p), high);
-                assignment.add_partition_offset(topic.name(), p, Offset::Beginning)?;
-            }
+    for (&(topic, p), &end) in until {
+        if end > 0 {
+            ends.insert((topic.name().to_string(), p), end);
+            assignment.add_partition_offset(topic.name(), p, Offset::Beginning)?;
         }
     }
     let total: i64 = ends.values().sum();
@@ -61,10 +93,11 @@ pub async fn read_log(
                 let message = message?;
                 read += 1;
                 let key = (message.topic().to_string(), message.partition());
-                if ends
-                    .get(&key)
-                    .is_some_and(|&high| message.offset() + 1 >= high)
-                {
+                let Some(&end) = ends.get(&key) else { continue };
+                if message.offset() >= end {
+                    continue;
+                }
+                if message.offset() + 1 >= end {
                     ends.remove(&key);
                 }
                 if let Ok(event) = codec.decode(message.payload().unwrap_or_default()).await {
@@ -304,6 +337,24 @@ pub async fn verify_clickhouse(
         diffs.push(format!(
             "events: {missing} in the log but not stored, {extra} stored but not in the log"
         ));
+    }
+    // The materialized views saw every row the table got.
+    for (table, column, kind) in [
+        ("messages_per_room_minute", "messages", "message_posted"),
+        ("call_minutes", "calls", "call_ended"),
+    ] {
+        let sums: Vec<u64> = client
+            .query(&format!("SELECT toUInt64(sum({column})) FROM {db}.{table}"))
+            .fetch_all()
+            .await
+            .map_err(ch)?;
+        let stored = sums.first().copied().unwrap_or(0) as usize;
+        let expected = model.events_by_kind.get(kind).copied().unwrap_or(0);
+        if stored != expected {
+            diffs.push(format!(
+                "{table}: sum({column}) is {stored}, the log has {expected} {kind}"
+            ));
+        }
     }
     Ok(diffs)
 }

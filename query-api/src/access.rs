@@ -25,7 +25,7 @@ pub async fn readable_room(
     if uuid::Uuid::parse_str(room_id).is_err() {
         return Err(QueryError::invalid("room_id is not a valid id"));
     }
-    let db = &app.db;
+    let db = &app.db();
     let room = db
         .collection::<Document>(ROOMS)
         .find_one(doc! {"_id": room_id})
@@ -58,7 +58,7 @@ pub async fn readable_room(
 /// Ids of the rooms the user is a member of.
 pub async fn member_rooms(app: &App, user_id: &str) -> Result<Vec<String>, QueryError> {
     let mut cursor = app
-        .db
+        .db()
         .collection::<Document>(MEMBERSHIPS)
         .find(doc! {"user_id": user_id, "status": "member"})
         .await?;

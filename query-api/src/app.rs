@@ -15,7 +15,11 @@ use crate::{files, messages, openapi, rooms};
 
 pub struct App {
     pub config: Config,
-    pub db: Database,
+    /// The live generation of the history (follows `projections::live`; see `follow_live`).
+    pub db: std::sync::RwLock<Database>,
+    /// The live key prefix of the Redis read model.
+    pub presence_prefix: std::sync::RwLock<String>,
+    pub mongo: mongodb::Client,
     pub redis: ConnectionManager,
     pub directory: PgPool,
     pub verifier: TokenVerifier,
@@ -24,6 +28,49 @@ pub struct App {
 pub type AppState = Arc<App>;
 
 impl App {
+    pub fn db(&self) -> Database {
+        match self.db.read() {
+            Ok(db) => db.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn presence_prefix(&self) -> String {
+        match self.presence_prefix.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads which generation of each read model is live, so a rebuild's switch-over
+    /// reaches this process within a second.
+    pub async fn follow_live(&self) {
+        match projections::live::mongo_live(
+            &self.redis,
+            &self.config.redis_prefix,
+            &self.config.mongo_db,
+        )
+        .await
+        {
+            Ok(name) if name != self.db().name() => {
+                tracing::info!(db = %name, "the live history generation moved");
+                if let Ok(mut db) = self.db.write() {
+                    *db = self.mongo.database(&name);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the live history generation"),
+        }
+        match projections::live::redis_live(&self.redis, &self.config.redis_prefix).await {
+            Ok(prefix) if prefix != self.presence_prefix() => {
+                if let Ok(mut p) = self.presence_prefix.write() {
+                    *p = prefix;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the live presence generation"),
+        }
+    }
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, QueryError> {
         Ok(self.verifier.verify_headers(headers).await?)
     }
@@ -36,7 +83,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         .probe("mongo", move || {
             let app = mongo.clone();
             async move {
-                app.db
+                app.db()
                     .run_command(mongodb::bson::doc! {"ping": 1})
                     .await
                     .map(|_| ())

@@ -21,7 +21,7 @@ pub async fn download(
     let path = platform::files::path_of(&app.config.files_dir, &file_id)
         .ok_or(QueryError::NotFound("file"))?;
     let file = app
-        .db
+        .db()
         .collection::<Document>(FILES)
         .find_one(doc! {"_id": &file_id})
         .await?
@@ -36,7 +36,7 @@ pub async fn download(
         .unwrap_or_default();
     let uploader = file.get_str("uploader_id").unwrap_or_default() == claims.sub;
     let member = app
-        .db
+        .db()
         .collection::<Document>(MEMBERSHIPS)
         .find_one(doc! {"user_id": &claims.sub, "status": "member", "room_id": {"$in": &rooms}})
         .await?

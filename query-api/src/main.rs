@@ -49,11 +49,21 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let app = Arc::new(App {
-        db: mongo.database(&config.mongo_db),
+        db: std::sync::RwLock::new(mongo.database(&config.mongo_db)),
+        presence_prefix: std::sync::RwLock::new(config.redis_prefix.clone()),
+        mongo,
         redis,
         directory,
         verifier,
         config: config.clone(),
+    });
+    app.follow_live().await;
+    let follower = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            follower.follow_live().await;
+        }
     });
     let router = app::router(app, prometheus::Registry::new())?;
     let listener = tokio::net::TcpListener::bind(config.listen)

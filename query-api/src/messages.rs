@@ -86,7 +86,7 @@ pub async fn history(
     };
     // One more than asked tells whether there is a next page.
     let docs: Vec<Document> = app
-        .db
+        .db()
         .collection::<Document>(MESSAGES)
         .find(filter)
         .with_options(
@@ -151,7 +151,7 @@ pub async fn search(
         filter.insert("_id", doc! {"$lt": before});
     }
     let docs: Vec<Document> = app
-        .db
+        .db()
         .collection::<Document>(MESSAGES)
         .find(filter)
         .with_options(

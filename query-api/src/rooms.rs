@@ -53,7 +53,7 @@ pub async fn list(
 ) -> Result<Json<Value>, QueryError> {
     let claims = app.authenticate(&headers).await?;
     let limit = params.int("limit", 100, 1..=500)?;
-    let rooms = app.db.collection::<Document>(ROOMS);
+    let rooms = app.db().collection::<Document>(ROOMS);
     let docs: Vec<Document> = match params.get("scope").unwrap_or("joined") {
         "joined" => {
             let ids = member_rooms(&app, &claims.sub).await?;
@@ -110,7 +110,7 @@ pub async fn detail(
 /// Members online in a room, from the presence projection in Redis.
 pub async fn online(app: &App, room_id: &str) -> Result<Vec<String>, QueryError> {
     let mut redis = app.redis.clone();
-    let key = format!("{}presence:{room_id}", app.config.redis_prefix);
+    let key = format!("{}presence:{room_id}", app.presence_prefix());
     let mut members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(key)
         .query_async(&mut redis)
@@ -128,7 +128,7 @@ pub async fn members(
     let claims = app.authenticate(&headers).await?;
     readable_room(&app, &room_id, &claims.sub).await?;
     let memberships: Vec<Document> = app
-        .db
+        .db()
         .collection::<Document>(MEMBERSHIPS)
         .find(doc! {"room_id": &room_id, "status": "member"})
         .await?
@@ -190,14 +190,14 @@ pub async fn unread(
     let me = claims.sub.as_str();
     let room_ids = member_rooms(&app, me).await?;
     let rooms: Vec<Document> = app
-        .db
+        .db()
         .collection::<Document>(ROOMS)
         .find(doc! {"_id": {"$in": &room_ids}})
         .await?
         .try_collect()
         .await?;
-    let memberships = app.db.collection::<Document>(MEMBERSHIPS);
-    let messages = app.db.collection::<Document>(MESSAGES);
+    let memberships = app.db().collection::<Document>(MEMBERSHIPS);
+    let messages = app.db().collection::<Document>(MESSAGES);
     let mut out = Vec::with_capacity(rooms.len());
     for room in &rooms {
         let room_id = room.get_str("_id").unwrap_or_default();

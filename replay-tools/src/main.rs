@@ -1,5 +1,12 @@
-//! Operator CLI. Today: make sure the topics exist with the right partition counts (run by
-//! `deploy/local/up`), and show each topic's partitions and offsets.
+//! Operator CLI: topics (created by `deploy/local/up`), rebuild and verify of the read models,
+//! and consumer lag. Store settings come from the same environment variables as the
+//! `projections` service (`CHAT_MONGO_URL`, `CHAT_MONGO_DB`, `CHAT_REDIS_URL`,
+//! `CHAT_REDIS_PREFIX`, `CHAT_CLICKHOUSE_URL`, `CHAT_CLICKHOUSE_DB`, `CHAT_REGISTRY_URL`).
+
+mod lag;
+mod progress;
+mod rebuild;
+mod verify;
 
 use std::time::Duration;
 
@@ -35,6 +42,31 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Rebuild a read model from the log into a fresh generation, switch over, drop the old one.
+    Rebuild {
+        #[arg(value_enum)]
+        target: rebuild::Target,
+        /// Read every partition from its first record (the default).
+        #[arg(long, conflicts_with = "from_time")]
+        from_beginning: bool,
+        /// Start at the first record at or after this time (RFC 3339 UTC like
+        /// 2026-11-26T10:00:00Z, or milliseconds since the epoch); clickhouse only.
+        #[arg(long)]
+        from_time: Option<String>,
+        /// Events per batch written to the store.
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+        /// Seconds the old generation is kept after the switch before it is dropped.
+        #[arg(long, default_value_t = 3)]
+        grace_secs: u64,
+    },
+    /// Recompute a read model from the log and print every difference (exit status 1 if any).
+    Verify {
+        #[arg(value_enum)]
+        target: rebuild::Target,
+    },
+    /// Every consumer group's lag per partition.
+    Lag,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +83,13 @@ enum TopicsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Warnings and errors on stderr (RUST_LOG to see more); stdout is the command's answer.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rdkafka=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let cli = Cli::parse();
     let timeout = Duration::from_secs(cli.timeout_secs);
     match cli.command {
@@ -79,8 +118,166 @@ async fn main() -> anyhow::Result<()> {
         Command::Topics {
             command: TopicsCommand::List,
         } => list(&cli.brokers, timeout)?,
+        Command::Rebuild {
+            target,
+            from_beginning: _,
+            from_time,
+            batch,
+            grace_secs,
+        } => {
+            let config = store_config(&cli.brokers)?;
+            let start = match from_time {
+                Some(t) => rebuild::Start::Time(parse_time(&t)?),
+                None => rebuild::Start::Beginning,
+            };
+            if batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let options = rebuild::Options {
+                start,
+                batch,
+                grace: Duration::from_secs(grace_secs),
+                show_progress: true,
+            };
+            for t in target.expand() {
+                let report = rebuild::rebuild(t, &config, &options)
+                    .await
+                    .with_context(|| format!("rebuilding {}", t.name()))?;
+                println!(
+                    "rebuilt {:<10} {} events in {:.1} s ({:.0} events/s); live: {} (was {}, dropped)",
+                    report.target.name(),
+                    report.events,
+                    report.seconds,
+                    report.rate(),
+                    report.generation,
+                    report.previous
+                );
+            }
+        }
+        Command::Verify { target } => {
+            let config = store_config(&cli.brokers)?;
+            let mut differences = 0;
+            for t in target.expand() {
+                let verdict = verify::verify(t, &config, true)
+                    .await
+                    .with_context(|| format!("verifying {}", t.name()))?;
+                for d in &verdict.differences {
+                    println!("{}: {d}", t.name());
+                }
+                println!(
+                    "verified {:<10} generation {}: {} events, {} differences",
+                    t.name(),
+                    verdict.generation,
+                    verdict.events,
+                    verdict.differences.len()
+                );
+                differences += verdict.differences.len();
+            }
+            if differences > 0 {
+                std::process::exit(1);
+            }
+        }
+        Command::Lag => {
+            let config = store_config(&cli.brokers)?;
+            let mut known: Vec<String> = projections::PROJECTORS
+                .iter()
+                .map(|p| format!("{}{p}", config.group_prefix))
+                .collect();
+            known.push("chat-commands".to_string());
+            let rows = lag::lag(&cli.brokers, &known, timeout)?;
+            println!(
+                "{:<32} {:<24} {:>9} {:>12} {:>12} {:>10}",
+                "group", "topic", "partition", "committed", "end", "lag"
+            );
+            for r in rows {
+                match r.lag() {
+                    Some(lag) => println!(
+                        "{:<32} {:<24} {:>9} {:>12} {:>12} {lag:>10}",
+                        r.group,
+                        r.topic,
+                        r.partition,
+                        r.committed.unwrap_or(0),
+                        r.end
+                    ),
+                    None => println!("{:<32} (no committed positions)", r.group),
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// The stores' settings, read as the projections service reads them.
+fn store_config(brokers: &str) -> anyhow::Result<projections::config::Config> {
+    let mut config = projections::config::Config::from_env()?;
+    config.brokers = brokers.to_string();
+    Ok(config)
+}
+
+/// `2026-11-26T10:00:00Z` (UTC, optional fraction) or milliseconds since the epoch.
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || {
+        anyhow::anyhow!(
+            "--from-time {text:?}: expected 2026-11-26T10:00:00Z or milliseconds since the epoch"
+        )
+    };
+    let t = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let h: Vec<i64> = hms
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    if d.len() != 3
+        || h.len() != 3
+        || !(1..=12).contains(&d[1])
+        || !(1..=31).contains(&d[2])
+        || h[0] > 23
+        || h[1] > 59
+        || h[2] > 60
+    {
+        return Err(bad());
+    }
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().map_err(|_| bad())?;
+    // Days from civil (H. Hinnant).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2]) * 1000) + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_times() {
+        assert_eq!(super::parse_time("1970-01-01T00:00:00Z").ok(), Some(0));
+        assert_eq!(
+            super::parse_time("2026-11-26T10:00:00.5Z").ok(),
+            Some(1_795_687_200_500)
+        );
+        assert_eq!(
+            super::parse_time("1700000000000").ok(),
+            Some(1_700_000_000_000)
+        );
+        assert!(super::parse_time("yesterday").is_err());
+        assert!(super::parse_time("2026-13-01T00:00:00Z").is_err());
+    }
 }
 
 fn list(brokers: &str, timeout: Duration) -> anyhow::Result<()> {

@@ -1,0 +1,119 @@
+//! Replay rate: how fast `replay-tools rebuild` folds the log into each read model, and how the
+//! rate holds as the log grows (100k, then 1M events by default).
+//!
+//! The log is synthetic chat traffic (rooms of 10 with posts, edits, deletes, reactions, read
+//! markers, presence and registrations) written straight to the broker. The stack's own
+//! projections service is stopped first, so the rebuild has the machine to itself.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::report;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Log sizes (events, all topics) at which each target is rebuilt.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    sizes: Vec<usize>,
+    /// Read models to rebuild.
+    #[arg(long, value_delimiter = ',', default_value = "clickhouse,redis,mongo")]
+    targets: Vec<String>,
+    /// The largest log rebuilt into MongoDB: the local stand-in server writes ~1,000 documents/s,
+    /// so larger logs take longer than a benchmark should.
+    #[arg(long, default_value_t = 100_000)]
+    mongo_max: usize,
+    /// Events per batch handed to the store.
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
+}
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set (run through bench/run)"))
+}
+
+pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
+    let brokers = env("CHAT_KAFKA_BROKERS")?;
+    let registry = env("CHAT_REGISTRY_URL")?;
+    let root = std::env::current_dir()?;
+    let status = Command::new(root.join("deploy/local/down"))
+        .arg("projections")
+        .status()?;
+    if !status.success() {
+        bail!("cannot stop the stack's projections service");
+    }
+    let tools = root.join("target/release/replay-tools");
+    let writer = test_support::produce::Writer::new(&brokers, &registry).await?;
+    let mut written = 0usize;
+    let mut write_seconds = 0.0;
+    let mut runs: Vec<Value> = Vec::new();
+    let start_ms = schemas::envelope::now_ms() - 86_400_000;
+    for &size in &args.sizes {
+        let started = Instant::now();
+        while written < size {
+            let chunk = test_support::scenario::chat(10, 10, 500, start_ms + written as i64);
+            writer.write(&chunk.events).await?;
+            written += chunk.events.len();
+        }
+        write_seconds += started.elapsed().as_secs_f64();
+        println!(
+            "log: {written} events (written at {:.0} events/s)",
+            written as f64 / write_seconds.max(1e-9)
+        );
+        for target in &args.targets {
+            if target == "mongo" && written > args.mongo_max {
+                println!(
+                    "  {target:<10} skipped above --mongo-max {}",
+                    args.mongo_max
+                );
+                runs.push(json!({"log_events": written, "target": target, "skipped": "above --mongo-max"}));
+                continue;
+            }
+            let output = Command::new(&tools)
+                .args([
+                    "rebuild",
+                    target,
+                    "--batch",
+                    &args.batch.to_string(),
+                    "--grace-secs",
+                    "0",
+                ])
+                .output()
+                .context("cannot run target/release/replay-tools")?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() {
+                bail!(
+                    "rebuild {target} failed:\n{stdout}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            // "rebuilt <target> <events> events in <s> s (<rate> events/s); ..."
+            let words: Vec<&str> = stdout.split_whitespace().collect();
+            let at = |i: usize| {
+                words
+                    .get(i)
+                    .and_then(|w| w.trim_start_matches('(').parse::<f64>().ok())
+            };
+            let (Some(events), Some(seconds), Some(rate)) = (at(2), at(5), at(7)) else {
+                bail!("unexpected rebuild output: {stdout}");
+            };
+            println!(
+                "  {target:<10} {events:>9.0} events in {seconds:>7.1} s = {rate:>8.0} events/s"
+            );
+            runs.push(json!({"log_events": written, "target": target, "events": events, "seconds": seconds, "events_per_second": rate}));
+        }
+    }
+    report::write(
+        results,
+        "replay",
+        &json!({
+            "benchmark": "replay",
+            "machine": report::machine(),
+            "batch": args.batch,
+            "runs": runs,
+        }),
+    )
+}

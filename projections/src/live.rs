@@ -1,0 +1,293 @@
+//! Generations of the read models, and which one is live.
+//!
+//! `replay-tools rebuild` fills a fresh generation (a new MongoDB database, Redis key prefix or
+//! ClickHouse database) from the log while the live one keeps serving, then switches over by
+//! moving one pointer, and drops the old generation. Readers and the running projectors follow
+//! the pointer, so nobody ever sees a half-built model, and a projector that finds the pointer
+//! moved reopens on the new generation from that generation's own checkpoints (which live with
+//! its data), so the switch neither loses nor repeats an event.
+//!
+//! - MongoDB: pointer key `<CHAT_REDIS_PREFIX>live:mongo:<CHAT_MONGO_DB>` in Redis holding the
+//!   database name; without it the live database is `<CHAT_MONGO_DB>` itself.
+//! - Redis: pointer key `<CHAT_REDIS_PREFIX>live:redis` holding the generation's key prefix;
+//!   without it the prefix is `<CHAT_REDIS_PREFIX>`.
+//! - ClickHouse: analysts query stable names, so `<CHAT_CLICKHOUSE_DB>` holds views
+//!   (`events`, `messages_per_room_minute`, `daily_active_users`, `call_minutes`) over the live
+//!   generation database, swapped in one `RENAME TABLE` statement, and a `generation` table
+//!   records which database is live (the first one is `<db>_g0`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clickhouse::Client;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+
+use crate::analytics;
+use crate::error::ProjectionError;
+
+/// A name for a new generation, unique per second.
+pub fn new_generation_suffix() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("g{secs}")
+}
+
+// ---------- MongoDB ----------
+
+/// The MongoDB pointer is kept in Redis (`<CHAT_REDIS_PREFIX>live:mongo:<CHAT_MONGO_DB>`): the
+/// local MongoDB stand-in wedges when a client polling it every second is killed mid-query,
+/// and Redis answers the poll in microseconds.
+fn mongo_pointer(redis_prefix: &str, base: &str) -> String {
+    format!("{redis_prefix}live:mongo:{base}")
+}
+
+pub async fn mongo_live(
+    redis: &ConnectionManager,
+    redis_prefix: &str,
+    base: &str,
+) -> Result<String, ProjectionError> {
+    let mut redis = redis.clone();
+    let db: Option<String> = redis::cmd("GET")
+        .arg(mongo_pointer(redis_prefix, base))
+        .query_async(&mut redis)
+        .await?;
+    Ok(db.unwrap_or_else(|| base.to_string()))
+}
+
+pub async fn mongo_switch(
+    redis: &ConnectionManager,
+    redis_prefix: &str,
+    base: &str,
+    to: &str,
+) -> Result<(), ProjectionError> {
+    let mut redis = redis.clone();
+    let _: () = redis::cmd("SET")
+        .arg(mongo_pointer(redis_prefix, base))
+        .arg(to)
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
+
+// ---------- Redis ----------
+
+fn redis_pointer(base: &str) -> String {
+    format!("{base}live:redis")
+}
+
+pub async fn redis_live(redis: &ConnectionManager, base: &str) -> Result<String, ProjectionError> {
+    let mut redis = redis.clone();
+    let prefix: Option<String> = redis::cmd("GET")
+        .arg(redis_pointer(base))
+        .query_async(&mut redis)
+        .await?;
+    Ok(prefix.unwrap_or_else(|| base.to_string()))
+}
+
+pub async fn redis_switch(
+    redis: &ConnectionManager,
+    base: &str,
+    to: &str,
+) -> Result<(), ProjectionError> {
+    let mut redis = redis.clone();
+    let _: () = redis::cmd("SET")
+        .arg(redis_pointer(base))
+        .arg(to)
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
+
+/// Key patterns of one generation of the Redis model (see `presence`), for dropping it.
+/// `session:*` is shared with the commands tier, so only this model's fields are removed there.
+pub const REDIS_KEYS: &[&str] = &[
+    "presence:",
+    "room_stats:",
+    "members:",
+    "user_rooms:",
+    "online:",
+    "proj:redis:",
+];
+pub const REDIS_SESSION_FIELDS: &[&str] = &["status", "last_seen"];
+
+/// Deletes one generation's keys; returns how many keys were deleted or trimmed.
+pub async fn redis_drop(redis: &ConnectionManager, prefix: &str) -> Result<u64, ProjectionError> {
+    let mut redis = redis.clone();
+    let mut removed = 0u64;
+    let patterns: Vec<(String, bool)> = REDIS_KEYS
+        .iter()
+        .map(|k| (format!("{prefix}{k}*"), false))
+        .chain(std::iter::once((format!("{prefix}session:*"), true)))
+        .collect();
+    for (pattern, session) in patterns {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                removed += keys.len() as u64;
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    if session {
+                        pipe.cmd("HDEL").arg(key).arg(REDIS_SESSION_FIELDS).ignore();
+                    } else {
+                        pipe.del(key).ignore();
+                    }
+                }
+                let _: () = pipe.query_async(&mut redis).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(removed)
+}
+
+// ---------- ClickHouse ----------
+
+/// The tables analysts read, exposed as views in the stable database.
+pub const CLICKHOUSE_VIEWS: &[&str] = &[
+    "events",
+    "messages_per_room_minute",
+    "daily_active_users",
+    "call_minutes",
+];
+
+fn ch(e: clickhouse::error::Error) -> ProjectionError {
+    ProjectionError::ClickHouse(e.to_string())
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct TableEngine {
+    name: String,
+    engine: String,
+}
+
+/// The live generation database, creating the first one (`<db>_g0`, with its views) when the
+/// stable database has none yet.
+pub async fn clickhouse_live(client: &Client, db: &str) -> Result<String, ProjectionError> {
+    exec(client, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+    exec(
+        client,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {db}.generation (at UInt64, target String) ENGINE = TinyLog"
+        ),
+    )
+    .await?;
+    if let Some(live) = clickhouse_current(client, db).await? {
+        return Ok(live);
+    }
+    // The layout before generations kept real tables in `db`: a read model is disposable, so
+    // they are dropped and the first generation is projected from the log again.
+    let tables: Vec<TableEngine> = client
+        .query("SELECT name, engine FROM system.tables WHERE database = ?")
+        .bind(db)
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    for t in tables
+        .iter()
+        .filter(|t| t.name != "generation" && t.engine != "View")
+    {
+        tracing::warn!(table = %t.name, "dropping a table of the layout before generations");
+        exec(client, &format!("DROP TABLE IF EXISTS {db}.{}", t.name)).await?;
+    }
+    let first = format!("{db}_g0");
+    analytics::ensure_schema(client, &first).await?;
+    for view in CLICKHOUSE_VIEWS {
+        exec(
+            client,
+            &format!("CREATE VIEW IF NOT EXISTS {db}.{view} AS SELECT * FROM {first}.{view}"),
+        )
+        .await?;
+    }
+    exec(
+        client,
+        &format!(
+            "INSERT INTO {db}.generation (at, target) VALUES ({}, '{first}')",
+            now_ms()
+        ),
+    )
+    .await?;
+    Ok(first)
+}
+
+/// The live generation database as recorded, without creating anything.
+pub async fn clickhouse_current(
+    client: &Client,
+    db: &str,
+) -> Result<Option<String>, ProjectionError> {
+    let rows: Vec<Named> = client
+        .query(&format!(
+            "SELECT target AS name FROM {db}.generation ORDER BY at DESC LIMIT 1"
+        ))
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    Ok(rows.into_iter().next().map(|r| r.name))
+}
+
+/// Points the stable views at `to` in one RENAME (atomic for readers), then records it.
+pub async fn clickhouse_switch(client: &Client, db: &str, to: &str) -> Result<(), ProjectionError> {
+    for view in CLICKHOUSE_VIEWS {
+        exec(client, &format!("DROP TABLE IF EXISTS {db}.{view}__next")).await?;
+        exec(client, &format!("DROP TABLE IF EXISTS {db}.{view}__prev")).await?;
+        exec(
+            client,
+            &format!("CREATE VIEW {db}.{view}__next AS SELECT * FROM {to}.{view}"),
+        )
+        .await?;
+    }
+    let renames: Vec<String> = CLICKHOUSE_VIEWS
+        .iter()
+        .flat_map(|v| {
+            [
+                format!("{db}.{v} TO {db}.{v}__prev"),
+                format!("{db}.{v}__next TO {db}.{v}"),
+            ]
+        })
+        .collect();
+    exec(client, &format!("RENAME TABLE {}", renames.join(", "))).await?;
+    exec(
+        client,
+        &format!(
+            "INSERT INTO {db}.generation (at, target) VALUES ({}, '{to}')",
+            now_ms()
+        ),
+    )
+    .await?;
+    for view in CLICKHOUSE_VIEWS {
+        exec(client, &format!("DROP TABLE IF EXISTS {db}.{view}__prev")).await?;
+    }
+    Ok(())
+}
+
+pub async fn clickhouse_drop(client: &Client, generation: &str) -> Result<(), ProjectionError> {
+    exec(client, &format!("DROP DATABASE IF EXISTS {generation}")).await
+}
+
+async fn exec(client: &Client, sql: &str) -> Result<(), ProjectionError> {
+    client.query(sql).execute().await.map_err(ch)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
