@@ -71,15 +71,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         })
         .probe("redis", move || {
             let app = probe_redis.clone();
-            async move {
-                let mut redis = app.redis.clone();
-                redis::cmd("PING")
-                    .query_async::<String>(&mut redis)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            .boxed()
+            async move { platform::cache::ping(&app.redis).await }.boxed()
         })
         .probe("writer", move || {
             let app = probe_writer.clone();

@@ -15,3 +15,13 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> 
         .get_connection_manager_with_config(config)
         .await
 }
+
+/// The readiness probe every tier runs against Redis, in the form `/readyz` reports.
+pub async fn ping(redis: &ConnectionManager) -> Result<(), String> {
+    let mut redis = redis.clone();
+    redis::cmd("PING")
+        .query_async::<String>(&mut redis)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -3,6 +3,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::deadletter::DeadLetter;
+use crate::error::ProjectionError;
+use crate::runner::Counts;
+use crate::source::Record;
+
 /// How many recent event ids per room tell a re-read from a second writer's event.
 const RECENT: usize = 64;
 
@@ -101,6 +106,40 @@ impl Gate {
             "room {room}: expected seq {}, got {seq} ({event_id})",
             cursor.last_seq + 1
         ))
+    }
+
+    /// Judges a room event and does what every projector does with the verdict: counts a
+    /// duplicate, dead-letters and counts a conflict. True when the event is to be applied.
+    pub async fn admit(
+        &mut self,
+        record: &Record,
+        room: &str,
+        seq: i64,
+        dead_letter: &DeadLetter,
+        counts: &mut Counts,
+    ) -> Result<bool, ProjectionError> {
+        match self.judge(room, seq, &record.event.envelope().event_id) {
+            Verdict::Apply => Ok(true),
+            Verdict::Duplicate => {
+                counts.duplicates += 1;
+                Ok(false)
+            }
+            Verdict::Conflict(reason) => {
+                counts.conflicts += 1;
+                tracing::warn!(%reason, offset = record.offset, partition = record.partition, "conflicting event dead-lettered");
+                dead_letter
+                    .send(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key.as_deref(),
+                        &record.payload,
+                        &format!("conflict: {reason}"),
+                    )
+                    .await?;
+                Ok(false)
+            }
+        }
     }
 
     /// Forgets everything (after a failed batch: the store is the truth again).

@@ -77,15 +77,8 @@ async fn main() -> anyhow::Result<()> {
                     .context("cannot connect to Redis")?;
                 let probe = redis.clone();
                 ops = ops.probe("redis", move || {
-                    let mut redis = probe.clone();
-                    async move {
-                        redis::cmd("PING")
-                            .query_async::<String>(&mut redis)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                    .boxed()
+                    let redis = probe.clone();
+                    async move { platform::cache::ping(&redis).await }.boxed()
                 });
                 let base = config.redis_prefix.clone();
                 tasks.push(tokio::spawn(run.supervise(move || {

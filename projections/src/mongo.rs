@@ -29,7 +29,7 @@ use schemas::topics::Topic;
 
 use crate::deadletter::DeadLetter;
 use crate::error::ProjectionError;
-use crate::gate::{Gate, RoomCursor, Verdict};
+use crate::gate::{Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
 use crate::text;
@@ -207,27 +207,12 @@ impl MongoProjector {
                 continue;
             };
             let before = self.gate.cursor(&room).map(|c| c.last_seq).unwrap_or(0);
-            match self.gate.judge(&room, seq, &envelope.event_id) {
-                Verdict::Apply => {}
-                Verdict::Duplicate => {
-                    stats.duplicates += 1;
-                    continue;
-                }
-                Verdict::Conflict(reason) => {
-                    stats.conflicts += 1;
-                    tracing::warn!(%reason, offset = record.offset, partition = record.partition, "conflicting event dead-lettered");
-                    dead_letter
-                        .send(
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            record.key.as_deref(),
-                            &record.payload,
-                            &format!("conflict: {reason}"),
-                        )
-                        .await?;
-                    continue;
-                }
+            if !self
+                .gate
+                .admit(record, &room, seq, dead_letter, &mut stats)
+                .await?
+            {
+                continue;
             }
             stats.applied += 1;
             let delta = touched.entry(room.clone()).or_insert_with(|| RoomDelta {

@@ -24,7 +24,7 @@ use schemas::topics::Topic;
 
 use crate::deadletter::DeadLetter;
 use crate::error::ProjectionError;
-use crate::gate::{Gate, RoomCursor, Verdict};
+use crate::gate::{Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
 
@@ -184,26 +184,12 @@ impl PresenceProjector {
                 let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
                     continue;
                 };
-                match self.gate.judge(room, seq, &envelope.event_id) {
-                    Verdict::Apply => {}
-                    Verdict::Duplicate => {
-                        counts.duplicates += 1;
-                        continue;
-                    }
-                    Verdict::Conflict(reason) => {
-                        counts.conflicts += 1;
-                        dead_letter
-                            .send(
-                                record.topic,
-                                record.partition,
-                                record.offset,
-                                record.key.as_deref(),
-                                &record.payload,
-                                &format!("conflict: {reason}"),
-                            )
-                            .await?;
-                        continue;
-                    }
+                if !self
+                    .gate
+                    .admit(record, room, seq, dead_letter, &mut counts)
+                    .await?
+                {
+                    continue;
                 }
                 progress.insert(room.to_string(), format!("{seq}:{}", envelope.event_id));
                 touched_rooms.insert(room.to_string());

@@ -103,7 +103,7 @@ pub async fn read_log_to(
                 if let Ok(event) = codec.decode(message.payload().unwrap_or_default()).await {
                     events.push(event);
                 }
-                if read % 10_000 == 0 {
+                if read.is_multiple_of(10_000) {
                     progress(read, total as u64);
                 }
             }

@@ -93,15 +93,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         })
         .probe("redis", move || {
             let app = redis.clone();
-            async move {
-                let mut conn = app.redis.clone();
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            .boxed()
+            async move { platform::cache::ping(&app.redis).await }.boxed()
         })
         .probe("postgres", move || {
             let app = pg.clone();

@@ -262,24 +262,6 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
     Ok(((days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2]) * 1000) + millis)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parses_times() {
-        assert_eq!(super::parse_time("1970-01-01T00:00:00Z").ok(), Some(0));
-        assert_eq!(
-            super::parse_time("2026-11-26T10:00:00.5Z").ok(),
-            Some(1_795_687_200_500)
-        );
-        assert_eq!(
-            super::parse_time("1700000000000").ok(),
-            Some(1_700_000_000_000)
-        );
-        assert!(super::parse_time("yesterday").is_err());
-        assert!(super::parse_time("2026-13-01T00:00:00Z").is_err());
-    }
-}
-
 fn list(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -320,4 +302,22 @@ fn list(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_times() {
+        assert_eq!(super::parse_time("1970-01-01T00:00:00Z").ok(), Some(0));
+        assert_eq!(
+            super::parse_time("2026-11-26T10:00:00.5Z").ok(),
+            Some(1_795_687_200_500)
+        );
+        assert_eq!(
+            super::parse_time("1700000000000").ok(),
+            Some(1_700_000_000_000)
+        );
+        assert!(super::parse_time("yesterday").is_err());
+        assert!(super::parse_time("2026-13-01T00:00:00Z").is_err());
+    }
 }

@@ -86,7 +86,7 @@ impl Report {
 enum Fresh {
     Mongo(MongoProjector),
     Redis(PresenceProjector),
-    Clickhouse(AnalyticsProjector),
+    Clickhouse(Box<AnalyticsProjector>),
 }
 
 pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyhow::Result<Report> {
@@ -133,7 +133,7 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
             if let Start::Time(_) = options.start {
                 projector = projector.from_point_in_time();
             }
-            (Fresh::Clickhouse(projector), generation, previous)
+            (Fresh::Clickhouse(Box::new(projector)), generation, previous)
         }
         Target::All => bail!("rebuild one target at a time"),
     };
@@ -175,7 +175,7 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
     let events = match fresh {
         Fresh::Mongo(p) => fill(p, source, &dead_letter, &ends, &start, &progress).await?,
         Fresh::Redis(p) => fill(p, source, &dead_letter, &ends, &start, &progress).await?,
-        Fresh::Clickhouse(p) => fill(p, source, &dead_letter, &ends, &start, &progress).await?,
+        Fresh::Clickhouse(p) => fill(*p, source, &dead_letter, &ends, &start, &progress).await?,
     };
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();

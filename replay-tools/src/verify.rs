@@ -24,7 +24,7 @@ pub struct Verdict {
 enum Store {
     Mongo(MongoProjector),
     Redis(PresenceProjector, redis::aio::ConnectionManager, String),
-    Clickhouse(AnalyticsProjector),
+    Clickhouse(Box<AnalyticsProjector>),
 }
 
 impl Store {
@@ -77,7 +77,9 @@ pub async fn verify(
                 .await
                 .with_context(|| format!("cannot reach ClickHouse at {}", config.clickhouse_url))?;
             (
-                Store::Clickhouse(AnalyticsProjector::open(client, &generation).await?),
+                Store::Clickhouse(Box::new(
+                    AnalyticsProjector::open(client, &generation).await?,
+                )),
                 generation,
             )
         }
