@@ -22,8 +22,9 @@ pub struct Args {
     /// Read models to rebuild.
     #[arg(long, value_delimiter = ',', default_value = "clickhouse,redis,mongo")]
     targets: Vec<String>,
-    /// The largest log rebuilt into MongoDB: the local stand-in server writes ~1,000 documents/s,
-    /// so larger logs take longer than a benchmark should.
+    /// The largest log rebuilt into MongoDB: the local stand-in server writes a few hundred
+    /// documents/s (the benchmark prints its own ceiling first), so larger logs take longer
+    /// than a benchmark should.
     #[arg(long, default_value_t = 100_000)]
     mongo_max: usize,
     /// Events per batch handed to the store.
@@ -45,6 +46,17 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cannot stop the stack's projections service");
     }
+    let ceiling = if args.targets.iter().any(|t| t == "mongo") {
+        let c = mongo_ceiling(&env("CHAT_MONGO_URL")?).await?;
+        println!(
+            "MongoDB server alone (same indexes, no projector): insert_many {:.0} documents/s, \
+             update by _id {:.0}/s, find by _id {:.0}/s",
+            c.inserts_per_second, c.updates_per_second, c.finds_per_second
+        );
+        Some(c)
+    } else {
+        None
+    };
     let tools = root.join("target/release/replay-tools");
     let writer = test_support::produce::Writer::new(&brokers, &registry).await?;
     let mut written = 0usize;
@@ -113,7 +125,71 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
             "benchmark": "replay",
             "machine": report::machine(),
             "batch": args.batch,
+            "mongo_server_ceiling": ceiling.map(|c| json!({
+                "insert_many_documents_per_second": c.inserts_per_second,
+                "update_by_id_per_second": c.updates_per_second,
+                "find_by_id_per_second": c.finds_per_second,
+            })),
             "runs": runs,
         }),
     )
+}
+
+/// What the MongoDB-compatible server does on its own, with the history's indexes and
+/// message-shaped documents: the ceiling any projector into it can reach, printed beside the
+/// replay rate so the two can be compared.
+struct MongoCeiling {
+    inserts_per_second: f64,
+    updates_per_second: f64,
+    finds_per_second: f64,
+}
+
+async fn mongo_ceiling(url: &str) -> anyhow::Result<MongoCeiling> {
+    use mongodb::bson::{Document, doc};
+    let client = mongodb::Client::with_uri_str(url).await?;
+    let db = client.database(&format!("ceiling_{}", schemas::envelope::now_ms()));
+    projections::mongo::ensure_indexes(&db).await?;
+    let messages = db.collection::<Document>("messages");
+    let (batches, per_batch, singles) = (5usize, 1000usize, 200usize);
+    let docs = |batch: usize| -> Vec<Document> {
+        (0..per_batch)
+            .map(|i| {
+                let n = batch * per_batch + i;
+                let content = format!("message {n} about the weekly deploy and the coffee machine");
+                doc! {
+                    "_id": format!("m{n}"), "room_id": format!("r{}", n % 100), "seq": n as i64,
+                    "user_id": format!("u{}", n % 50), "content": &content,
+                    "tokens": projections::text::tokens(&content),
+                    "timestamp": mongodb::bson::DateTime::from_millis(n as i64),
+                    "reactions": [], "attachments": [], "deleted": false,
+                }
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    for batch in 0..batches {
+        messages.insert_many(docs(batch)).await?;
+    }
+    let inserts_per_second = (batches * per_batch) as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for n in 0..singles {
+        messages
+            .update_one(
+                doc! {"_id": format!("m{n}")},
+                doc! {"$set": {"edited": true}},
+            )
+            .await?;
+    }
+    let updates_per_second = singles as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for n in 0..singles {
+        messages.find_one(doc! {"_id": format!("m{n}")}).await?;
+    }
+    let finds_per_second = singles as f64 / started.elapsed().as_secs_f64();
+    db.drop().await?;
+    Ok(MongoCeiling {
+        inserts_per_second,
+        updates_per_second,
+        finds_per_second,
+    })
 }

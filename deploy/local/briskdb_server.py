@@ -3,6 +3,10 @@
 No real mongod can be installed on the development machines (see STACK.md), so the local stack
 serves the MongoDB wire protocol from briskdb. Stops cleanly on SIGTERM/SIGINT so its data is
 flushed; data survives kill -9 as well.
+
+briskdb's listener accepts at most 8 connections in all (not configurable from Python) and
+closes any further one at once; clients of the local stack therefore use the small pool of
+CHAT_MONGO_URL (deploy/local/lib.sh), and tests that kill writers get a server of their own.
 """
 
 import argparse

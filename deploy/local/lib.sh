@@ -44,7 +44,9 @@ export CHAT_KAFKA_BROKERS="127.0.0.1:$CHAT_KAFKA_PORT"
 export CHAT_REGISTRY_URL="http://127.0.0.1:$CHAT_REGISTRY_PORT"
 export CHAT_PG_URL="postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_PG_DATABASE"
 export CHAT_REDIS_URL="redis://127.0.0.1:$CHAT_REDIS_PORT"
-export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true"
+# briskdb serves at most 8 connections in all (see platform::config::LOCAL_MONGO_URL): each
+# client keeps one polling monitor and at most two pooled connections, idle ones closed quickly.
+export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true&serverMonitoringMode=poll&maxPoolSize=2&maxIdleTimeMS=1000"
 export CHAT_CLICKHOUSE_URL="http://127.0.0.1:$CHAT_CLICKHOUSE_HTTP_PORT"
 export CHAT_COMMANDS_URL="http://127.0.0.1:$CHAT_COMMANDS_PORT"
 export CHAT_QUERY_URL="http://127.0.0.1:$CHAT_QUERY_PORT"

@@ -49,10 +49,7 @@ impl Config {
                 .collect(),
             brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
             registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
-            mongo_url: env_string(
-                "CHAT_MONGO_URL",
-                "mongodb://127.0.0.1:27017/?directConnection=true",
-            ),
+            mongo_url: env_string("CHAT_MONGO_URL", platform::config::LOCAL_MONGO_URL),
             mongo_db: env_string("CHAT_MONGO_DB", "chat"),
             clickhouse_url: env_string("CHAT_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
             clickhouse_db: env_string("CHAT_CLICKHOUSE_DB", "chat"),

@@ -8,8 +8,7 @@ use mongodb::options::{FindOptions, IndexOptions, InsertManyOptions};
 use mongodb::{Client, IndexModel};
 
 fn url() -> String {
-    std::env::var("CHAT_MONGO_URL")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
+    test_support::env::mongo_url()
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ fn replay_tools(side: &ReadSide, args: &[&str]) -> anyhow::Result<(bool, String)
         .args(args)
         .env("CHAT_KAFKA_BROKERS", &side.brokers)
         .env("CHAT_REGISTRY_URL", env::registry_url())
-        .env("CHAT_MONGO_URL", env::mongo_url())
+        .env("CHAT_MONGO_URL", &side.mongo_url)
         .env("CHAT_MONGO_DB", &side.mongo_db)
         .env("CHAT_REDIS_URL", env::redis_url())
         .env("CHAT_REDIS_PREFIX", &side.redis_prefix)
@@ -47,7 +47,7 @@ async fn rebuild_switches_generations_and_verify_finds_no_difference() -> anyhow
     }
 
     // Before: the first generations.
-    let mongo = mongodb::Client::with_uri_str(env::mongo_url()).await?;
+    let mongo = mongodb::Client::with_uri_str(&side.mongo_url).await?;
     let redis = platform::cache::connect(&env::redis_url()).await?;
     let clickhouse = projections::analytics::client(&env::clickhouse_url());
     assert_eq!(

@@ -36,10 +36,7 @@ impl Config {
                 "CHAT_QUERY_LISTEN",
                 SocketAddr::from(([127, 0, 0, 1], 8091)),
             )?,
-            mongo_url: env_string(
-                "CHAT_MONGO_URL",
-                "mongodb://127.0.0.1:27017/?directConnection=true",
-            ),
+            mongo_url: env_string("CHAT_MONGO_URL", platform::config::LOCAL_MONGO_URL),
             mongo_db: env_string("CHAT_MONGO_DB", "chat"),
             redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),

@@ -47,10 +47,7 @@ pub mod env {
         var("CHAT_CLICKHOUSE_URL", "http://127.0.0.1:8123")
     }
     pub fn mongo_url() -> String {
-        var(
-            "CHAT_MONGO_URL",
-            "mongodb://127.0.0.1:27017/?directConnection=true",
-        )
+        var("CHAT_MONGO_URL", platform::config::LOCAL_MONGO_URL)
     }
     pub fn commands_url() -> String {
         var("CHAT_COMMANDS_URL", "http://127.0.0.1:8090")
@@ -97,6 +94,38 @@ where
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `progress` until it reaches `target`, failing only when it stood still for `stall`
+/// (a slow machine is not a failure; a stuck one is). `progress` returns `None` while the
+/// value cannot be read.
+pub async fn wait_progressing<F, Fut>(
+    what: &str,
+    target: i64,
+    stall: Duration,
+    mut progress: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<i64>>,
+{
+    let mut best = i64::MIN;
+    let mut moved_at = Instant::now();
+    loop {
+        if let Some(value) = progress().await {
+            if value >= target {
+                return Ok(());
+            }
+            if value > best {
+                best = value;
+                moved_at = Instant::now();
+            }
+        }
+        if moved_at.elapsed() >= stall {
+            bail!("{what}: stuck at {best} of {target} for {stall:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,6 +1,8 @@
-//! A private read side for projector tests: its own broker (through `deploy/local/up`), and
-//! its own database / key prefix / schema in the shared MongoDB, Redis, ClickHouse and
-//! PostgreSQL, so tests can kill projectors and compare whole stores.
+//! A private read side for projector tests: its own broker and MongoDB-compatible server
+//! (through `deploy/local/up`), and its own key prefix / database / schema in the shared Redis,
+//! ClickHouse and PostgreSQL, so tests can kill projectors and compare whole stores. MongoDB is
+//! private because the local server accepts only 8 connections in all: tests running beside
+//! each other (and the stack's own services) would otherwise take each other's.
 
 #![allow(dead_code)]
 
@@ -11,11 +13,12 @@ use projections::model::Model;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::topics::Topic;
-use test_support::{PrivateStack, Service, env, free_port, unique_ident, wait_for};
+use test_support::{PrivateStack, Service, env, free_port, unique_ident, wait_progressing};
 
 pub struct ReadSide {
     _stack: PrivateStack,
     pub brokers: String,
+    pub mongo_url: String,
     pub mongo_db: String,
     pub redis_prefix: String,
     pub clickhouse_db: String,
@@ -31,12 +34,19 @@ pub struct Projections {
 impl ReadSide {
     pub fn new() -> anyhow::Result<Self> {
         let port = free_port();
-        let stack = PrivateStack::new(&[("CHAT_KAFKA_PORT", port.to_string())])?;
-        stack.up(&["broker"])?;
+        let mongo_port = free_port();
+        let stack = PrivateStack::new(&[
+            ("CHAT_KAFKA_PORT", port.to_string()),
+            ("CHAT_MONGO_PORT", mongo_port.to_string()),
+        ])?;
+        stack.up(&["broker", "mongo"])?;
+        let mongo_url =
+            platform::config::LOCAL_MONGO_URL.replacen(":27017/", &format!(":{mongo_port}/"), 1);
         let name = unique_ident("rs");
         Ok(Self {
             _stack: stack,
             brokers: format!("127.0.0.1:{port}"),
+            mongo_url,
             mongo_db: name.clone(),
             redis_prefix: format!("{name}:"),
             clickhouse_db: name.clone(),
@@ -57,7 +67,7 @@ impl ReadSide {
             ("CHAT_PROJECTORS", projectors.to_string()),
             ("CHAT_KAFKA_BROKERS", self.brokers.clone()),
             ("CHAT_REGISTRY_URL", env::registry_url()),
-            ("CHAT_MONGO_URL", env::mongo_url()),
+            ("CHAT_MONGO_URL", self.mongo_url.clone()),
             ("CHAT_MONGO_DB", self.mongo_db.clone()),
             ("CHAT_REDIS_URL", env::redis_url()),
             ("CHAT_REDIS_PREFIX", self.redis_prefix.clone()),
@@ -107,7 +117,7 @@ impl ReadSide {
     }
 
     pub async fn mongo(&self) -> anyhow::Result<mongodb::Database> {
-        Ok(mongodb::Client::with_uri_str(env::mongo_url())
+        Ok(mongodb::Client::with_uri_str(&self.mongo_url)
             .await?
             .database(&self.mongo_db))
     }
@@ -170,14 +180,19 @@ impl Projections {
         topics: &[Topic],
     ) -> anyhow::Result<()> {
         let ends = side.ends(topics)?;
-        wait_for(
-            &format!("{projector} caught up"),
-            Duration::from_secs(180),
+        // Progress = records applied (each partition counted up to its end).
+        let total: i64 = ends.values().sum();
+        wait_progressing(
+            &format!("{projector} catching up"),
+            total,
+            Duration::from_secs(120),
             || async {
                 let positions = self.positions(projector).await;
-                ends.iter()
-                    .all(|(k, high)| positions.get(k).is_some_and(|p| p >= high))
-                    .then_some(())
+                Some(
+                    ends.iter()
+                        .map(|(k, high)| positions.get(k).copied().unwrap_or(0).min(*high))
+                        .sum(),
+                )
             },
         )
         .await
