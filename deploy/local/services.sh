@@ -214,6 +214,12 @@ start_query-api() {
     start_workspace_service query-api query-api CHAT_QUERY_LISTEN "$CHAT_QUERY_PORT" "$CHAT_QUERY_URL"
 }
 
+# ---------- ws-fanout (sockets) ----------
+
+start_ws-fanout() {
+    start_workspace_service ws-fanout ws-fanout CHAT_WS_LISTEN "$CHAT_WS_PORT" "$CHAT_WS_URL"
+}
+
 # ---------- dispatch ----------
 
 endpoint_of() {
@@ -227,6 +233,7 @@ endpoint_of() {
         commands) echo "$CHAT_COMMANDS_URL" ;;
         projections) echo "$CHAT_PROJECTIONS_URL (ops only)" ;;
         query-api) echo "$CHAT_QUERY_URL" ;;
+        ws-fanout) echo "${CHAT_WS_URL/http/ws}/v1/ws" ;;
     esac
 }
 
@@ -241,5 +248,6 @@ ready_check() {
         commands) http_ready "$CHAT_COMMANDS_URL/healthz" 2>/dev/null ;;
         projections) http_ready "$CHAT_PROJECTIONS_URL/healthz" 2>/dev/null ;;
         query-api) http_ready "$CHAT_QUERY_URL/healthz" 2>/dev/null ;;
+        ws-fanout) http_ready "$CHAT_WS_URL/healthz" 2>/dev/null ;;
     esac
 }

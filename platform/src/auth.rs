@@ -142,6 +142,27 @@ impl TokenVerifier {
         Self::new(&jwks, Some(jwks_url.to_string()), redis, redis_prefix)
     }
 
+    /// [`TokenVerifier::from_url`], retried for up to a minute: the commands tier publishes the
+    /// keys, and a joint start must not fail because it came up second.
+    pub async fn from_url_when_up(
+        jwks_url: &str,
+        redis: ConnectionManager,
+        redis_prefix: &str,
+    ) -> Result<Self, AuthError> {
+        let mut attempt = 0;
+        loop {
+            match Self::from_url(jwks_url, redis.clone(), redis_prefix).await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < 60 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, "token keys not available yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Verifies the `Authorization: Bearer` token of a request.
     pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<AccessClaims, AuthError> {
         let token = bearer(headers).ok_or(AuthError::Missing)?;

@@ -66,17 +66,10 @@ impl PresenceProjector {
     }
 
     pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        let mut redis = self.redis.clone();
         let mut positions = Positions::new();
         for topic in Self::topics() {
-            let all: HashMap<String, i64> = redis::cmd("HGETALL")
-                .arg(self.key(&format!("proj:redis:offsets:{}", topic.name())))
-                .query_async(&mut redis)
-                .await?;
-            for (partition, next) in all {
-                if let Ok(partition) = partition.parse() {
-                    positions.insert((topic, partition), next);
-                }
+            for (partition, next) in checkpoint_of(&self.redis, &self.prefix, topic).await? {
+                positions.insert((topic, partition), next);
             }
         }
         Ok(positions)
@@ -97,7 +90,7 @@ impl PresenceProjector {
         }
         let mut redis = self.redis.clone();
         let stored: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.key("proj:redis:room_seq"))
+            .arg(room_seq_key(&self.prefix))
             .arg(&unknown)
             .query_async(&mut redis)
             .await?;
@@ -264,7 +257,7 @@ impl PresenceProjector {
         }
         if !progress.is_empty() {
             let pairs: Vec<(&String, &String)> = progress.iter().collect();
-            tx.hset_multiple(self.key("proj:redis:room_seq"), &pairs)
+            tx.hset_multiple(room_seq_key(&self.prefix), &pairs)
                 .ignore();
         }
         let mut by_topic: BTreeMap<Topic, Vec<(String, i64)>> = BTreeMap::new();
@@ -275,11 +268,8 @@ impl PresenceProjector {
                 .push((partition.to_string(), *next));
         }
         for (topic, pairs) in by_topic {
-            tx.hset_multiple(
-                self.key(&format!("proj:redis:offsets:{}", topic.name())),
-                &pairs,
-            )
-            .ignore();
+            tx.hset_multiple(offsets_key(&self.prefix, topic), &pairs)
+                .ignore();
         }
         let mut redis = self.redis.clone();
         let _: () = tx.query_async(&mut redis).await?;
@@ -347,4 +337,54 @@ impl Project for PresenceProjector {
             None => Ok(true),
         }
     }
+}
+
+// What other tiers read of this model (ws-fanout places rooms with it): the checkpoints and each
+// room's applied seq are written in one transaction per batch, so read together they agree.
+
+fn offsets_key(prefix: &str, topic: Topic) -> String {
+    format!("{prefix}proj:redis:offsets:{}", topic.name())
+}
+
+fn room_seq_key(prefix: &str) -> String {
+    format!("{prefix}proj:redis:room_seq")
+}
+
+/// The projector's checkpoint (next offset) per partition of `topic` in generation `prefix`.
+pub async fn checkpoint_of(
+    redis: &ConnectionManager,
+    prefix: &str,
+    topic: Topic,
+) -> Result<HashMap<i32, i64>, ProjectionError> {
+    let mut redis = redis.clone();
+    let all: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(offsets_key(prefix, topic))
+        .query_async(&mut redis)
+        .await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(p, next)| Some((p.parse().ok()?, next)))
+        .collect())
+}
+
+/// `(checkpoint of the room's partition, the room's applied seq)`, read atomically; zeros for
+/// what the projector has not written. Every event of the room up to that seq lies before
+/// that checkpoint.
+pub async fn room_snapshot(
+    redis: &ConnectionManager,
+    prefix: &str,
+    room_id: &str,
+    partition: i32,
+) -> Result<(i64, i64), ProjectionError> {
+    let mut redis = redis.clone();
+    let (checkpoint, seq): (Option<i64>, Option<String>) = redis::pipe()
+        .atomic()
+        .hget(offsets_key(prefix, Topic::RoomEvents), partition)
+        .hget(room_seq_key(prefix), room_id)
+        .query_async(&mut redis)
+        .await?;
+    let seq = seq
+        .and_then(|v| v.split_once(':').and_then(|(s, _)| s.parse().ok()))
+        .unwrap_or(0);
+    Ok((checkpoint.unwrap_or(0), seq))
 }

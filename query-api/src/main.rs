@@ -27,27 +27,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
         .context("cannot open the user directory")?;
-    // The commands tier publishes the token keys; wait for it rather than fail a joint start.
-    let verifier = {
-        let mut attempt = 0;
-        loop {
-            match TokenVerifier::from_url(
-                &config.jwks_url,
-                redis.clone(),
-                config.redis_prefix.clone(),
-            )
+    let verifier =
+        TokenVerifier::from_url_when_up(&config.jwks_url, redis.clone(), &config.redis_prefix)
             .await
-            {
-                Ok(v) => break v,
-                Err(e) if attempt < 60 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, "token keys not available yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => return Err(e).context("cannot fetch the token keys (CHAT_JWKS_URL)"),
-            }
-        }
-    };
+            .context("cannot fetch the token keys (CHAT_JWKS_URL)")?;
     let app = Arc::new(App {
         db: std::sync::RwLock::new(mongo.database(&config.mongo_db)),
         presence_prefix: std::sync::RwLock::new(config.redis_prefix.clone()),

@@ -1,2 +1,20 @@
-//! The WebSocket tier (issue #5): streams room events to subscribed sockets in `seq` order with
-//! resume, typing and presence. Nothing is implemented here yet.
+//! The WebSocket tier: authenticated sockets that receive their rooms' events in `seq` order,
+//! with resume after `since_seq`, bounded queues and explicit resyncs.
+//!
+//! Every node tails every partition of `chat.room-events` itself (no group commits); the hub
+//! passes each event through its room's line, which releases only `head + 1`, and pushes it to
+//! the room's sockets.
+
+pub mod access;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod heads;
+pub mod hub;
+pub mod line;
+pub mod metrics;
+pub mod protocol;
+pub mod socket;
+pub mod tail;
+
+pub use error::FanoutError;

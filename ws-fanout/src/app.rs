@@ -1,0 +1,65 @@
+//! The node's HTTP surface: the socket upgrade at `/v1/ws` and the operations endpoints.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures::FutureExt;
+
+use crate::socket::{self, Node};
+
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = query.get("access_token").cloned();
+    let max = node.config.max_frame;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Small write buffers keep an idle socket's memory low; the outlet queue holds backlog.
+        .write_buffer_size(0)
+        .on_upgrade(move |ws| socket::serve(node, ws, token))
+}
+
+pub fn router(
+    node: Arc<Node>,
+    registry: prometheus::Registry,
+) -> Result<Router, prometheus::Error> {
+    let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
+    let (redis_node, tail_node) = (node.clone(), node.clone());
+    let ops = platform::ops::Ops::new(registry)
+        .probe("redis", move || {
+            let node = redis_node.clone();
+            async move { node.heads.ping().await }.boxed()
+        })
+        .probe("log_tail", move || {
+            let node = tail_node.clone();
+            async move {
+                if (0..node.hub.partitions()).all(|p| node.hub.position(p) >= 0) {
+                    Ok(())
+                } else {
+                    Err("the log tail has not started".to_string())
+                }
+            }
+            .boxed()
+        });
+    let api = Router::new()
+        .route("/v1/ws", get(upgrade))
+        .fallback(|| async {
+            platform::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            )
+        })
+        .with_state(node)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            platform::ops::HttpMetrics::track,
+        ));
+    Ok(api.merge(ops.router()))
+}

@@ -1,0 +1,68 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::config::{env_or, env_string};
+
+/// Settings of a fan-out node, read once from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_WS_LISTEN`, default `127.0.0.1:8092`.
+    pub listen: SocketAddr,
+    /// `CHAT_KAFKA_BROKERS`, default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// `CHAT_REGISTRY_URL`, default `http://127.0.0.1:8081`.
+    pub registry_url: String,
+    /// `CHAT_REDIS_URL` / `CHAT_REDIS_PREFIX`: token revocation marks and the presence
+    /// projector's room heads (the snapshot the log tail starts from).
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// `CHAT_JWKS_URL`, default `http://127.0.0.1:8090/v1/auth/jwks`.
+    pub jwks_url: String,
+    /// `CHAT_COMMANDS_URL`, default `http://127.0.0.1:8090`: `send` frames become HTTP commands
+    /// there, so a socket write gets exactly the HTTP validation.
+    pub commands_url: String,
+    /// `CHAT_QUERY_URL`, default `http://127.0.0.1:8091`: who may read a room.
+    pub query_url: String,
+    /// `CHAT_WS_ROOM_BUFFER`, default 512: recent events kept per room for `since_seq` resumes.
+    pub room_buffer: usize,
+    /// `CHAT_WS_WARM_RECORDS`, default 20000: records per partition read back at start-up
+    /// before the presence projector's checkpoint, so resumes right after a node restart find
+    /// their gap.
+    pub warm_records: i64,
+    /// `CHAT_WS_QUEUE`, default 1024: frames waiting for one socket before it counts as fallen
+    /// behind (resync, then close).
+    pub socket_queue: usize,
+    /// `CHAT_WS_MAX_FRAME`, default 65536 bytes: a larger client frame closes the socket (1009).
+    pub max_frame: usize,
+    /// `CHAT_WS_PING_SECS`, default 20: server pings; `CHAT_WS_IDLE_SECS`, default 60: a socket
+    /// silent for that long (no frame, no pong) is closed.
+    pub ping_every: Duration,
+    pub idle_timeout: Duration,
+    /// `CHAT_WS_AUTH_SECS`, default 10: time to send the token frame when the URL has none.
+    pub auth_timeout: Duration,
+    /// `CHAT_KAFKA_FETCH_WAIT_MS`, default 5 (STACK.md: the broker sleeps out the whole wait).
+    pub fetch_wait_ms: u32,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, platform::ConfigError> {
+        Ok(Self {
+            listen: env_or("CHAT_WS_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8092)))?,
+            brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
+            registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
+            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
+            jwks_url: env_string("CHAT_JWKS_URL", "http://127.0.0.1:8090/v1/auth/jwks"),
+            commands_url: env_string("CHAT_COMMANDS_URL", "http://127.0.0.1:8090"),
+            query_url: env_string("CHAT_QUERY_URL", "http://127.0.0.1:8091"),
+            room_buffer: env_or("CHAT_WS_ROOM_BUFFER", 512usize)?.max(1),
+            warm_records: env_or("CHAT_WS_WARM_RECORDS", 20_000i64)?.max(0),
+            socket_queue: env_or("CHAT_WS_QUEUE", 1024usize)?.max(8),
+            max_frame: env_or("CHAT_WS_MAX_FRAME", 65_536usize)?,
+            ping_every: Duration::from_secs(env_or("CHAT_WS_PING_SECS", 20u64)?.max(1)),
+            idle_timeout: Duration::from_secs(env_or("CHAT_WS_IDLE_SECS", 60u64)?.max(2)),
+            auth_timeout: Duration::from_secs(env_or("CHAT_WS_AUTH_SECS", 10u64)?.max(1)),
+            fetch_wait_ms: env_or("CHAT_KAFKA_FETCH_WAIT_MS", 5u32)?,
+        })
+    }
+}

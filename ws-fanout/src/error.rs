@@ -1,0 +1,109 @@
+use axum::http::StatusCode;
+use platform::auth::AuthError;
+
+/// Everything a fan-out node can refuse or fail at. Each maps once to an error frame code (and
+/// to an HTTP status for the long-polling endpoint).
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error("{0}")]
+    InvalidFrame(String),
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("room not found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{code}: {message}")]
+    Upstream {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl FanoutError {
+    /// The error code of API.md (for an upstream answer: "upstream_error"; see `frame_code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FanoutError::InvalidFrame(_) => "invalid_frame",
+            FanoutError::UnknownType(_) => "unknown_type",
+            FanoutError::Auth(e) => match e {
+                AuthError::Missing => "missing_token",
+                AuthError::Expired => "token_expired",
+                AuthError::Revoked => "session_revoked",
+                AuthError::Unavailable(_) => "auth_unavailable",
+                _ => "invalid_token",
+            },
+            FanoutError::NotFound => "not_found",
+            FanoutError::Forbidden(_) => "forbidden",
+            FanoutError::Invalid(_) => "invalid_input",
+            FanoutError::Unavailable(_) => "unavailable",
+            FanoutError::Upstream { .. } => "upstream_error",
+            FanoutError::Internal(_) => "internal",
+        }
+    }
+
+    /// The code an error frame carries: the commands tier's own code for a refused `send`.
+    pub fn frame_code(&self) -> &str {
+        match self {
+            FanoutError::Upstream { code, .. } => code,
+            other => other.code(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            FanoutError::InvalidFrame(_)
+            | FanoutError::UnknownType(_)
+            | FanoutError::Invalid(_) => StatusCode::BAD_REQUEST,
+            FanoutError::Auth(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            FanoutError::Auth(_) => StatusCode::UNAUTHORIZED,
+            FanoutError::NotFound => StatusCode::NOT_FOUND,
+            FanoutError::Forbidden(_) => StatusCode::FORBIDDEN,
+            FanoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            FanoutError::Upstream { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+            FanoutError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            FanoutError::Upstream { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<redis::RedisError> for FanoutError {
+    fn from(e: redis::RedisError) -> Self {
+        FanoutError::Unavailable(format!("redis: {e}"))
+    }
+}
+
+impl From<reqwest::Error> for FanoutError {
+    fn from(e: reqwest::Error) -> Self {
+        FanoutError::Unavailable(format!("upstream: {e}"))
+    }
+}
+
+impl From<FanoutError> for platform::ApiError {
+    fn from(e: FanoutError) -> Self {
+        let retry = matches!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let error = platform::ApiError::new(e.status(), e.code(), e.message());
+        if retry {
+            error.with_retry_after(1)
+        } else {
+            error
+        }
+    }
+}

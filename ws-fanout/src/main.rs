@@ -1,0 +1,101 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use platform::auth::TokenVerifier;
+use schemas::EventCodec;
+use tokio_util::sync::CancellationToken;
+use ws_fanout::config::Config;
+use ws_fanout::heads::Heads;
+use ws_fanout::hub::Hub;
+use ws_fanout::metrics::Metrics;
+use ws_fanout::socket::Node;
+use ws_fanout::tail::{self, Tail};
+
+/// Events kept for resumes over all rooms before idle rooms forget theirs.
+const KEPT_EVENTS_BUDGET: usize = 200_000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    platform::telemetry::init("ws-fanout");
+    let config = Config::from_env()?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let redis = platform::cache::connect(&config.redis_url)
+        .await
+        .context("cannot connect to Redis")?;
+    let partitions = tail::partition_count(&config.brokers)
+        .await
+        .context("cannot read the room topic")?;
+    let codec = Arc::new(EventCodec::new(&config.registry_url)?);
+    let heads = Heads::new(redis.clone(), &config.redis_prefix, partitions);
+    let hub = Arc::new(Hub::new(
+        config.room_buffer,
+        KEPT_EVENTS_BUDGET,
+        partitions as usize,
+        metrics.clone(),
+    ));
+    let checkpoints = heads.checkpoints().await?;
+    let starts = tail::start_offsets(&config.brokers, &checkpoints, config.warm_records).await?;
+    tracing::info!(?starts, "log tail starts");
+    let tail = Tail::open(
+        &config.brokers,
+        config.fetch_wait_ms,
+        &starts,
+        codec,
+        hub.clone(),
+    )?;
+    let stop = CancellationToken::new();
+    let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
+    {
+        let hub = hub.clone();
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                hub.trim();
+                metrics.kept_events.set(hub.kept() as i64);
+            }
+        });
+    }
+    let verifier =
+        TokenVerifier::from_url_when_up(&config.jwks_url, redis.clone(), &config.redis_prefix)
+            .await
+            .context("cannot fetch the token keys (CHAT_JWKS_URL)")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let sockets = metrics.sockets.clone();
+    let node = Arc::new(Node::new(
+        config.clone(),
+        hub,
+        heads,
+        verifier,
+        http,
+        metrics,
+        stop.clone(),
+    )?);
+    let router = ws_fanout::app::router(node, registry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "ws-fanout ready");
+    let shutdown = stop.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            platform::shutdown::signal().await;
+            tracing::info!("SIGTERM: closing sockets with going-away");
+            shutdown.cancel();
+        })
+        .await?;
+    stop.cancel();
+    // Upgraded sockets are not HTTP connections any more: give each its going-away close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sockets.get() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tail_task.await;
+    tracing::info!("ws-fanout stopped");
+    Ok(())
+}

@@ -1,0 +1,75 @@
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The node's Prometheus metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub sockets: IntGauge,
+    pub subscriptions: IntCounter,
+    pub frames_in: IntCounterVec,
+    pub frames_out: IntCounter,
+    /// Room events released to subscribers, by the copy that arrived first (log or fast).
+    pub released: IntCounterVec,
+    pub log_records: IntCounter,
+    pub log_gaps: IntCounter,
+    pub undecodable: IntCounter,
+    pub fallen_behind: IntCounter,
+    pub resyncs: IntCounterVec,
+    pub closes: IntCounterVec,
+    pub kept_events: IntGauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            sockets: IntGauge::new("ws_sockets", "Open authenticated sockets")?,
+            subscriptions: IntCounter::new("ws_subscriptions_total", "Room subscriptions made")?,
+            frames_in: IntCounterVec::new(
+                Opts::new("ws_frames_in_total", "Client frames by type and outcome"),
+                &["type", "outcome"],
+            )?,
+            frames_out: IntCounter::new("ws_frames_out_total", "Frames written to sockets")?,
+            released: IntCounterVec::new(
+                Opts::new(
+                    "ws_events_released_total",
+                    "Room events released, by the copy that arrived first",
+                ),
+                &["origin"],
+            )?,
+            log_records: IntCounter::new("ws_log_records_total", "Room records read by the tail")?,
+            log_gaps: IntCounter::new(
+                "ws_log_gaps_total",
+                "Rooms whose log jumped past the node's head (their subscribers resync)",
+            )?,
+            undecodable: IntCounter::new(
+                "ws_undecodable_total",
+                "Records the tail could not decode",
+            )?,
+            fallen_behind: IntCounter::new(
+                "ws_fallen_behind_total",
+                "Sockets dropped from a room because their queue was full",
+            )?,
+            resyncs: IntCounterVec::new(
+                Opts::new("ws_resyncs_total", "Resync frames sent, by reason"),
+                &["reason"],
+            )?,
+            closes: IntCounterVec::new(
+                Opts::new("ws_closes_total", "Sockets closed, by reason"),
+                &["reason"],
+            )?,
+            kept_events: IntGauge::new("ws_kept_events", "Events kept for resumes over all rooms")?,
+        };
+        registry.register(Box::new(m.sockets.clone()))?;
+        registry.register(Box::new(m.subscriptions.clone()))?;
+        registry.register(Box::new(m.frames_in.clone()))?;
+        registry.register(Box::new(m.frames_out.clone()))?;
+        registry.register(Box::new(m.released.clone()))?;
+        registry.register(Box::new(m.log_records.clone()))?;
+        registry.register(Box::new(m.log_gaps.clone()))?;
+        registry.register(Box::new(m.undecodable.clone()))?;
+        registry.register(Box::new(m.fallen_behind.clone()))?;
+        registry.register(Box::new(m.resyncs.clone()))?;
+        registry.register(Box::new(m.closes.clone()))?;
+        registry.register(Box::new(m.kept_events.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,485 @@
+//! One client socket: authentication, the client's frames, and the node's frames to it.
+//!
+//! The socket's task owns the connection. Frames for it arrive through its bounded outlet
+//! queue (events, backlogs, acks) and are written in queue order; client frames are answered
+//! on the same queue, so an answer never overtakes an event queued before it. A bad frame gets
+//! an error frame and the socket lives on; only an oversize frame (1009), a failed
+//! authentication (1008), an expired or revoked token, idleness, falling behind and shutdown
+//! end it, each with its own close code and reason.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use platform::auth::{AccessClaims, TokenVerifier};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::Access;
+use crate::config::Config;
+use crate::error::FanoutError;
+use crate::heads::Heads;
+use crate::hub::{Hub, Joined, Outlet};
+use crate::line::Frame;
+use crate::metrics::Metrics;
+use crate::protocol::{self, ClientFrame};
+
+/// Close codes (RFC 6455 and the 4000 range for the application).
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN: u16 = 1013;
+    /// The access token expired or its session was revoked: refresh, then reconnect.
+    pub const TOKEN: u16 = 4001;
+    /// No frame and no pong for the idle timeout.
+    pub const IDLE: u16 = 4002;
+}
+
+/// Everything a socket needs from its node.
+pub struct Node {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub heads: Heads,
+    pub access: Access,
+    pub verifier: TokenVerifier,
+    pub http: reqwest::Client,
+    pub metrics: Metrics,
+    pub stop: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        heads: Heads,
+        verifier: TokenVerifier,
+        http: reqwest::Client,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) -> Result<Self, FanoutError> {
+        let access = Access::new(
+            http.clone(),
+            &config.query_url,
+            &config.brokers,
+            hub.partitions() as i32,
+        )?;
+        Ok(Self {
+            config,
+            hub,
+            heads,
+            access,
+            verifier,
+            http,
+            metrics,
+            stop,
+            next_id: AtomicU64::new(1),
+        })
+    }
+}
+
+struct Session {
+    claims: AccessClaims,
+    token: String,
+    outlet: Outlet,
+    rooms: BTreeSet<String>,
+    /// In-flight `send` frames of this socket (each is an HTTP command).
+    sends: Arc<Semaphore>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn text(frame: String) -> Frame {
+    Arc::from(frame)
+}
+
+/// A write that gives up after a few seconds: a peer that does not read must not hold the
+/// task (and the memory of its buffers) forever.
+async fn send_bounded(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+    send_bounded(
+        socket,
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_string()),
+        })),
+    )
+    .await;
+}
+
+fn text_message(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+/// Serves one upgraded socket until it ends.
+pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<String>) {
+    let Some((claims, token)) = authenticate(&node, &mut socket, url_token).await else {
+        return;
+    };
+    let id = node.next_id.fetch_add(1, Ordering::Relaxed);
+    let (outlet, rx) = Outlet::new(id, claims.sub.clone(), node.config.socket_queue);
+    let mut session = Session {
+        claims,
+        token,
+        outlet,
+        rooms: BTreeSet::new(),
+        sends: Arc::new(Semaphore::new(8)),
+    };
+    node.metrics.sockets.inc();
+    let reason = run(&node, &mut socket, &mut session, rx).await;
+    for room in &session.rooms {
+        node.hub.leave(room, session.outlet.id);
+    }
+    node.metrics.sockets.dec();
+    node.metrics.closes.with_label_values(&[reason]).inc();
+}
+
+/// Token from the URL or a first `auth` frame; on failure an error frame and a 1008 close.
+async fn authenticate(
+    node: &Node,
+    socket: &mut WebSocket,
+    url_token: Option<String>,
+) -> Option<(AccessClaims, String)> {
+    let token = match url_token {
+        Some(t) => Ok(t),
+        None => match tokio::time::timeout(node.config.auth_timeout, socket.recv()).await {
+            Err(_) => Err(FanoutError::Invalid(
+                "send {\"type\":\"auth\",\"access_token\":...} first".into(),
+            )),
+            Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(Message::Text(t)))) => match protocol::parse(t.as_str()).frame {
+                Ok(ClientFrame::Auth { access_token }) => Ok(access_token),
+                Ok(_) => Err(FanoutError::Invalid(
+                    "the first frame must be {\"type\":\"auth\",\"access_token\":...}".into(),
+                )),
+                Err(e) => Err(e),
+            },
+            Ok(Some(Ok(_))) => Err(FanoutError::Invalid(
+                "the first frame must be a JSON text auth frame".into(),
+            )),
+        },
+    };
+    let verified = match token {
+        Ok(token) => node
+            .verifier
+            .verify(&token)
+            .await
+            .map(|claims| (claims, token))
+            .map_err(FanoutError::from),
+        Err(e) => Err(e),
+    };
+    match verified {
+        Ok(ok) => Some(ok),
+        Err(e) => {
+            send_bounded(
+                socket,
+                text_message(protocol::error_frame(e.code(), &e.message(), None)),
+            )
+            .await;
+            close_with(socket, close::POLICY, e.code()).await;
+            node.metrics.closes.with_label_values(&["auth"]).inc();
+            None
+        }
+    }
+}
+
+/// The socket's loop; returns why it ended (a metric label).
+async fn run(
+    node: &Arc<Node>,
+    socket: &mut WebSocket,
+    session: &mut Session,
+    mut rx: mpsc::Receiver<Frame>,
+) -> &'static str {
+    let config = &node.config;
+    let expires_in = Duration::from_secs((session.claims.exp - now_secs()).max(0) as u64);
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    let mut ping = tokio::time::interval(config.ping_every);
+    ping.tick().await;
+    // Revocation (logout) is checked on every verify; an open socket re-verifies once a minute.
+    let mut recheck = tokio::time::interval(Duration::from_secs(60));
+    recheck.tick().await;
+    let mut last_heard = Instant::now();
+    let behind = session.outlet.behind.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = node.stop.cancelled() => {
+                close_with(socket, close::GOING_AWAY, "server restarting; reconnect with since_seq").await;
+                return "shutdown";
+            }
+            _ = behind.cancelled() => {
+                // What is still queued is dropped: the client pages history instead.
+                rx.close();
+                for room in &session.rooms {
+                    node.metrics.resyncs.with_label_values(&["behind"]).inc();
+                    if !send_bounded(socket, text_message(protocol::resync_frame(room, "socket fell behind"))).await {
+                        break;
+                    }
+                }
+                close_with(socket, close::TRY_AGAIN, "fell behind; resync").await;
+                return "behind";
+            }
+            _ = &mut expiry => {
+                send_bounded(socket, text_message(protocol::error_frame("token_expired", "the access token expired; refresh it and reconnect", None))).await;
+                close_with(socket, close::TOKEN, "token_expired").await;
+                return "token_expired";
+            }
+            _ = recheck.tick() => {
+                if let Err(e) = node.verifier.verify(&session.token).await {
+                    let e = FanoutError::from(e);
+                    if e.code() != "auth_unavailable" {
+                        send_bounded(socket, text_message(protocol::error_frame(e.code(), &e.message(), None))).await;
+                        close_with(socket, close::TOKEN, e.code()).await;
+                        return "token_revoked";
+                    }
+                }
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return "closed" };
+                // A client that stops reading blocks this write; the queue then fills, the hub
+                // marks the socket as fallen behind, and that ends the wait.
+                tokio::select! {
+                    written = socket.send(Message::Text(Utf8Bytes::from(frame.as_ref()))) => {
+                        if written.is_err() {
+                            return "write_error";
+                        }
+                        node.metrics.frames_out.inc();
+                    }
+                    _ = behind.cancelled() => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= config.idle_timeout {
+                    close_with(socket, close::IDLE, "idle timeout").await;
+                    return "idle";
+                }
+                if !send_bounded(socket, Message::Ping(Default::default())).await {
+                    return "write_error";
+                }
+            }
+            incoming = socket.recv() => {
+                last_heard = Instant::now();
+                match incoming {
+                    None => return "client_closed",
+                    Some(Err(e)) => {
+                        // tungstenite refuses an oversize frame or message with a capacity error.
+                        let message = e.to_string();
+                        if message.contains("too long") || message.contains("Space limit") || message.contains("Capacity") || message.contains("capacity") {
+                            close_with(socket, close::TOO_BIG, "frame too large").await;
+                            return "too_big";
+                        }
+                        return "read_error";
+                    }
+                    Some(Ok(Message::Text(t))) => handle(node, session, t.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        node.metrics.frames_in.with_label_values(&["binary", "error"]).inc();
+                        session.outlet.push(text(protocol::error_frame("invalid_frame", "binary frames are not supported; send JSON text", None)));
+                    }
+                    Some(Ok(Message::Close(_))) => return "client_closed",
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    }
+}
+
+fn frame_type(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::Typing { .. } => "typing",
+        ClientFrame::Ping => "ping",
+    }
+}
+
+async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
+    let parsed = protocol::parse(text_frame);
+    let reference = parsed.reference;
+    let frame = match parsed.frame {
+        Ok(f) => f,
+        Err(e) => {
+            node.metrics
+                .frames_in
+                .with_label_values(&["invalid", "error"])
+                .inc();
+            session.outlet.push(text(protocol::error_frame(
+                e.frame_code(),
+                &e.message(),
+                reference.as_deref(),
+            )));
+            return;
+        }
+    };
+    let kind = frame_type(&frame);
+    let result = match frame {
+        ClientFrame::Ping => {
+            session.outlet.push(text(protocol::pong_frame()));
+            Ok(())
+        }
+        ClientFrame::Auth { .. } => Err(FanoutError::Invalid("already authenticated".into())),
+        ClientFrame::Subscribe { room_id, since_seq } => {
+            subscribe(node, session, &room_id, since_seq, reference.as_deref()).await
+        }
+        ClientFrame::Unsubscribe { room_id } => {
+            node.hub.leave(&room_id, session.outlet.id);
+            session.rooms.remove(&room_id);
+            Ok(())
+        }
+        ClientFrame::Send {
+            room_id,
+            client_msg_id,
+            content,
+            reply_to,
+        } => send(node, session, room_id, client_msg_id, content, reply_to),
+        ClientFrame::Typing { .. } => Err(FanoutError::Invalid(
+            "typing indicators are not available on this node yet".into(),
+        )),
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .frames_in
+        .with_label_values(&[kind, outcome])
+        .inc();
+    if let Err(e) = result {
+        session.outlet.push(text(protocol::error_frame(
+            e.frame_code(),
+            &e.message(),
+            reference.as_deref(),
+        )));
+    }
+}
+
+async fn subscribe(
+    node: &Arc<Node>,
+    session: &mut Session,
+    room_id: &str,
+    since: Option<i64>,
+    reference: Option<&str>,
+) -> Result<(), FanoutError> {
+    node.access
+        .check(&node.hub, room_id, &session.claims.sub, &session.token)
+        .await?;
+    // Re-subscribing restarts the room's stream from `since`.
+    node.hub.leave(room_id, session.outlet.id);
+    for attempt in 0..2 {
+        let greeting =
+            |head: Option<i64>| text(protocol::subscribed_frame(room_id, head, reference));
+        match node.hub.join(room_id, since, &session.outlet, greeting) {
+            Joined::Live { .. } => {
+                session.rooms.insert(room_id.to_string());
+                node.metrics.subscriptions.inc();
+                return Ok(());
+            }
+            Joined::Unknown if attempt == 0 => node.heads.establish(&node.hub, room_id).await?,
+            Joined::Unknown => {
+                return Err(FanoutError::Unavailable(
+                    "cannot place the room yet; try again".into(),
+                ));
+            }
+            Joined::TooOld { oldest_kept } => {
+                node.metrics.resyncs.with_label_values(&["too_old"]).inc();
+                session.outlet.push(text(protocol::resync_frame(
+                    room_id,
+                    &format!("the gap is older than this node keeps (oldest kept seq {oldest_kept}); page history, then subscribe with the last seq you have"),
+                )));
+                return Ok(());
+            }
+            Joined::Ahead { head } => {
+                return Err(FanoutError::Invalid(format!(
+                    "since_seq {} is past the room's last event ({head})",
+                    since.unwrap_or_default()
+                )));
+            }
+            // The outlet is marked; the socket loop sends the resyncs and closes.
+            Joined::Behind => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A socket `send` is the HTTP post of API.md made with the caller's token, so it gets exactly
+/// the same validation, idempotency and rate limits; the answer comes back as `ack` or `error`.
+fn send(
+    node: &Arc<Node>,
+    session: &Session,
+    room_id: String,
+    client_msg_id: String,
+    content: String,
+    reply_to: Option<String>,
+) -> Result<(), FanoutError> {
+    let Ok(permit) = session.sends.clone().try_acquire_owned() else {
+        return Err(FanoutError::Invalid(
+            "too many sends in flight on this socket; wait for their acks".into(),
+        ));
+    };
+    let node = node.clone();
+    let outlet = session.outlet.clone();
+    let token = session.token.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut body = serde_json::json!({"client_msg_id": &client_msg_id, "content": content});
+        if let Some(r) = reply_to {
+            body["reply_to"] = serde_json::json!(r);
+        }
+        let url = format!(
+            "{}/v1/rooms/{room_id}/messages",
+            node.config.commands_url.trim_end_matches('/')
+        );
+        let answer = match node
+            .http
+            .post(url)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                if (200..300).contains(&status) {
+                    match (body["message_id"].as_str(), body["seq"].as_i64()) {
+                        (Some(m), Some(seq)) => protocol::ack_frame(&client_msg_id, m, seq),
+                        _ => protocol::error_frame(
+                            "internal",
+                            "the write API gave no message id",
+                            Some(&client_msg_id),
+                        ),
+                    }
+                } else {
+                    protocol::error_frame(
+                        body["error"]["code"].as_str().unwrap_or("upstream_error"),
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap_or("the write API refused"),
+                        Some(&client_msg_id),
+                    )
+                }
+            }
+            Err(e) => protocol::error_frame(
+                "unavailable",
+                &format!("the write API is unreachable: {e}"),
+                Some(&client_msg_id),
+            ),
+        };
+        outlet.push(text(answer));
+    });
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! A fan-out node started by a test against the test stack, and a small socket client.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use test_support::{Service, env, free_port, wait_for};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct Node {
+    pub service: Service,
+    pub ws_url: String,
+    pub http_url: String,
+}
+
+impl Node {
+    /// Starts a node with the stack's settings plus `extra`, and waits until it is ready.
+    pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Node> {
+        let port = free_port();
+        let mut vars: Vec<(String, String)> = vec![
+            ("CHAT_WS_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("CHAT_KAFKA_BROKERS".into(), env::kafka_brokers()),
+            ("CHAT_REGISTRY_URL".into(), env::registry_url()),
+            ("CHAT_REDIS_URL".into(), env::redis_url()),
+            (
+                "CHAT_REDIS_PREFIX".into(),
+                std::env::var("CHAT_REDIS_PREFIX").unwrap_or_default(),
+            ),
+            (
+                "CHAT_JWKS_URL".into(),
+                format!("{}/v1/auth/jwks", env::commands_url()),
+            ),
+            ("CHAT_COMMANDS_URL".into(), env::commands_url()),
+            ("CHAT_QUERY_URL".into(), env::query_url()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for (k, v) in extra {
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let service = Service::spawn("ws-fanout", vars)?;
+        let http_url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{http_url}/readyz");
+        wait_for("ws-fanout ready", Duration::from_secs(60), || {
+            let ready = ready.clone();
+            async move {
+                reqwest::get(&ready)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", service.output()))?;
+        Ok(Node {
+            service,
+            ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
+            http_url,
+        })
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let Ok(r) = reqwest::get(format!("{}/metrics", self.http_url)).await else {
+            return -1.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .filter(|rest| rest.starts_with(' '))
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn rss_kb(&self) -> anyhow::Result<u64> {
+        let pid = self.service.pid().context("node not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+}
+
+/// What the client read next.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(Value),
+    Closed(Option<(u16, String)>),
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<Client> {
+        let url = match token {
+            Some(t) => format!("{url}?access_token={t}"),
+            None => url.to_string(),
+        };
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Client { ws })
+    }
+
+    pub async fn send(&mut self, frame: Value) -> anyhow::Result<()> {
+        self.ws.send(Message::text(frame.to_string())).await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, message: Message) -> anyhow::Result<()> {
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// The next JSON frame or the close, within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Incoming> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .context("no frame in time")?;
+            match message {
+                None => return Ok(Incoming::Closed(None)),
+                Some(Err(e)) => bail!("socket error: {e}"),
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(Incoming::Json(serde_json::from_str(t.as_str())?));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(Incoming::Closed(frame.map(
+                        |CloseFrame { code, reason }| (u16::from(code), reason.to_string()),
+                    )));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next JSON frame (a close is an error).
+    pub async fn json(&mut self, timeout: Duration) -> anyhow::Result<Value> {
+        match self.next(timeout).await? {
+            Incoming::Json(v) => Ok(v),
+            Incoming::Closed(c) => bail!("socket closed: {c:?}"),
+        }
+    }
+
+    /// Skips frames until one of `kind`.
+    pub async fn until(&mut self, kind: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.json(left).await?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Room streams over real sockets: 5,000 messages while readers drop and resume with
+//! `since_seq`, and every reader ends with exactly the room's sequence.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Client, Incoming, Node};
+use serde_json::json;
+use test_support::{Api, env};
+use tokio::sync::watch;
+
+/// Reads the room until `final_seq`, dropping the socket now and then and resuming after the
+/// last seq seen. Returns seq -> event_id, and fails on any gap, duplicate or resync.
+async fn read_with_drops(
+    url: String,
+    token: String,
+    room: String,
+    seed: u64,
+    final_seq: watch::Receiver<i64>,
+) -> anyhow::Result<(BTreeMap<i64, String>, usize)> {
+    let mut seen: BTreeMap<i64, String> = BTreeMap::new();
+    let mut last = 0i64;
+    let mut reconnects = 0usize;
+    let mut rng = seed;
+    let mut next_drop = || {
+        // xorshift: a few dozen to a few hundred events between drops.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        30 + (rng % 300) as i64
+    };
+    loop {
+        let mut client = Client::connect(&url, Some(&token)).await?;
+        client
+            .send(json!({"type": "subscribe", "room_id": room, "since_seq": last}))
+            .await?;
+        let ack = client.until("subscribed", Duration::from_secs(30)).await?;
+        anyhow::ensure!(ack["room_id"] == room.as_str(), "{ack}");
+        let drop_at = last + next_drop();
+        loop {
+            let target = *final_seq.borrow();
+            if target > 0 && last >= target {
+                return Ok((seen, reconnects));
+            }
+            if last >= drop_at {
+                break;
+            }
+            let frame = match client.next(Duration::from_secs(60)).await? {
+                Incoming::Json(v) => v,
+                Incoming::Closed(c) => anyhow::bail!("closed by the node: {c:?}"),
+            };
+            match frame["type"].as_str() {
+                Some("event") => {
+                    let seq = frame["seq"].as_i64().unwrap_or(-1);
+                    anyhow::ensure!(
+                        seq == last + 1,
+                        "after seq {last} got seq {seq} (reconnects: {reconnects})"
+                    );
+                    let id = frame["event"]["envelope"]["event_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    seen.insert(seq, id);
+                    last = seq;
+                }
+                Some("resync") => anyhow::bail!("unexpected resync: {frame}"),
+                Some("error") => anyhow::bail!("error frame: {frame}"),
+                _ => {}
+            }
+        }
+        // Drop without a close handshake, like a lost connection, then come back.
+        drop(client);
+        reconnects += 1;
+        tokio::time::sleep(Duration::from_millis(next_drop() as u64 % 150)).await;
+    }
+}
+
+#[tokio::test]
+async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow::Result<()> {
+    let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let commands = Api::new(env::commands_url());
+    let owner = commands.user("wsown").await?;
+    let room = commands.create_room(&owner, "public").await?;
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let user = commands.user("wsread").await?;
+        commands.join(&user, &room).await?;
+        readers.push(user);
+    }
+    let mut authors = Vec::new();
+    for _ in 0..50 {
+        let user = commands.user("wsauth").await?;
+        commands.join(&user, &room).await?;
+        authors.push(user);
+    }
+
+    let (final_tx, final_rx) = watch::channel(0i64);
+    let mut reading = Vec::new();
+    for (i, reader) in readers.iter().enumerate() {
+        reading.push(tokio::spawn(read_with_drops(
+            node.ws_url.clone(),
+            reader.access_token.clone(),
+            room.clone(),
+            0x9e3779b97f4a7c15 ^ (i as u64 + 1),
+            final_rx.clone(),
+        )));
+    }
+
+    // 50 authors x 100 messages, concurrently.
+    let commands = Arc::new(commands);
+    let mut posting = Vec::new();
+    for (a, author) in authors.into_iter().enumerate() {
+        let commands = commands.clone();
+        let room = room.clone();
+        posting.push(tokio::spawn(async move {
+            let mut max_seq = 0i64;
+            for i in 0..100 {
+                let body = commands
+                    .post_until_accepted(
+                        &author,
+                        &room,
+                        &format!("ws-{a}-{i}"),
+                        &format!("message {i} from author {a}"),
+                        Duration::from_secs(300),
+                    )
+                    .await?;
+                max_seq = max_seq.max(body["seq"].as_i64().unwrap_or(0));
+            }
+            anyhow::Ok(max_seq)
+        }));
+    }
+    let mut final_seq = 0;
+    for p in posting {
+        final_seq = final_seq.max(p.await??);
+    }
+    // 1 creation + 54 joins + 5,000 posts.
+    assert_eq!(final_seq, 5055);
+    final_tx.send(final_seq)?;
+
+    let mut reference: Option<BTreeMap<i64, String>> = None;
+    let mut total_reconnects = 0;
+    for r in reading {
+        let (seen, reconnects) = r.await??;
+        total_reconnects += reconnects;
+        assert_eq!(seen.len() as i64, final_seq);
+        assert_eq!(seen.keys().next(), Some(&1));
+        assert_eq!(seen.keys().last(), Some(&final_seq));
+        match &reference {
+            None => reference = Some(seen),
+            Some(r) => assert_eq!(r, &seen, "readers saw different events"),
+        }
+    }
+    assert!(total_reconnects >= 20, "only {total_reconnects} reconnects");
+    assert_eq!(node.metric("ws_log_gaps_total").await, 0.0);
+    Ok(())
+}
