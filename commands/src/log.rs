@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use redis::aio::ConnectionManager;
 use schemas::{DomainEvent, EventCodec};
 
 use crate::error::CommandError;
@@ -12,6 +13,8 @@ pub struct EventLog {
     producer: FutureProducer,
     codec: EventCodec,
     brokers: String,
+    /// Where acknowledged room events are also published for the fan-out tier.
+    fast: Option<(ConnectionManager, String)>,
 }
 
 impl EventLog {
@@ -27,11 +30,38 @@ impl EventLog {
             producer,
             codec,
             brokers: brokers.to_string(),
+            fast: None,
         };
         // Metadata first: an idempotent producer fetches its producer id right after the
         // broker answers, so the first real write does not wait for it.
         log.partition_count(schemas::topics::ROOM_EVENTS).await?;
         Ok(log)
+    }
+
+    /// Publishes acknowledged room events on the fast channel too (see
+    /// `platform::cache::room_events_channel`).
+    pub fn with_fast_channel(mut self, redis: ConnectionManager, redis_prefix: &str) -> Self {
+        self.fast = Some((redis, platform::cache::room_events_channel(redis_prefix)));
+        self
+    }
+
+    /// Publishes record values the broker acknowledged, in order. Best effort by design: a
+    /// lost notification only means the fan-out waits for the log.
+    pub async fn notify(&self, payloads: &[Vec<u8>]) {
+        let Some((redis, channel)) = &self.fast else {
+            return;
+        };
+        if payloads.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for payload in payloads {
+            pipe.publish(channel, payload.as_slice()).ignore();
+        }
+        let mut redis = redis.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            tracing::debug!(error = %e, "fast channel publish failed; the log will deliver");
+        }
     }
 
     pub fn codec(&self) -> &EventCodec {
@@ -74,6 +104,15 @@ impl EventLog {
         event: &DomainEvent,
         partition: Option<i32>,
     ) -> Result<DeliveryFuture, CommandError> {
+        Ok(self.send_keeping_payload(event, partition).await?.0)
+    }
+
+    /// [`EventLog::send`], also returning the record value (for [`EventLog::notify`]).
+    pub async fn send_keeping_payload(
+        &self,
+        event: &DomainEvent,
+        partition: Option<i32>,
+    ) -> Result<(DeliveryFuture, Vec<u8>), CommandError> {
         let payload = self.codec.encode(event).await?;
         let key = event
             .key()
@@ -85,9 +124,10 @@ impl EventLog {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        self.producer
-            .send_result(record)
-            .map_err(|(e, _)| CommandError::Unavailable(format!("cannot enqueue the event: {e}")))
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| {
+            CommandError::Unavailable(format!("cannot enqueue the event: {e}"))
+        })?;
+        Ok((delivery, payload))
     }
 
     /// Waits for every queued record to be acknowledged (shutdown).

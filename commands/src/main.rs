@@ -42,7 +42,8 @@ async fn main() -> anyhow::Result<()> {
     let log = Arc::new(
         EventLog::connect(&config.brokers, &config.registry_url)
             .await
-            .context("cannot reach the broker or the schema registry")?,
+            .context("cannot reach the broker or the schema registry")?
+            .with_fast_channel(redis.clone(), &config.redis_prefix),
     );
 
     let shutdown = CancellationToken::new();

@@ -25,3 +25,11 @@ pub async fn ping(redis: &ConnectionManager) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// The Redis pub/sub channel of the fast path (ARCHITECTURE.md, "durable-then-notify"): once
+/// the broker acknowledged a room event, the commands tier publishes the record's exact value
+/// (Confluent Avro) here, and fan-out nodes deliver whichever copy, this or the log's, comes
+/// first. Losing a message here loses nothing: the log brings it.
+pub fn room_events_channel(prefix: &str) -> String {
+    format!("{prefix}fanout:room-events")
+}

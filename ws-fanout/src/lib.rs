@@ -9,6 +9,7 @@ pub mod access;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod fast;
 pub mod heads;
 pub mod hub;
 pub mod line;

@@ -42,11 +42,21 @@ async fn main() -> anyhow::Result<()> {
         &config.brokers,
         config.fetch_wait_ms,
         &starts,
-        codec,
+        codec.clone(),
         hub.clone(),
     )?;
     let stop = CancellationToken::new();
     let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
+    tokio::spawn(
+        ws_fanout::fast::Fast {
+            redis_url: config.redis_url.clone(),
+            channel: platform::cache::room_events_channel(&config.redis_prefix),
+            codec: codec.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        }
+        .run(stop.clone()),
+    );
     {
         let hub = hub.clone();
         let metrics = metrics.clone();

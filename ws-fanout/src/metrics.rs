@@ -10,6 +10,8 @@ pub struct Metrics {
     /// Room events released to subscribers, by the copy that arrived first (log or fast).
     pub released: IntCounterVec,
     pub log_records: IntCounter,
+    pub fast_records: IntCounter,
+    pub fast_reconnects: IntCounter,
     pub log_gaps: IntCounter,
     pub undecodable: IntCounter,
     pub fallen_behind: IntCounter,
@@ -36,6 +38,14 @@ impl Metrics {
                 &["origin"],
             )?,
             log_records: IntCounter::new("ws_log_records_total", "Room records read by the tail")?,
+            fast_records: IntCounter::new(
+                "ws_fast_records_total",
+                "Room events received on the fast channel",
+            )?,
+            fast_reconnects: IntCounter::new(
+                "ws_fast_reconnects_total",
+                "Times the fast channel was (re)subscribed after a loss",
+            )?,
             log_gaps: IntCounter::new(
                 "ws_log_gaps_total",
                 "Rooms whose log jumped past the node's head (their subscribers resync)",
@@ -64,6 +74,8 @@ impl Metrics {
         registry.register(Box::new(m.frames_out.clone()))?;
         registry.register(Box::new(m.released.clone()))?;
         registry.register(Box::new(m.log_records.clone()))?;
+        registry.register(Box::new(m.fast_records.clone()))?;
+        registry.register(Box::new(m.fast_reconnects.clone()))?;
         registry.register(Box::new(m.log_gaps.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.fallen_behind.clone()))?;

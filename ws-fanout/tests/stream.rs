@@ -10,7 +10,11 @@ use std::time::Duration;
 use common::{Client, Incoming, Node};
 use serde_json::json;
 use test_support::{Api, env};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+
+/// Posts in flight at once over all authors: enough for a few hundred messages a second, not
+/// so many that the local broker starves the write tier's group heartbeats.
+const POSTS_IN_FLIGHT: usize = 6;
 
 /// Reads the room until `final_seq`, dropping the socket now and then and resuming after the
 /// last seq seen. Returns seq -> event_id, and fails on any gap, duplicate or resync.
@@ -111,13 +115,16 @@ async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow:
 
     // 50 authors x 100 messages, concurrently.
     let commands = Arc::new(commands);
+    let gate = Arc::new(Semaphore::new(POSTS_IN_FLIGHT));
     let mut posting = Vec::new();
     for (a, author) in authors.into_iter().enumerate() {
         let commands = commands.clone();
         let room = room.clone();
+        let gate = gate.clone();
         posting.push(tokio::spawn(async move {
             let mut max_seq = 0i64;
             for i in 0..100 {
+                let _turn = gate.acquire().await?;
                 let body = commands
                     .post_until_accepted(
                         &author,
@@ -155,5 +162,116 @@ async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow:
     }
     assert!(total_reconnects >= 20, "only {total_reconnects} reconnects");
     assert_eq!(node.metric("ws_log_gaps_total").await, 0.0);
+    Ok(())
+}
+
+/// Durable-then-notify: the fast channel (Redis pub/sub) is cut again and again mid-stream, and
+/// the log repairs every loss: readers still end with exactly the room's sequence.
+#[tokio::test]
+async fn the_log_repairs_every_loss_of_the_fast_channel() -> anyhow::Result<()> {
+    let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let commands = Api::new(env::commands_url());
+    let owner = commands.user("wsfast").await?;
+    let room = commands.create_room(&owner, "public").await?;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let user = commands.user("wsfast").await?;
+        commands.join(&user, &room).await?;
+        readers.push(user);
+    }
+    let mut authors = Vec::new();
+    for _ in 0..20 {
+        let user = commands.user("wsfast").await?;
+        commands.join(&user, &room).await?;
+        authors.push(user);
+    }
+    let (final_tx, final_rx) = watch::channel(0i64);
+    let mut reading = Vec::new();
+    for (i, reader) in readers.iter().enumerate() {
+        reading.push(tokio::spawn(read_with_drops(
+            node.ws_url.clone(),
+            reader.access_token.clone(),
+            room.clone(),
+            0x2545f4914f6cdd1d ^ (i as u64 + 7),
+            final_rx.clone(),
+        )));
+    }
+
+    // Cut every pub/sub connection of the Redis server every 150 ms while the authors post.
+    let cutting = tokio_util::sync::CancellationToken::new();
+    let cutter = {
+        let cutting = cutting.clone();
+        tokio::spawn(async move {
+            let mut redis = platform::cache::connect(&env::redis_url()).await?;
+            let mut cuts = 0u32;
+            while !cutting.is_cancelled() {
+                let _: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut redis)
+                    .await?;
+                cuts += 1;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            anyhow::Ok(cuts)
+        })
+    };
+    let commands = Arc::new(commands);
+    let gate = Arc::new(Semaphore::new(POSTS_IN_FLIGHT));
+    let mut posting = Vec::new();
+    for (a, author) in authors.into_iter().enumerate() {
+        let commands = commands.clone();
+        let room = room.clone();
+        let gate = gate.clone();
+        posting.push(tokio::spawn(async move {
+            let mut max_seq = 0i64;
+            for i in 0..50 {
+                let _turn = gate.acquire().await?;
+                let body = commands
+                    .post_until_accepted(
+                        &author,
+                        &room,
+                        &format!("fast-{a}-{i}"),
+                        &format!("fast path message {i} from {a}"),
+                        Duration::from_secs(300),
+                    )
+                    .await?;
+                max_seq = max_seq.max(body["seq"].as_i64().unwrap_or(0));
+            }
+            anyhow::Ok(max_seq)
+        }));
+    }
+    let mut final_seq = 0;
+    for p in posting {
+        final_seq = final_seq.max(p.await??);
+    }
+    cutting.cancel();
+    let cuts = cutter.await??;
+    assert_eq!(final_seq, 1 + 22 + 1000);
+    final_tx.send(final_seq)?;
+    let mut reference: Option<BTreeMap<i64, String>> = None;
+    for r in reading {
+        let (seen, _) = r.await??;
+        assert_eq!(seen.len() as i64, final_seq);
+        match &reference {
+            None => reference = Some(seen),
+            Some(r) => assert_eq!(r, &seen, "readers saw different events"),
+        }
+    }
+    let fast = node
+        .metric("ws_events_released_total{origin=\"fast\"}")
+        .await;
+    let log = node
+        .metric("ws_events_released_total{origin=\"log\"}")
+        .await;
+    let resubscribed = node.metric("ws_fast_reconnects_total").await;
+    assert!(cuts >= 5, "only {cuts} cuts");
+    assert!(
+        resubscribed >= 3.0,
+        "fast channel resubscribed {resubscribed} times"
+    );
+    assert!(fast > 0.0, "nothing came first through the fast channel");
+    assert!(log > 0.0, "the log repaired nothing ({fast} fast)");
     Ok(())
 }

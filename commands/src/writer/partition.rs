@@ -167,9 +167,17 @@ impl PartitionWriter {
             }
         }
         let mut deliveries = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
         for event in &events {
-            match self.log.send(event, Some(self.partition)).await {
-                Ok(delivery) => deliveries.push(delivery),
+            match self
+                .log
+                .send_keeping_payload(event, Some(self.partition))
+                .await
+            {
+                Ok((delivery, payload)) => {
+                    deliveries.push(delivery);
+                    payloads.push(payload);
+                }
                 Err(e) => {
                     self.metrics
                         .commands
@@ -190,6 +198,7 @@ impl PartitionWriter {
         }
         let settled = settled.clone();
         let metrics = self.metrics.clone();
+        let log = self.log.clone();
         tokio::spawn(async move {
             let mut result = Ok(outcome);
             for d in deliveries {
@@ -198,6 +207,10 @@ impl PartitionWriter {
                 }
             }
             let ok = result.is_ok();
+            // Durable, then notify: only what the broker acknowledged goes on the fast channel.
+            if ok {
+                log.notify(&payloads).await;
+            }
             metrics
                 .commands
                 .with_label_values(&[command_name, if ok { "ok" } else { "unavailable" }])

@@ -1,0 +1,67 @@
+//! The fast channel: room events the commands tier publishes on Redis right after the broker
+//! acknowledged them (the local broker hands records to consumers far slower than it
+//! acknowledges them). Every copy goes through the same room line as the log's, which releases
+//! only `head + 1`; anything lost or reordered here is repaired by the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use schemas::EventCodec;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::line::Origin;
+use crate::metrics::Metrics;
+use crate::protocol;
+
+pub struct Fast {
+    pub redis_url: String,
+    pub channel: String,
+    pub codec: Arc<EventCodec>,
+    pub hub: Arc<Hub>,
+    pub metrics: Metrics,
+}
+
+impl Fast {
+    /// Listens until `stop`, resubscribing after any loss of the connection.
+    pub async fn run(self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            match self.listen(&stop).await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e, "fast channel lost; resubscribing"),
+            }
+            self.metrics.fast_reconnects.inc();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn listen(&self, stop: &CancellationToken) -> Result<(), redis::RedisError> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&self.channel).await?;
+        let mut messages = pubsub.on_message();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = messages.next() => m,
+            };
+            let Some(message) = message else {
+                return Ok(());
+            };
+            let Ok(event) = self.codec.decode(message.get_payload_bytes()).await else {
+                self.metrics.undecodable.inc();
+                continue;
+            };
+            self.metrics.fast_records.inc();
+            let envelope = event.envelope();
+            if let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) {
+                let frame: Arc<str> = Arc::from(protocol::event_frame(room, seq, &event));
+                self.hub.offer(room, seq, frame, Origin::Fast);
+            }
+        }
+    }
+}
