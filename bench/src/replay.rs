@@ -3,7 +3,8 @@
 //!
 //! The log is synthetic chat traffic (rooms of 10 with posts, edits, deletes, reactions, read
 //! markers, presence and registrations) written straight to the broker. The stack's own
-//! projections service is stopped first, so the rebuild has the machine to itself.
+//! services (all but the broker, registry and stores) are stopped first, so the rebuild has the
+//! machine to itself.
 
 use std::path::Path;
 use std::process::Command;
@@ -40,11 +41,14 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     let brokers = env("CHAT_KAFKA_BROKERS")?;
     let registry = env("CHAT_REGISTRY_URL")?;
     let root = std::env::current_dir()?;
+    // Only the broker, the registry and the stores take part: the live projectors would race
+    // the rebuild, and the other tiers' consumers cost the local broker CPU (the write tier's
+    // group heartbeats most of all, growing with the log).
     let status = Command::new(root.join("deploy/local/down"))
-        .arg("projections")
+        .args(["ws-fanout", "query-api", "projections", "commands"])
         .status()?;
     if !status.success() {
-        bail!("cannot stop the stack's projections service");
+        bail!("cannot stop the stack's services");
     }
     let ceiling = if args.targets.iter().any(|t| t == "mongo") {
         let c = mongo_ceiling(&env("CHAT_MONGO_URL")?).await?;
