@@ -40,11 +40,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// `CHAT_WS_AUTH_SECS`, default 10: time to send the token frame when the URL has none.
     pub auth_timeout: Duration,
-    /// `CHAT_WS_FETCH_WAIT_MS`, default 100: how long the tail's fetches wait at the broker.
-    /// Every node polls every partition, and on the local broker each fetch costs CPU even when
-    /// idle (STACK.md), which starved the commands tier's group heartbeats with a few nodes
-    /// at 5 ms. Latency comes from the fast channel; the log only has to repair, so a longer
-    /// wait costs nothing while the fast channel works.
+    /// `CHAT_WS_FETCH_WAIT_MS`, default 5: how long the tail's fetches wait at the broker
+    /// (STACK.md: the local broker sleeps out the whole wait even when it has data, so a long
+    /// wait throttles the tail, which must repair every loss of the fast channel).
     pub fetch_wait_ms: u32,
 }
 
@@ -66,7 +64,7 @@ impl Config {
             ping_every: Duration::from_secs(env_or("CHAT_WS_PING_SECS", 20u64)?.max(1)),
             idle_timeout: Duration::from_secs(env_or("CHAT_WS_IDLE_SECS", 60u64)?.max(2)),
             auth_timeout: Duration::from_secs(env_or("CHAT_WS_AUTH_SECS", 10u64)?.max(1)),
-            fetch_wait_ms: env_or("CHAT_WS_FETCH_WAIT_MS", 100u32)?,
+            fetch_wait_ms: env_or("CHAT_WS_FETCH_WAIT_MS", 5u32)?,
         })
     }
 }
