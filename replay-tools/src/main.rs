@@ -8,6 +8,15 @@ mod progress;
 mod rebuild;
 mod verify;
 
+/// The Redis of the read models (live pointers, the presence model), with an error naming it.
+async fn connect_redis(
+    config: &projections::config::Config,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    platform::cache::connect(&config.redis_url)
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
+}
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};

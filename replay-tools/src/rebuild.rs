@@ -103,18 +103,14 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
             let client = mongodb::Client::with_uri_str(&config.mongo_url)
                 .await
                 .context("CHAT_MONGO_URL")?;
-            let redis = platform::cache::connect(&config.redis_url)
-                .await
-                .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
+            let redis = crate::connect_redis(config).await?;
             let previous = live::mongo_live(&redis, &config.redis_prefix, &config.mongo_db).await?;
             let generation = format!("{}_{suffix}", config.mongo_db);
             let projector = MongoProjector::open(client.database(&generation)).await?;
             (Fresh::Mongo(projector), generation, previous)
         }
         Target::Redis => {
-            let redis = platform::cache::connect(&config.redis_url)
-                .await
-                .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
+            let redis = crate::connect_redis(config).await?;
             let previous = live::redis_live(&redis, &config.redis_prefix).await?;
             let generation = format!("{}{suffix}:", config.redis_prefix);
             (
@@ -245,7 +241,7 @@ async fn switch_and_drop(
     match target {
         Target::Mongo => {
             let client = mongodb::Client::with_uri_str(&config.mongo_url).await?;
-            let redis = platform::cache::connect(&config.redis_url).await?;
+            let redis = crate::connect_redis(config).await?;
             live::mongo_switch(&redis, &config.redis_prefix, &config.mongo_db, generation).await?;
             tokio::time::sleep(grace).await;
             client
@@ -255,7 +251,7 @@ async fn switch_and_drop(
                 .with_context(|| format!("dropping {previous}"))?;
         }
         Target::Redis => {
-            let redis = platform::cache::connect(&config.redis_url).await?;
+            let redis = crate::connect_redis(config).await?;
             live::redis_switch(&redis, &config.redis_prefix, generation).await?;
             tokio::time::sleep(grace).await;
             live::redis_drop(&redis, previous).await?;

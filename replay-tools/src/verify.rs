@@ -47,9 +47,7 @@ pub async fn verify(
             let client = mongodb::Client::with_uri_str(&config.mongo_url)
                 .await
                 .context("CHAT_MONGO_URL")?;
-            let redis = platform::cache::connect(&config.redis_url)
-                .await
-                .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
+            let redis = crate::connect_redis(config).await?;
             let generation =
                 live::mongo_live(&redis, &config.redis_prefix, &config.mongo_db).await?;
             (
@@ -58,9 +56,7 @@ pub async fn verify(
             )
         }
         Target::Redis => {
-            let redis = platform::cache::connect(&config.redis_url)
-                .await
-                .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
+            let redis = crate::connect_redis(config).await?;
             let generation = live::redis_live(&redis, &config.redis_prefix).await?;
             (
                 Store::Redis(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Client, Incoming, Node};
 use serde_json::json;
-use test_support::{Api, env};
+use test_support::{Api, User, env};
 use tokio::sync::{Semaphore, watch};
 
 /// Posts in flight at once over all authors: enough for a few hundred messages a second, not
@@ -99,56 +99,77 @@ async fn join(commands: &Api, user: &test_support::User, room: &str) -> anyhow::
     }
 }
 
-#[tokio::test]
-#[ignore = "flaky inside the full suite: the local broker saturates (its group heartbeats grow with the log) and the write tier pauses for minutes; passes alone with `cargo nextest run -p ws-fanout --run-ignored all` (issue 5 note)"]
-async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow::Result<()> {
-    let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
-    let commands = Api::new(env::commands_url());
-    let owner = commands.user("wsown").await?;
+/// A public room with `readers` and `authors` (all members), created through the write API.
+async fn busy_room(
+    commands: &Api,
+    prefix: &str,
+    readers: usize,
+    authors: usize,
+) -> anyhow::Result<(String, Vec<User>, Vec<User>)> {
+    let owner = commands.user(prefix).await?;
     let room = commands.create_room(&owner, "public").await?;
-    let mut readers = Vec::new();
-    for _ in 0..4 {
-        let user = commands.user("wsread").await?;
-        join(&commands, &user, &room).await?;
-        readers.push(user);
+    let mut members = Vec::new();
+    for _ in 0..readers + authors {
+        let user = commands.user(prefix).await?;
+        join(commands, &user, &room).await?;
+        members.push(user);
     }
-    let mut authors = Vec::new();
-    for _ in 0..50 {
-        let user = commands.user("wsauth").await?;
-        join(&commands, &user, &room).await?;
-        authors.push(user);
-    }
+    let authors = members.split_off(readers);
+    Ok((room, members, authors))
+}
 
-    let (final_tx, final_rx) = watch::channel(0i64);
-    let mut reading = Vec::new();
-    for (i, reader) in readers.iter().enumerate() {
-        reading.push(tokio::spawn(read_with_drops(
-            node.ws_url.clone(),
-            reader.access_token.clone(),
-            room.clone(),
-            0x9e3779b97f4a7c15 ^ (i as u64 + 1),
-            final_rx.clone(),
-        )));
-    }
+type Reading = tokio::task::JoinHandle<anyhow::Result<(BTreeMap<i64, String>, usize)>>;
 
-    // 50 authors x 100 messages, concurrently.
+/// One [`read_with_drops`] task per reader.
+fn spawn_readers(
+    node: &Node,
+    readers: &[User],
+    room: &str,
+    seed: u64,
+    final_seq: &watch::Receiver<i64>,
+) -> Vec<Reading> {
+    readers
+        .iter()
+        .enumerate()
+        .map(|(i, reader)| {
+            tokio::spawn(read_with_drops(
+                node.ws_url.clone(),
+                reader.access_token.clone(),
+                room.to_string(),
+                seed ^ (i as u64 + 1),
+                final_seq.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Every author posts `per_author` messages, concurrently (at most [`POSTS_IN_FLIGHT`] at
+/// once); returns the highest seq acknowledged.
+async fn post_all(
+    commands: Api,
+    room: &str,
+    authors: Vec<User>,
+    per_author: usize,
+    tag: &str,
+) -> anyhow::Result<i64> {
     let commands = Arc::new(commands);
     let gate = Arc::new(Semaphore::new(POSTS_IN_FLIGHT));
     let mut posting = Vec::new();
     for (a, author) in authors.into_iter().enumerate() {
         let commands = commands.clone();
-        let room = room.clone();
+        let room = room.to_string();
         let gate = gate.clone();
+        let tag = tag.to_string();
         posting.push(tokio::spawn(async move {
             let mut max_seq = 0i64;
-            for i in 0..100 {
+            for i in 0..per_author {
                 let _turn = gate.acquire().await?;
                 let body = commands
                     .post_until_accepted(
                         &author,
                         &room,
-                        &format!("ws-{a}-{i}"),
-                        &format!("message {i} from author {a}"),
+                        &format!("{tag}-{a}-{i}"),
+                        &format!("{tag} message {i} from author {a}"),
                         Duration::from_secs(300),
                     )
                     .await?;
@@ -161,10 +182,12 @@ async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow:
     for p in posting {
         final_seq = final_seq.max(p.await??);
     }
-    // 1 creation + 54 joins + 5,000 posts.
-    assert_eq!(final_seq, 5055);
-    final_tx.send(final_seq)?;
+    Ok(final_seq)
+}
 
+/// Waits for the readers: each saw exactly seq 1..=`final_seq`, all the same events. Returns
+/// the reconnects over all readers.
+async fn same_full_sequence(reading: Vec<Reading>, final_seq: i64) -> anyhow::Result<usize> {
     let mut reference: Option<BTreeMap<i64, String>> = None;
     let mut total_reconnects = 0;
     for r in reading {
@@ -178,6 +201,25 @@ async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow:
             Some(r) => assert_eq!(r, &seen, "readers saw different events"),
         }
     }
+    Ok(total_reconnects)
+}
+
+#[tokio::test]
+#[ignore = "flaky inside the full suite: the local broker saturates (its group heartbeats grow with the log) and the write tier pauses for minutes; passes alone with `cargo nextest run -p ws-fanout --run-ignored all` (issue 5 note)"]
+async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow::Result<()> {
+    let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let commands = Api::new(env::commands_url());
+    let (room, readers, authors) = busy_room(&commands, "wsread", 4, 50).await?;
+    let (final_tx, final_rx) = watch::channel(0i64);
+    let reading = spawn_readers(&node, &readers, &room, 0x9e3779b97f4a7c15, &final_rx);
+
+    // 50 authors x 100 messages, concurrently.
+    let final_seq = post_all(commands, &room, authors, 100, "ws").await?;
+    // 1 creation + 54 joins + 5,000 posts.
+    assert_eq!(final_seq, 5055);
+    final_tx.send(final_seq)?;
+
+    let total_reconnects = same_full_sequence(reading, final_seq).await?;
     assert!(total_reconnects >= 20, "only {total_reconnects} reconnects");
     assert_eq!(node.metric("ws_log_gaps_total").await, 0.0);
     Ok(())
@@ -190,31 +232,9 @@ async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow:
 async fn the_log_repairs_every_loss_of_the_fast_channel() -> anyhow::Result<()> {
     let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
     let commands = Api::new(env::commands_url());
-    let owner = commands.user("wsfast").await?;
-    let room = commands.create_room(&owner, "public").await?;
-    let mut readers = Vec::new();
-    for _ in 0..2 {
-        let user = commands.user("wsfast").await?;
-        join(&commands, &user, &room).await?;
-        readers.push(user);
-    }
-    let mut authors = Vec::new();
-    for _ in 0..20 {
-        let user = commands.user("wsfast").await?;
-        join(&commands, &user, &room).await?;
-        authors.push(user);
-    }
+    let (room, readers, authors) = busy_room(&commands, "wsfast", 2, 20).await?;
     let (final_tx, final_rx) = watch::channel(0i64);
-    let mut reading = Vec::new();
-    for (i, reader) in readers.iter().enumerate() {
-        reading.push(tokio::spawn(read_with_drops(
-            node.ws_url.clone(),
-            reader.access_token.clone(),
-            room.clone(),
-            0x2545f4914f6cdd1d ^ (i as u64 + 7),
-            final_rx.clone(),
-        )));
-    }
+    let reading = spawn_readers(&node, &readers, &room, 0x2545f4914f6cdd1d, &final_rx);
 
     // Cut every pub/sub connection of the Redis server every 150 ms while the authors post.
     let cutting = tokio_util::sync::CancellationToken::new();
@@ -236,48 +256,12 @@ async fn the_log_repairs_every_loss_of_the_fast_channel() -> anyhow::Result<()> 
             anyhow::Ok(cuts)
         })
     };
-    let commands = Arc::new(commands);
-    let gate = Arc::new(Semaphore::new(POSTS_IN_FLIGHT));
-    let mut posting = Vec::new();
-    for (a, author) in authors.into_iter().enumerate() {
-        let commands = commands.clone();
-        let room = room.clone();
-        let gate = gate.clone();
-        posting.push(tokio::spawn(async move {
-            let mut max_seq = 0i64;
-            for i in 0..50 {
-                let _turn = gate.acquire().await?;
-                let body = commands
-                    .post_until_accepted(
-                        &author,
-                        &room,
-                        &format!("fast-{a}-{i}"),
-                        &format!("fast path message {i} from {a}"),
-                        Duration::from_secs(300),
-                    )
-                    .await?;
-                max_seq = max_seq.max(body["seq"].as_i64().unwrap_or(0));
-            }
-            anyhow::Ok(max_seq)
-        }));
-    }
-    let mut final_seq = 0;
-    for p in posting {
-        final_seq = final_seq.max(p.await??);
-    }
+    let final_seq = post_all(commands, &room, authors, 50, "fast").await?;
     cutting.cancel();
     let cuts = cutter.await??;
     assert_eq!(final_seq, 1 + 22 + 1000);
     final_tx.send(final_seq)?;
-    let mut reference: Option<BTreeMap<i64, String>> = None;
-    for r in reading {
-        let (seen, _) = r.await??;
-        assert_eq!(seen.len() as i64, final_seq);
-        match &reference {
-            None => reference = Some(seen),
-            Some(r) => assert_eq!(r, &seen, "readers saw different events"),
-        }
-    }
+    same_full_sequence(reading, final_seq).await?;
     let fast = node
         .metric("ws_events_released_total{origin=\"fast\"}")
         .await;
