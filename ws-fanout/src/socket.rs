@@ -104,6 +104,11 @@ fn text(frame: String) -> Frame {
 
 /// A write that gives up after a few seconds: a peer that does not read must not hold the
 /// task (and the memory of its buffers) forever.
+/// How long a socket that fell behind has to take its resync notice and close frame: a client
+/// that paused (a backgrounded tab, a debugger) learns why it was dropped instead of seeing a
+/// bare disconnect.
+const BEHIND_NOTICE_GRACE: Duration = Duration::from_secs(30);
+
 async fn send_bounded(socket: &mut WebSocket, message: Message) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(5), socket.send(message)).await,
@@ -112,14 +117,14 @@ async fn send_bounded(socket: &mut WebSocket, message: Message) -> bool {
 }
 
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
-    send_bounded(
-        socket,
-        Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason.to_string()),
-        })),
-    )
-    .await;
+    send_bounded(socket, close_message(code, reason)).await;
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_string()),
+    }))
 }
 
 fn text_message(frame: String) -> Message {
@@ -225,14 +230,17 @@ async fn run(
             }
             _ = behind.cancelled() => {
                 // What is still queued is dropped: the client pages history instead.
+                // The client is not reading, so the notice waits behind what the kernel already
+                // buffers; it gets one grace period in all, then the connection is dropped.
                 rx.close();
-                for room in &session.rooms {
-                    node.metrics.resyncs.with_label_values(&["behind"]).inc();
-                    if !send_bounded(socket, text_message(protocol::resync_frame(room, "socket fell behind"))).await {
-                        break;
+                let notice = async {
+                    for room in &session.rooms {
+                        node.metrics.resyncs.with_label_values(&["behind"]).inc();
+                        socket.send(text_message(protocol::resync_frame(room, "socket fell behind"))).await?;
                     }
-                }
-                close_with(socket, close::TRY_AGAIN, "fell behind; resync").await;
+                    socket.send(close_message(close::TRY_AGAIN, "fell behind; resync")).await
+                };
+                let _ = tokio::time::timeout(BEHIND_NOTICE_GRACE, notice).await;
                 return "behind";
             }
             _ = &mut expiry => {
