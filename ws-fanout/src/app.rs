@@ -39,10 +39,10 @@ pub fn router(
         .probe("log_tail", move || {
             let node = tail_node.clone();
             async move {
-                if (0..node.hub.partitions()).all(|p| node.hub.position(p) >= 0) {
+                if node.hub.caught_up() {
                     Ok(())
                 } else {
-                    Err("the log tail has not started".to_string())
+                    Err("the log tail is still reading what the log held at start".to_string())
                 }
             }
             .boxed()

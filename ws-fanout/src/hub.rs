@@ -118,6 +118,9 @@ pub struct Hub {
     budget: usize,
     /// Per partition of the room topic: the next offset the tail has fully handed to the hub.
     positions: Vec<AtomicI64>,
+    /// Per partition: where the log ended when the tail started. Until the tail is there the
+    /// node cannot place new rooms, so it does not take sockets (readiness).
+    targets: Vec<AtomicI64>,
     metrics: Metrics,
 }
 
@@ -129,6 +132,7 @@ impl Hub {
             kept: AtomicUsize::new(0),
             budget,
             positions: (0..partitions).map(|_| AtomicI64::new(-1)).collect(),
+            targets: (0..partitions).map(|_| AtomicI64::new(i64::MAX)).collect(),
             metrics,
         }
     }
@@ -353,6 +357,20 @@ impl Hub {
         if let Some(p) = self.positions.get(partition) {
             p.store(next, Ordering::Release);
         }
+    }
+
+    pub fn set_target(&self, partition: usize, end: i64) {
+        if let Some(t) = self.targets.get(partition) {
+            t.store(end, Ordering::Release);
+        }
+    }
+
+    /// The tail has read, in every partition, what the log held when it started.
+    pub fn caught_up(&self) -> bool {
+        self.targets
+            .iter()
+            .enumerate()
+            .all(|(p, t)| self.position(p) >= t.load(Ordering::Acquire))
     }
 
     pub fn partitions(&self) -> usize {

@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let checkpoints = heads.checkpoints().await?;
     let starts = tail::start_offsets(&config.brokers, &checkpoints, config.warm_records).await?;
+    let watermarks = tail::Watermarks::new(&config.brokers)?;
     tracing::info!(?starts, "log tail starts");
     let tail = Tail::open(
         &config.brokers,
@@ -47,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let stop = CancellationToken::new();
     let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
+    tokio::spawn(watermarks.watch_lag(hub.clone(), metrics.clone(), stop.clone()));
     tokio::spawn(
         ws_fanout::fast::Fast {
             redis_url: config.redis_url.clone(),

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub resyncs: IntCounterVec,
     pub closes: IntCounterVec,
     pub kept_events: IntGauge,
+    pub tail_lag: IntGauge,
 }
 
 impl Metrics {
@@ -67,6 +68,10 @@ impl Metrics {
                 &["reason"],
             )?,
             kept_events: IntGauge::new("ws_kept_events", "Events kept for resumes over all rooms")?,
+            tail_lag: IntGauge::new(
+                "ws_tail_lag_records",
+                "Room-topic records the log tail has not handed to the hub yet",
+            )?,
         };
         registry.register(Box::new(m.sockets.clone()))?;
         registry.register(Box::new(m.subscriptions.clone()))?;
@@ -82,6 +87,7 @@ impl Metrics {
         registry.register(Box::new(m.resyncs.clone()))?;
         registry.register(Box::new(m.closes.clone()))?;
         registry.register(Box::new(m.kept_events.clone()))?;
+        registry.register(Box::new(m.tail_lag.clone()))?;
         Ok(m)
     }
 }

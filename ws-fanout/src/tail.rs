@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::FanoutError;
 use crate::hub::{Hub, Standing};
 use crate::line::Origin;
+use crate::metrics::Metrics;
 use crate::protocol;
 use schemas::events::Visibility;
 
@@ -45,30 +46,83 @@ pub async fn partition_count(brokers: &str) -> Result<i32, FanoutError> {
     .map_err(|e| FanoutError::Internal(e.to_string()))?
 }
 
+/// Where the tail starts in one partition, and where the log ended when it started.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    pub offset: i64,
+    /// The high watermark at start: the node is ready once its tail passed it.
+    pub end: i64,
+}
+
 /// Start offsets: `checkpoint - warm`, never before the log's first record.
 pub async fn start_offsets(
     brokers: &str,
     checkpoints: &[i64],
     warm: i64,
-) -> Result<Vec<i64>, FanoutError> {
-    let brokers = brokers.to_string();
-    let checkpoints = checkpoints.to_vec();
-    tokio::task::spawn_blocking(move || -> Result<Vec<i64>, FanoutError> {
+) -> Result<Vec<Start>, FanoutError> {
+    let watermarks = Watermarks::new(brokers)?;
+    let ends = watermarks.fetch(checkpoints.len()).await?;
+    Ok(checkpoints
+        .iter()
+        .zip(ends)
+        .map(|(checkpoint, (low, high))| Start {
+            offset: (checkpoint - warm).max(low).max(0),
+            end: high,
+        })
+        .collect())
+}
+
+/// Reads the room topic's watermarks: the start position and the tail's lag.
+#[derive(Clone)]
+pub struct Watermarks {
+    client: Arc<BaseConsumer>,
+}
+
+impl Watermarks {
+    pub fn new(brokers: &str) -> Result<Self, FanoutError> {
         let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+            .set("bootstrap.servers", brokers)
             .create()
             .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))?;
-        let mut starts = Vec::with_capacity(checkpoints.len());
-        for (p, checkpoint) in checkpoints.iter().enumerate() {
-            let (low, _) = client
-                .fetch_watermarks(ROOM_EVENTS, p as i32, Duration::from_secs(10))
-                .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))?;
-            starts.push((checkpoint - warm).max(low).max(0));
+        Ok(Self {
+            client: Arc::new(client),
+        })
+    }
+
+    /// `(low, high)` per partition.
+    pub async fn fetch(&self, partitions: usize) -> Result<Vec<(i64, i64)>, FanoutError> {
+        let client = self.client.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    client
+                        .fetch_watermarks(ROOM_EVENTS, p as i32, Duration::from_secs(10))
+                        .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| FanoutError::Internal(e.to_string()))?
+    }
+
+    /// Keeps the `ws_tail_lag_records` gauge current: records in the log the tail has not
+    /// handed to the hub yet, over all partitions.
+    pub async fn watch_lag(self, hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            if let Ok(ends) = self.fetch(hub.partitions()).await {
+                let lag: i64 = ends
+                    .iter()
+                    .enumerate()
+                    .map(|(p, (_, high))| (high - hub.position(p)).max(0))
+                    .sum();
+                metrics.tail_lag.set(lag);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         }
-        Ok(starts)
-    })
-    .await
-    .map_err(|e| FanoutError::Internal(e.to_string()))?
+    }
 }
 
 pub struct Tail {
@@ -81,7 +135,7 @@ impl Tail {
     pub fn open(
         brokers: &str,
         fetch_wait_ms: u32,
-        starts: &[i64],
+        starts: &[Start],
         codec: Arc<EventCodec>,
         hub: Arc<Hub>,
     ) -> Result<Self, FanoutError> {
@@ -100,9 +154,10 @@ impl Tail {
         let mut assignment = TopicPartitionList::new();
         for (p, start) in starts.iter().enumerate() {
             assignment
-                .add_partition_offset(ROOM_EVENTS, p as i32, Offset::Offset(*start))
+                .add_partition_offset(ROOM_EVENTS, p as i32, Offset::Offset(start.offset))
                 .map_err(broker)?;
-            hub.set_position(p, *start);
+            hub.set_position(p, start.offset);
+            hub.set_target(p, start.end);
         }
         consumer.assign(&assignment).map_err(broker)?;
         Ok(Self {
@@ -113,7 +168,7 @@ impl Tail {
     }
 
     /// Reads until `stop`; every record is offered to its room before its offset counts as read.
-    pub async fn run(self, stop: CancellationToken, metrics: crate::metrics::Metrics) {
+    pub async fn run(self, stop: CancellationToken, metrics: Metrics) {
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,

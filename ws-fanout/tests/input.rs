@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use anyhow::bail;
 use common::{Client, Incoming, Node};
 use serde_json::json;
 use test_support::{Api, env};
@@ -23,7 +24,6 @@ async fn assert_alive(client: &mut Client) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "BUG under investigation (issue 5 note): inside the full suite an acknowledged message once never reached its subscriber within 120 s; passes alone"]
 async fn malformed_frames_get_error_frames_and_the_socket_lives_on() -> anyhow::Result<()> {
     let node = Node::start(&[]).await?;
     let commands = Api::new(env::commands_url());
@@ -103,7 +103,10 @@ async fn malformed_frames_get_error_frames_and_the_socket_lives_on() -> anyhow::
     assert_eq!(ack["client_msg_id"], "c-2");
     let seq = ack["seq"].as_i64().unwrap_or_default();
     loop {
-        let e = client.until("event", T).await?;
+        let e = match client.until("event", T).await {
+            Ok(e) => e,
+            Err(e) => bail!("event {seq} never came ({e}); node: {}", node.state().await),
+        };
         if e["seq"] == seq {
             assert_eq!(e["event"]["kind"], "message_posted");
             assert_eq!(e["event"]["content"], "hello");

@@ -39,6 +39,9 @@ impl Node {
             ("CHAT_COMMANDS_URL".into(), env::commands_url()),
             ("CHAT_QUERY_URL".into(), env::query_url()),
             ("RUST_LOG".into(), "info".into()),
+            // The test log holds every earlier test's records; a node that re-read all of them
+            // would spend the test's time catching up (resumes here stay within a room's buffer).
+            ("CHAT_WS_WARM_RECORDS".into(), "1000".into()),
         ];
         for (k, v) in extra {
             vars.push((k.to_string(), v.to_string()));
@@ -46,7 +49,7 @@ impl Node {
         let service = Service::spawn("ws-fanout", vars)?;
         let http_url = format!("http://127.0.0.1:{port}");
         let ready = format!("{http_url}/readyz");
-        wait_for("ws-fanout ready", Duration::from_secs(60), || {
+        wait_for("ws-fanout ready", Duration::from_secs(300), || {
             let ready = ready.clone();
             async move {
                 reqwest::get(&ready)
@@ -63,6 +66,18 @@ impl Node {
             ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
             http_url,
         })
+    }
+
+    /// The node's own counters (tail lag, records per channel, gaps), for failure messages.
+    pub async fn state(&self) -> String {
+        let Ok(r) = reqwest::get(format!("{}/metrics", self.http_url)).await else {
+            return "metrics unavailable".into();
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("ws_"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
