@@ -71,12 +71,35 @@ pub fn unique_ident(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// A loopback port free right now.
+/// A loopback port free right now, for a service a test starts.
+///
+/// Chosen at random below the kernel's ephemeral range (32768-60999 here) and away from the
+/// stacks' fixed ports: a port the kernel hands out for `:0` is also what it hands the next
+/// process asking, and what outgoing connections use, so two tests starting services at once
+/// could otherwise be given the same one. Never the same port twice within one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind an ephemeral loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = match GIVEN.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let r = h.finish();
+        let base = if r % 2 == 0 { 10_000 } else { 20_000 };
+        let port = base + ((r / 2) % 7_000) as u16;
+        // 10000-16999 or 20000-26999: clear of the bench stack (18xxx-19xxx), the test stack
+        // (28xxx-29xxx) and the development stack (below 10000, 27017).
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, failing after `timeout` with `what` in the message.

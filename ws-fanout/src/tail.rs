@@ -65,9 +65,25 @@ pub async fn start_offsets(
     Ok(checkpoints
         .iter()
         .zip(ends)
-        .map(|(checkpoint, (low, high))| Start {
-            offset: (checkpoint - warm).max(low).max(0),
-            end: high,
+        .map(|(checkpoint, (low, high))| {
+            if *checkpoint > high {
+                // The read models belong to a log that was since replaced (a wiped broker):
+                // their snapshot cannot place rooms, so read this log from its start.
+                tracing::warn!(
+                    checkpoint,
+                    high,
+                    "projector checkpoint beyond the log's end"
+                );
+            }
+            let offset = if *checkpoint > high {
+                low
+            } else {
+                (checkpoint - warm).max(low)
+            };
+            Start {
+                offset: offset.max(0),
+                end: high,
+            }
         })
         .collect())
 }
@@ -148,6 +164,8 @@ impl Tail {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+            // Should a start offset ever be out of range, missing records is the one wrong answer.
+            .set("auto.offset.reset", "earliest")
             .set("queued.max.messages.kbytes", "16384")
             .create()
             .map_err(broker)?;
