@@ -205,7 +205,6 @@ async fn same_full_sequence(reading: Vec<Reading>, final_seq: i64) -> anyhow::Re
 }
 
 #[tokio::test]
-#[ignore = "flaky inside the full suite: the local broker saturates (its group heartbeats grow with the log) and the write tier pauses for minutes; passes alone with `cargo nextest run -p ws-fanout --run-ignored all` (issue 5 note)"]
 async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow::Result<()> {
     let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
     let commands = Api::new(env::commands_url());
@@ -228,7 +227,6 @@ async fn readers_that_drop_and_resume_see_exactly_the_room_sequence() -> anyhow:
 /// Durable-then-notify: the fast channel (Redis pub/sub) is cut again and again mid-stream, and
 /// the log repairs every loss: readers still end with exactly the room's sequence.
 #[tokio::test]
-#[ignore = "flaky inside the full suite: the local broker saturates (its group heartbeats grow with the log) and the write tier pauses for minutes; passes alone with `cargo nextest run -p ws-fanout --run-ignored all` (issue 5 note)"]
 async fn the_log_repairs_every_loss_of_the_fast_channel() -> anyhow::Result<()> {
     let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
     let commands = Api::new(env::commands_url());
