@@ -178,3 +178,11 @@ bin_dir() {
     local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
     if [ "$CHAT_CARGO_PROFILE" = dev ]; then echo "$target/debug"; else echo "$target/$CHAT_CARGO_PROFILE"; fi
 }
+
+# Deletes every Redis key under CHAT_REDIS_PREFIX (a fresh test or bench stack; Redis may be
+# shared with another stack on the same port, so it outlives their data directories).
+clear_redis_prefix() {
+    [ -n "$CHAT_REDIS_PREFIX" ] || die "refusing to clear Redis without a key prefix"
+    redis-cli -h 127.0.0.1 -p "$CHAT_REDIS_PORT" --scan --pattern "${CHAT_REDIS_PREFIX}*" \
+        | xargs -r -n 500 redis-cli -h 127.0.0.1 -p "$CHAT_REDIS_PORT" DEL >/dev/null
+}
