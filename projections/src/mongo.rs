@@ -40,6 +40,9 @@ pub const MEMBERSHIPS: &str = "memberships";
 pub const FILES: &str = "files";
 pub const PROGRESS: &str = "projection_progress";
 
+/// Documents per `insert_many` (see `flush_inserts`).
+const INSERT_SLICE: usize = 500;
+
 pub struct MongoProjector {
     db: Database,
     messages: Collection<Document>,
@@ -447,18 +450,24 @@ impl MongoProjector {
             return Ok(());
         }
         let docs = std::mem::take(pending);
-        let result = self
-            .messages
-            .insert_many(&docs)
-            .with_options(InsertManyOptions::builder().ordered(false).build())
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // A replay re-inserts messages that are already there: keyed by message id, the
-            // duplicates are refused and the rest goes in.
-            Err(e) if is_duplicate_only(&e) => Ok(()),
-            Err(e) => Err(e.into()),
+        // In slices: the local server gives up on any command after 60 s and inserts a few
+        // hundred indexed documents a second, so a replay's 5,000-event batch in one command
+        // would never finish. The checkpoint moves only after every slice went in.
+        for slice in docs.chunks(INSERT_SLICE) {
+            let result = self
+                .messages
+                .insert_many(slice)
+                .with_options(InsertManyOptions::builder().ordered(false).build())
+                .await;
+            match result {
+                Ok(_) => {}
+                // A replay re-inserts messages that are already there: keyed by message id, the
+                // duplicates are refused and the rest goes in.
+                Err(e) if is_duplicate_only(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
     }
 
     /// Applies `update` to the message unless an event at or after `seq` was applied to it.
