@@ -29,6 +29,8 @@ DEPLOY_DIR="$REPO_ROOT/deploy/local"
 : "${CHAT_QUERY_PORT:=8091}"
 : "${CHAT_PROJECTIONS_PORT:=8094}"
 : "${CHAT_WS_PORT:=8092}"
+: "${CHAT_WS_EXTRA_PORTS:=}"                # more ws-fanout nodes behind nginx (ports)
+: "${CHAT_ENTRY_PORT:=8080}"                # nginx: the single entry point
 : "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
 
 TANSU_VERSION=0.6.0
@@ -53,11 +55,12 @@ export CHAT_COMMANDS_URL="http://127.0.0.1:$CHAT_COMMANDS_PORT"
 export CHAT_QUERY_URL="http://127.0.0.1:$CHAT_QUERY_PORT"
 export CHAT_PROJECTIONS_URL="http://127.0.0.1:$CHAT_PROJECTIONS_PORT"
 export CHAT_WS_URL="http://127.0.0.1:$CHAT_WS_PORT"
+export CHAT_ENTRY_URL="http://127.0.0.1:$CHAT_ENTRY_PORT"
 export CHAT_JWKS_URL="$CHAT_COMMANDS_URL/v1/auth/jwks"
 export CHAT_JWT_PRIVATE_KEY_FILE
 
 # The infrastructure services, in start order.
-ALL_SERVICES=(postgres redis broker registry mongo clickhouse commands projections query-api ws-fanout)
+ALL_SERVICES=(postgres redis broker registry mongo clickhouse commands projections query-api ws-fanout nginx)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -220,6 +220,45 @@ start_ws-fanout() {
     start_workspace_service ws-fanout ws-fanout CHAT_WS_LISTEN "$CHAT_WS_PORT" "$CHAT_WS_URL"
 }
 
+# ---------- nginx (the single entry point) ----------
+
+install_nginx() { command -v nginx >/dev/null 2>&1 || ensure_apt nginx; }
+
+nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
+
+# Renders deploy/local/nginx.conf.template for this stack's ports. More ws-fanout nodes join the
+# sticky upstream through CHAT_WS_EXTRA_PORTS (space-separated ports of nodes started by hand).
+render_nginx_conf() {
+    local dir=$DATA_DIR/nginx servers="" port
+    mkdir -p "$dir"
+    for port in $CHAT_WS_PORT $CHAT_WS_EXTRA_PORTS; do
+        servers+="        server 127.0.0.1:$port;"$'\n'
+    done
+    local template; template=$(<"$DEPLOY_DIR/nginx.conf.template")
+    template=${template//@STATE@/$dir}
+    template=${template//@LOGS@/$LOG_DIR}
+    template=${template//@ENTRY_PORT@/$CHAT_ENTRY_PORT}
+    template=${template//@COMMANDS_PORT@/$CHAT_COMMANDS_PORT}
+    template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
+    template=${template//@WS_SERVERS@/${servers%$'\n'}}
+    printf '%s\n' "$template" >"$dir/nginx.conf"
+}
+
+start_nginx() {
+    render_nginx_conf
+    local conf=$DATA_DIR/nginx/nginx.conf
+    "$(nginx_bin)" -t -q -c "$conf" -p "$DATA_DIR/nginx" -g 'daemon off;' >>"$LOG_DIR/nginx.log" 2>&1 \
+        || die "nginx rejects $conf; see $LOG_DIR/nginx.log"
+    if running_pid nginx >/dev/null; then
+        # Picks up a changed configuration (ports, extra nodes) without dropping sockets.
+        kill -HUP "$(running_pid nginx)"
+    else
+        wait_port_free nginx "$CHAT_ENTRY_PORT" CHAT_ENTRY_PORT
+        start_bg nginx "$DATA_DIR/nginx" "$(nginx_bin)" -c "$conf" -p "$DATA_DIR/nginx" -g 'daemon off;'
+    fi
+    wait_until nginx 30 http_ready "$CHAT_ENTRY_URL/healthz"
+}
+
 # ---------- dispatch ----------
 
 endpoint_of() {
@@ -234,6 +273,7 @@ endpoint_of() {
         projections) echo "$CHAT_PROJECTIONS_URL (ops only)" ;;
         query-api) echo "$CHAT_QUERY_URL" ;;
         ws-fanout) echo "${CHAT_WS_URL/http/ws}/v1/ws" ;;
+        nginx) echo "$CHAT_ENTRY_URL (the single entry: /v1/ws, reads, writes)" ;;
     esac
 }
 
@@ -249,5 +289,6 @@ ready_check() {
         projections) http_ready "$CHAT_PROJECTIONS_URL/healthz" 2>/dev/null ;;
         query-api) http_ready "$CHAT_QUERY_URL/healthz" 2>/dev/null ;;
         ws-fanout) http_ready "$CHAT_WS_URL/healthz" 2>/dev/null ;;
+        nginx) http_ready "$CHAT_ENTRY_URL/healthz" 2>/dev/null ;;
     esac
 }

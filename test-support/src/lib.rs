@@ -52,6 +52,14 @@ pub mod env {
     pub fn commands_url() -> String {
         var("CHAT_COMMANDS_URL", "http://127.0.0.1:8090")
     }
+    /// nginx, the stack's single entry point.
+    pub fn entry_url() -> String {
+        var("CHAT_ENTRY_URL", "http://127.0.0.1:8080")
+    }
+    /// The stack's own ws-fanout node.
+    pub fn ws_url() -> String {
+        var("CHAT_WS_URL", "http://127.0.0.1:8092")
+    }
     pub fn jwt_private_key_file() -> String {
         let home = std::env::var("HOME").unwrap_or_default();
         var(
@@ -88,7 +96,7 @@ pub fn free_port() -> u16 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let r = h.finish();
-        let base = if r % 2 == 0 { 10_000 } else { 20_000 };
+        let base = if r.is_multiple_of(2) { 10_000 } else { 20_000 };
         let port = base + ((r / 2) % 7_000) as u16;
         // 10000-16999 or 20000-26999: clear of the bench stack (18xxx-19xxx), the test stack
         // (28xxx-29xxx) and the development stack (below 10000, 27017).

@@ -41,7 +41,7 @@ impl Access {
 
     /// Waits (bounded) until the tail has handed the hub everything the log holds now for the
     /// room's partition. A room created or joined a moment ago is then known to the hub.
-    async fn catch_up(&self, hub: &Hub, room_id: &str) -> Result<(), FanoutError> {
+    pub async fn catch_up(&self, hub: &Hub, room_id: &str) -> Result<(), FanoutError> {
         let partition = schemas::partition::partition_for(room_id, self.partitions);
         let consumer = self.watermarks.clone();
         let (_, high) = tokio::task::spawn_blocking(move || {

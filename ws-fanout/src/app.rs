@@ -49,6 +49,7 @@ pub fn router(
         });
     let api = Router::new()
         .route("/v1/ws", get(upgrade))
+        .route("/v1/poll", get(crate::poll::poll))
         .fallback(|| async {
             platform::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -44,6 +44,9 @@ pub struct Config {
     /// (STACK.md: the local broker sleeps out the whole wait even when it has data, so a long
     /// wait throttles the tail, which must repair every loss of the fast channel).
     pub fetch_wait_ms: u32,
+    /// `CHAT_WS_PRESENCE_TTL_SECS` (45): a connection whose node stopped refreshing it counts
+    /// as gone after this long (the user goes offline when it was their last).
+    pub presence_ttl: Duration,
 }
 
 impl Config {
@@ -65,6 +68,7 @@ impl Config {
             idle_timeout: Duration::from_secs(env_or("CHAT_WS_IDLE_SECS", 60u64)?.max(2)),
             auth_timeout: Duration::from_secs(env_or("CHAT_WS_AUTH_SECS", 10u64)?.max(1)),
             fetch_wait_ms: env_or("CHAT_WS_FETCH_WAIT_MS", 5u32)?,
+            presence_ttl: Duration::from_secs(env_or("CHAT_WS_PRESENCE_TTL_SECS", 45u64)?.max(1)),
         })
     }
 }

@@ -2,6 +2,9 @@
 //! acknowledged them (the local broker hands records to consumers far slower than it
 //! acknowledges them). Every copy goes through the same room line as the log's, which releases
 //! only `head + 1`; anything lost or reordered here is repaired by the log.
+//!
+//! The same subscription carries the ephemeral signals between nodes: typing indicators and
+//! presence transitions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +16,16 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::line::Origin;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol;
+use crate::typing::Typing;
 
 pub struct Fast {
     pub redis_url: String,
-    pub channel: String,
+    /// `CHAT_REDIS_PREFIX`: the channels' names start with it.
+    pub prefix: String,
+    pub typing: Arc<Typing>,
+    pub presence: Arc<Presence>,
     pub codec: Arc<EventCodec>,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
@@ -42,7 +50,12 @@ impl Fast {
     async fn listen(&self, stop: &CancellationToken) -> Result<(), redis::RedisError> {
         let client = redis::Client::open(self.redis_url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&self.channel).await?;
+        let events = platform::cache::room_events_channel(&self.prefix);
+        let typing = crate::typing::channel(&self.prefix);
+        let presence = crate::presence::channel(&self.prefix);
+        pubsub
+            .subscribe(&[events.as_str(), typing.as_str(), presence.as_str()])
+            .await?;
         let mut messages = pubsub.on_message();
         loop {
             let message = tokio::select! {
@@ -52,6 +65,17 @@ impl Fast {
             let Some(message) = message else {
                 return Ok(());
             };
+            let name = message.get_channel_name();
+            if name == typing {
+                self.typing.receive(message.get_payload_bytes());
+                continue;
+            }
+            if name == presence {
+                let presence = self.presence.clone();
+                let payload = message.get_payload_bytes().to_vec();
+                tokio::spawn(async move { presence.receive(&payload).await });
+                continue;
+            }
             let Ok(event) = self.codec.decode(message.get_payload_bytes()).await else {
                 self.metrics.undecodable.inc();
                 continue;

@@ -14,6 +14,7 @@ use schemas::topics::Topic;
 use crate::error::FanoutError;
 use crate::hub::Hub;
 
+#[derive(Clone)]
 pub struct Heads {
     redis: ConnectionManager,
     /// `CHAT_REDIS_PREFIX`: the projector's live generation is looked up under it.
@@ -64,6 +65,30 @@ impl Heads {
 }
 
 impl Heads {
+    /// Whether the presence projector's read model lists `user_id` among the room's members
+    /// (asked when the log since the tail's start does not say).
+    pub async fn is_member(&self, room_id: &str, user_id: &str) -> Result<bool, FanoutError> {
+        let prefix = self.prefix().await?;
+        let mut redis = self.redis.clone();
+        redis::cmd("SISMEMBER")
+            .arg(format!("{prefix}members:{room_id}"))
+            .arg(user_id)
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| FanoutError::Unavailable(format!("redis: {e}")))
+    }
+
+    /// The rooms the presence projector lists for `user_id`.
+    pub async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, FanoutError> {
+        let prefix = self.prefix().await?;
+        let mut redis = self.redis.clone();
+        redis::cmd("SMEMBERS")
+            .arg(format!("{prefix}user_rooms:{user_id}"))
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| FanoutError::Unavailable(format!("redis: {e}")))
+    }
+
     /// Readiness: Redis answers.
     pub async fn ping(&self) -> Result<(), String> {
         platform::cache::ping(&self.redis).await

@@ -47,6 +47,12 @@ impl Outlet {
         )
     }
 
+    /// Queues an ephemeral frame (typing, presence): dropped, not marking the socket, when the
+    /// queue is full, because it is no part of the room's ordered stream.
+    pub fn push_ephemeral(&self, frame: Frame) -> bool {
+        self.tx.try_send(frame).is_ok()
+    }
+
     /// Queues a frame; false (and `behind` cancelled) when the socket cannot take it.
     pub fn push(&self, frame: Frame) -> bool {
         match self.tx.try_send(frame) {
@@ -294,6 +300,62 @@ impl Hub {
             return Vec::new();
         };
         room
+    }
+
+    /// Shows an ephemeral frame to the room's subscribers here, except `skip_user`'s own sockets
+    /// and the sockets in `seen` (one frame per socket when a caller covers several rooms).
+    pub fn broadcast(
+        &self,
+        room_id: &str,
+        frame: &Frame,
+        skip_user: &str,
+        seen: &mut std::collections::HashSet<u64>,
+    ) -> usize {
+        let shard = self.shard(room_id);
+        let Some(room) = shard.get(room_id) else {
+            return 0;
+        };
+        let mut shown = 0;
+        for (id, outlet) in &room.subscribers {
+            if outlet.user_id != skip_user
+                && seen.insert(*id)
+                && outlet.push_ephemeral(frame.clone())
+            {
+                shown += 1;
+            }
+        }
+        shown
+    }
+
+    /// Rooms with subscribers here where the log showed `user_id` as a member (fresher than
+    /// the read model for someone who just joined).
+    pub fn rooms_with_member(&self, user_id: &str) -> Vec<String> {
+        let mut rooms = Vec::new();
+        for shard in &self.shards {
+            let shard = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for (id, room) in shard.iter() {
+                if !room.subscribers.is_empty()
+                    && room.facts.members.get(user_id) == Some(&Standing::Member)
+                {
+                    rooms.push(id.clone());
+                }
+            }
+        }
+        rooms
+    }
+
+    /// The user's standing in the room as far as the log showed it since the tail started.
+    pub fn standing(&self, room_id: &str, user_id: &str) -> Option<Standing> {
+        let shard = self.shard(room_id);
+        let facts = &shard.get(room_id)?.facts;
+        match facts.members.get(user_id) {
+            Some(s) => Some(*s),
+            None if facts.complete => Some(Standing::Left),
+            None => None,
+        }
     }
 
     /// Records a membership change seen on the log.

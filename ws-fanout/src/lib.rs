@@ -14,8 +14,11 @@ pub mod heads;
 pub mod hub;
 pub mod line;
 pub mod metrics;
+pub mod poll;
+pub mod presence;
 pub mod protocol;
 pub mod socket;
 pub mod tail;
+pub mod typing;
 
 pub use error::FanoutError;

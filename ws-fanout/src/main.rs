@@ -9,8 +9,10 @@ use ws_fanout::config::Config;
 use ws_fanout::heads::Heads;
 use ws_fanout::hub::Hub;
 use ws_fanout::metrics::Metrics;
+use ws_fanout::presence::Presence;
 use ws_fanout::socket::Node;
 use ws_fanout::tail::{self, Tail};
+use ws_fanout::typing::Typing;
 
 /// Events kept for resumes over all rooms before idle rooms forget theirs.
 const KEPT_EVENTS_BUDGET: usize = 200_000;
@@ -47,12 +49,32 @@ async fn main() -> anyhow::Result<()> {
         hub.clone(),
     )?;
     let stop = CancellationToken::new();
+    let typing = Arc::new(Typing::new(
+        redis.clone(),
+        &config.redis_prefix,
+        hub.clone(),
+        metrics.clone(),
+    ));
+    let presence = Arc::new(Presence::new(
+        redis.clone(),
+        &config.redis_prefix,
+        &config.brokers,
+        config.presence_ttl,
+        codec.clone(),
+        hub.clone(),
+        heads.clone(),
+        metrics.clone(),
+    )?);
+    tokio::spawn(typing.clone().expire(stop.clone()));
+    tokio::spawn(presence.clone().keep(stop.clone()));
     let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
     tokio::spawn(watermarks.watch_lag(hub.clone(), metrics.clone(), stop.clone()));
     tokio::spawn(
         ws_fanout::fast::Fast {
             redis_url: config.redis_url.clone(),
-            channel: platform::cache::room_events_channel(&config.redis_prefix),
+            prefix: config.redis_prefix.clone(),
+            typing: typing.clone(),
+            presence: presence.clone(),
             codec: codec.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -87,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
         http,
         metrics,
         stop.clone(),
+        typing,
+        presence,
     )?);
     let router = ws_fanout::app::router(node, registry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

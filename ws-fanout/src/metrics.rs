@@ -19,6 +19,11 @@ pub struct Metrics {
     pub closes: IntCounterVec,
     pub kept_events: IntGauge,
     pub tail_lag: IntGauge,
+    /// Typing indicators by outcome: relayed to the room, or absorbed by the per-socket limit.
+    pub typing: IntCounterVec,
+    /// Presence transitions this node decided, by status.
+    pub presence: IntCounterVec,
+    pub polls: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +73,18 @@ impl Metrics {
                 &["reason"],
             )?,
             kept_events: IntGauge::new("ws_kept_events", "Events kept for resumes over all rooms")?,
+            typing: IntCounterVec::new(
+                Opts::new("ws_typing_total", "Typing indicators by outcome"),
+                &["outcome"],
+            )?,
+            presence: IntCounterVec::new(
+                Opts::new(
+                    "ws_presence_transitions_total",
+                    "Presence transitions this node decided, by status",
+                ),
+                &["status"],
+            )?,
+            polls: IntCounter::new("ws_polls_total", "Long polls answered")?,
             tail_lag: IntGauge::new(
                 "ws_tail_lag_records",
                 "Room-topic records the log tail has not handed to the hub yet",
@@ -88,6 +105,9 @@ impl Metrics {
         registry.register(Box::new(m.closes.clone()))?;
         registry.register(Box::new(m.kept_events.clone()))?;
         registry.register(Box::new(m.tail_lag.clone()))?;
+        registry.register(Box::new(m.typing.clone()))?;
+        registry.register(Box::new(m.presence.clone()))?;
+        registry.register(Box::new(m.polls.clone()))?;
         Ok(m)
     }
 }

@@ -21,10 +21,12 @@ use crate::access::Access;
 use crate::config::Config;
 use crate::error::FanoutError;
 use crate::heads::Heads;
-use crate::hub::{Hub, Joined, Outlet};
+use crate::hub::{Hub, Joined, Outlet, Standing};
 use crate::line::Frame;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol::{self, ClientFrame};
+use crate::typing::{Throttle, Typing};
 
 /// Close codes (RFC 6455 and the 4000 range for the application).
 pub mod close {
@@ -48,6 +50,8 @@ pub struct Node {
     pub http: reqwest::Client,
     pub metrics: Metrics,
     pub stop: CancellationToken,
+    pub typing: Arc<Typing>,
+    pub presence: Arc<Presence>,
     next_id: AtomicU64,
 }
 
@@ -61,6 +65,8 @@ impl Node {
         http: reqwest::Client,
         metrics: Metrics,
         stop: CancellationToken,
+        typing: Arc<Typing>,
+        presence: Arc<Presence>,
     ) -> Result<Self, FanoutError> {
         let access = Access::new(
             http.clone(),
@@ -77,8 +83,17 @@ impl Node {
             http,
             metrics,
             stop,
+            typing,
+            presence,
             next_id: AtomicU64::new(1),
         })
+    }
+}
+
+impl Node {
+    /// A node-unique id for a socket or a poll's outlet.
+    pub fn next_socket_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -89,6 +104,7 @@ struct Session {
     rooms: BTreeSet<String>,
     /// In-flight `send` frames of this socket (each is an HTTP command).
     sends: Arc<Semaphore>,
+    typing: Throttle,
 }
 
 fn now_secs() -> i64 {
@@ -117,7 +133,23 @@ async fn send_bounded(socket: &mut WebSocket, message: Message) -> bool {
 }
 
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
-    send_bounded(socket, close_message(code, reason)).await;
+    if send_bounded(socket, close_message(code, reason)).await {
+        finish_close(socket).await;
+    }
+}
+
+/// Reads until the client's own close frame (briefly): dropping a connection that still has
+/// unread client frames (pongs, late sends) makes the kernel reset it, and a reset discards
+/// what the client had not read yet, our close frame included.
+async fn finish_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -136,7 +168,7 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
     let Some((claims, token)) = authenticate(&node, &mut socket, url_token).await else {
         return;
     };
-    let id = node.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = node.next_socket_id();
     let (outlet, rx) = Outlet::new(id, claims.sub.clone(), node.config.socket_queue);
     let mut session = Session {
         claims,
@@ -144,11 +176,21 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
         outlet,
         rooms: BTreeSet::new(),
         sends: Arc::new(Semaphore::new(8)),
+        typing: Throttle::default(),
     };
     node.metrics.sockets.inc();
+    let user = session.claims.sub.clone();
+    node.presence.connected(id, &user).await;
     let reason = run(&node, &mut socket, &mut session, rx).await;
     for room in &session.rooms {
         node.hub.leave(room, session.outlet.id);
+    }
+    if reason == "shutdown" {
+        // The client reconnects to another node within seconds: its connection here simply
+        // lapses, so a restart does not flap the user offline and online.
+        node.presence.forget(id);
+    } else {
+        node.presence.disconnected(id, &user).await;
     }
     node.metrics.sockets.dec();
     node.metrics.closes.with_label_values(&[reason]).inc();
@@ -240,7 +282,9 @@ async fn run(
                     }
                     socket.send(close_message(close::TRY_AGAIN, "fell behind; resync")).await
                 };
-                let _ = tokio::time::timeout(BEHIND_NOTICE_GRACE, notice).await;
+                if matches!(tokio::time::timeout(BEHIND_NOTICE_GRACE, notice).await, Ok(Ok(()))) {
+                    finish_close(socket).await;
+                }
                 return "behind";
             }
             _ = &mut expiry => {
@@ -357,9 +401,7 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
             content,
             reply_to,
         } => send(node, session, room_id, client_msg_id, content, reply_to),
-        ClientFrame::Typing { .. } => Err(FanoutError::Invalid(
-            "typing indicators are not available on this node yet".into(),
-        )),
+        ClientFrame::Typing { room_id } => typing(node, session, &room_id).await,
     };
     let outcome = if result.is_ok() { "ok" } else { "error" };
     node.metrics
@@ -421,6 +463,36 @@ async fn subscribe(
         }
     }
     Ok(())
+}
+
+/// Only a member subscribed to the room on this socket may show as typing in it.
+async fn typing(node: &Arc<Node>, session: &mut Session, room_id: &str) -> Result<(), FanoutError> {
+    if !session.rooms.contains(room_id) {
+        return Err(FanoutError::Invalid(
+            "subscribe to the room before sending typing indicators to it".into(),
+        ));
+    }
+    let user = &session.claims.sub;
+    let mut standing = node.hub.standing(room_id, user);
+    if standing != Some(Standing::Member) {
+        // Maybe joined a moment ago: read what the log holds now before saying no.
+        node.access.catch_up(&node.hub, room_id).await?;
+        standing = node.hub.standing(room_id, user);
+    }
+    let member = match standing {
+        Some(standing) => standing == Standing::Member,
+        None => node.heads.is_member(room_id, user).await?,
+    };
+    if !member {
+        return Err(FanoutError::Forbidden(
+            "only members of a room can type in it".into(),
+        ));
+    }
+    if !session.typing.allow(room_id) {
+        node.metrics.typing.with_label_values(&["absorbed"]).inc();
+        return Ok(());
+    }
+    node.typing.publish(room_id, user).await
 }
 
 /// A socket `send` is the HTTP post of API.md made with the caller's token, so it gets exactly

@@ -276,3 +276,31 @@ async fn the_log_repairs_every_loss_of_the_fast_channel() -> anyhow::Result<()> 
     assert!(log > 0.0, "the log repaired nothing ({fast} fast)");
     Ok(())
 }
+
+/// Two nodes, readers split across them: every reader, whichever node it is on, ends with the
+/// same exact sequence (each node tails every partition itself).
+#[tokio::test]
+async fn readers_on_two_nodes_see_the_same_sequence() -> anyhow::Result<()> {
+    let first = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let second = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let commands = Api::new(env::commands_url());
+    let (room, readers, authors) = busy_room(&commands, "wstwo", 4, 20).await?;
+    let (final_tx, final_rx) = watch::channel(0i64);
+    let mut reading = spawn_readers(&first, &readers[..2], &room, 0x51ed27a1, &final_rx);
+    reading.extend(spawn_readers(
+        &second,
+        &readers[2..],
+        &room,
+        0x7c3b9f05,
+        &final_rx,
+    ));
+
+    let final_seq = post_all(commands, &room, authors, 50, "two").await?;
+    assert_eq!(final_seq, 1 + 24 + 1000);
+    final_tx.send(final_seq)?;
+    same_full_sequence(reading, final_seq).await?;
+    for node in [&first, &second] {
+        assert_eq!(node.metric("ws_log_gaps_total").await, 0.0);
+    }
+    Ok(())
+}

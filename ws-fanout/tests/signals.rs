@@ -1,0 +1,290 @@
+//! The ephemeral side of the socket and the long-polling fallback: presence seen by co-members
+//! (and written to `chat.presence-events`, including when a node dies), typing seen and
+//! expiring, and long polls that deliver exactly the sequence a socket sees.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Node};
+use serde_json::{Value, json};
+use test_support::{Api, User, env, wait_for};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Waits for a frame of `kind` matching `pred`, skipping everything else.
+async fn until_match(
+    client: &mut Client,
+    kind: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    loop {
+        let frame = client.until(kind, T).await?;
+        if pred(&frame) {
+            return Ok(frame);
+        }
+    }
+}
+
+async fn subscribed(url: &str, user: &User, room: &str) -> anyhow::Result<Client> {
+    let mut client = Client::connect(url, Some(&user.access_token)).await?;
+    client
+        .send(json!({"type": "subscribe", "room_id": room, "ref": "s"}))
+        .await?;
+    client.until("subscribed", T).await?;
+    Ok(client)
+}
+
+async fn presence_log(user: &str) -> anyhow::Result<Vec<String>> {
+    let events = test_support::log::read_key(
+        &env::kafka_brokers(),
+        &env::registry_url(),
+        schemas::topics::PRESENCE_EVENTS,
+        user,
+    )
+    .await?;
+    Ok(events
+        .iter()
+        .filter_map(|e| match e {
+            schemas::DomainEvent::PresenceChanged(p) => {
+                Some(format!("{:?}", p.status).to_lowercase())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn presence_reaches_co_members_and_the_log_also_when_a_node_dies() -> anyhow::Result<()> {
+    let ttl = [("CHAT_WS_PRESENCE_TTL_SECS", "3")];
+    let node = Node::start(&ttl).await?;
+    let commands = Api::new(env::commands_url());
+    let watcher = commands.user("wspres").await?;
+    let room = commands.create_room(&watcher, "public").await?;
+    let friend = commands.user("wspres").await?;
+    commands.join(&friend, &room).await?;
+    let mut watching = subscribed(&node.ws_url, &watcher, &room).await?;
+
+    // The friend connects: online for the watcher; closes: offline.
+    let friend_socket = Client::connect(&node.ws_url, Some(&friend.access_token)).await?;
+    let online = until_match(&mut watching, "presence", |f| {
+        f["user_id"] == friend.user_id
+    })
+    .await?;
+    assert_eq!(online["status"], "online");
+    drop(friend_socket);
+    let offline = until_match(&mut watching, "presence", |f| {
+        f["user_id"] == friend.user_id
+    })
+    .await?;
+    assert_eq!(offline["status"], "offline");
+
+    // A second node dies with the friend connected: the connection lapses after the TTL and
+    // the first node's sweep declares the friend offline.
+    let mut doomed = Node::start(&ttl).await?;
+    let _kept = Client::connect(&doomed.ws_url, Some(&friend.access_token)).await?;
+    let online = until_match(&mut watching, "presence", |f| {
+        f["user_id"] == friend.user_id
+    })
+    .await?;
+    assert_eq!(online["status"], "online");
+    doomed.service.kill9()?;
+    let offline = until_match(&mut watching, "presence", |f| {
+        f["user_id"] == friend.user_id
+    })
+    .await?;
+    assert_eq!(offline["status"], "offline");
+
+    // The transitions are on the topic, in order, and the read model follows.
+    let log = presence_log(&friend.user_id).await?;
+    assert_eq!(log, ["online", "offline", "online", "offline"]);
+    let query = Api::new(env::query_url());
+    let _kept = Client::connect(&node.ws_url, Some(&friend.access_token)).await?;
+    wait_for("the read model to show the friend online", T, || async {
+        let answer = query
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/rooms/{room}/presence"),
+                Some(&watcher.access_token),
+                None,
+            )
+            .await
+            .ok()?;
+        answer.body["online"]
+            .as_array()?
+            .iter()
+            .any(|u| u == friend.user_id.as_str())
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn typing_is_seen_by_the_room_and_expires() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let commands = Api::new(env::commands_url());
+    let reader = commands.user("wstype").await?;
+    let room = commands.create_room(&reader, "public").await?;
+    let typist = commands.user("wstype").await?;
+    commands.join(&typist, &room).await?;
+    let visitor = commands.user("wstype").await?;
+    let mut reading = subscribed(&node.ws_url, &reader, &room).await?;
+    let mut typing = subscribed(&node.ws_url, &typist, &room).await?;
+
+    typing
+        .send(json!({"type": "typing", "room_id": room}))
+        .await?;
+    let shown = until_match(&mut reading, "typing", |f| f["user_id"] == typist.user_id).await?;
+    assert_eq!(shown["room_id"], room.as_str());
+    assert_eq!(shown["active"], true);
+    assert!(shown["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0));
+    // A burst within the interval is absorbed, not relayed and not refused.
+    for _ in 0..5 {
+        typing
+            .send(json!({"type": "typing", "room_id": room}))
+            .await?;
+    }
+    let ended = until_match(&mut reading, "typing", |f| f["user_id"] == typist.user_id).await?;
+    assert_eq!(ended["active"], false, "{ended}");
+    assert!(
+        node.metric("ws_typing_total{outcome=\"absorbed\"}").await >= 5.0,
+        "{}",
+        node.state().await
+    );
+    assert_eq!(
+        node.metric("ws_typing_total{outcome=\"relayed\"}").await,
+        1.0
+    );
+
+    // Not subscribed, or subscribed to a public room without being a member: refused.
+    let mut stranger = Client::connect(&node.ws_url, Some(&visitor.access_token)).await?;
+    stranger
+        .send(json!({"type": "typing", "room_id": room}))
+        .await?;
+    assert_eq!(stranger.until("error", T).await?["code"], "invalid_input");
+    stranger
+        .send(json!({"type": "subscribe", "room_id": room}))
+        .await?;
+    stranger.until("subscribed", T).await?;
+    stranger
+        .send(json!({"type": "typing", "room_id": room}))
+        .await?;
+    assert_eq!(stranger.until("error", T).await?["code"], "forbidden");
+    Ok(())
+}
+
+async fn poll(
+    http: &reqwest::Client,
+    node: &Node,
+    token: Option<&str>,
+    query: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = http.get(format!("{}/v1/poll?{query}", node.http_url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn long_polling_delivers_the_same_sequence_as_the_socket() -> anyhow::Result<()> {
+    let node = Node::start(&[("CHAT_WS_ROOM_BUFFER", "5000")]).await?;
+    let commands = Api::new(env::commands_url());
+    let owner = commands.user("wspoll").await?;
+    let room = commands.create_room(&owner, "public").await?;
+    let http = reqwest::Client::new();
+
+    // Bad polls: clear errors.
+    let token = owner.access_token.as_str();
+    let (status, body) = poll(&http, &node, None, &format!("room_id={room}&since_seq=0")).await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("missing_token"))
+    );
+    for bad in [
+        format!("room_id={room}"),
+        format!("room_id={room}&since_seq=-1"),
+        format!("room_id={room}&since_seq=0&wait_ms=999999"),
+        "room_id=nope&since_seq=0".to_string(),
+        format!("room_id={room}&since_seq=999999&wait_ms=0"),
+    ] {
+        let (status, body) = poll(&http, &node, Some(token), &bad).await?;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_input", "{bad}: {body}");
+    }
+    // Nothing new: an empty answer after the wait.
+    let (status, body) = poll(
+        &http,
+        &node,
+        Some(token),
+        &format!("room_id={room}&since_seq=1&wait_ms=300"),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], json!([]));
+    assert_eq!(body["next_since_seq"], 1);
+
+    // A socket and a poller follow the room while 300 messages are posted.
+    let mut socket = Client::connect(&node.ws_url, Some(token)).await?;
+    socket
+        .send(json!({"type": "subscribe", "room_id": room, "since_seq": 0}))
+        .await?;
+    socket.until("subscribed", T).await?;
+    let final_seq = 1 + 300;
+    let poller = {
+        let (http, url, room, token) = (
+            http.clone(),
+            node.http_url.clone(),
+            room.clone(),
+            owner.access_token.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seen: Vec<(i64, String)> = Vec::new();
+            let mut since = 0i64;
+            while since < final_seq {
+                let response = http
+                    .get(format!(
+                        "{url}/v1/poll?room_id={room}&since_seq={since}&wait_ms=5000"
+                    ))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "poll: {}",
+                    response.status()
+                );
+                let body: Value = response.json().await?;
+                anyhow::ensure!(body.get("resync").is_none(), "resync: {body}");
+                for e in body["events"].as_array().into_iter().flatten() {
+                    let seq = e["seq"].as_i64().unwrap_or(-1);
+                    anyhow::ensure!(seq == since + 1, "after {since} the poll gave {seq}");
+                    since = seq;
+                    seen.push((seq, e["event"]["envelope"]["event_id"].to_string()));
+                }
+                anyhow::ensure!(body["next_since_seq"] == since, "{body}");
+            }
+            anyhow::Ok(seen)
+        })
+    };
+    for i in 0..300 {
+        commands
+            .post_until_accepted(&owner, &room, &format!("p-{i}"), &format!("poll {i}"), T)
+            .await?;
+    }
+    let mut from_socket = Vec::new();
+    while from_socket.len() < final_seq as usize {
+        let e = socket.until("event", T).await?;
+        from_socket.push((
+            e["seq"].as_i64().unwrap_or(-1),
+            e["event"]["envelope"]["event_id"].to_string(),
+        ));
+    }
+    let from_poll = poller.await??;
+    assert_eq!(from_poll.len(), final_seq as usize);
+    assert_eq!(from_poll, from_socket);
+    Ok(())
+}
