@@ -63,7 +63,17 @@ async fn presence_reaches_co_members_and_the_log_also_when_a_node_dies() -> anyh
     let room = commands.create_room(&watcher, "public").await?;
     let friend = commands.user("wspres").await?;
     commands.join(&friend, &room).await?;
-    let mut watching = subscribed(&node.ws_url, &watcher, &room).await?;
+    let mut watching = Client::connect(&node.ws_url, Some(&watcher.access_token)).await?;
+    watching
+        .send(json!({"type": "subscribe", "room_id": room, "since_seq": 0}))
+        .await?;
+    // Presence goes to the co-members the node knows of (from the log, or the read model):
+    // wait until it has seen the friend join, as it would have for anyone not joining this
+    // very second.
+    until_match(&mut watching, "event", |f| {
+        f["event"]["kind"] == "member_joined"
+    })
+    .await?;
 
     // The friend connects: online for the watcher; closes: offline.
     let friend_socket = Client::connect(&node.ws_url, Some(&friend.access_token)).await?;

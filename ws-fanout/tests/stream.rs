@@ -23,7 +23,7 @@ async fn read_with_drops(
     token: String,
     room: String,
     seed: u64,
-    final_seq: watch::Receiver<i64>,
+    mut final_seq: watch::Receiver<i64>,
 ) -> anyhow::Result<(BTreeMap<i64, String>, usize)> {
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
     let mut last = 0i64;
@@ -54,9 +54,10 @@ async fn read_with_drops(
             }
             // Long: events stop while the write tier is briefly unavailable (the local broker
             // can time out its group session under load); the posts retry meanwhile.
-            let frame = match client.next(Duration::from_secs(300)).await? {
-                Incoming::Json(v) => v,
-                Incoming::Closed(c) => anyhow::bail!("closed by the node: {c:?}"),
+            let frame = match next_or_final(&mut client, &mut final_seq).await? {
+                None => continue,
+                Some(Incoming::Json(v)) => v,
+                Some(Incoming::Closed(c)) => anyhow::bail!("closed by the node: {c:?}"),
             };
             match frame["type"].as_str() {
                 Some("event") => {
@@ -81,6 +82,21 @@ async fn read_with_drops(
         drop(client);
         reconnects += 1;
         tokio::time::sleep(Duration::from_millis(next_drop() as u64 % 150)).await;
+    }
+}
+
+/// The next frame, or `None` when the final seq became known meanwhile (the reader may hold
+/// the last event already: the fast channel often beats the post's acknowledgement).
+async fn next_or_final(
+    client: &mut Client,
+    final_seq: &mut watch::Receiver<i64>,
+) -> anyhow::Result<Option<Incoming>> {
+    tokio::select! {
+        frame = client.next(Duration::from_secs(300)) => Ok(Some(frame?)),
+        changed = final_seq.changed() => {
+            changed?;
+            Ok(None)
+        }
     }
 }
 
@@ -301,6 +317,106 @@ async fn readers_on_two_nodes_see_the_same_sequence() -> anyhow::Result<()> {
     same_full_sequence(reading, final_seq).await?;
     for node in [&first, &second] {
         assert_eq!(node.metric("ws_log_gaps_total").await, 0.0);
+    }
+    Ok(())
+}
+
+/// Reads the room on `first` until that node stops, then resumes on `second` after the last seq
+/// seen. Returns seq -> event_id and the close code `first` ended the socket with.
+async fn read_across_a_stop(
+    first: String,
+    second: String,
+    token: String,
+    room: String,
+    mut final_seq: watch::Receiver<i64>,
+) -> anyhow::Result<(BTreeMap<i64, String>, Option<(u16, String)>)> {
+    let mut seen = BTreeMap::new();
+    let mut last = 0i64;
+    let mut closed = None;
+    let mut url = first;
+    loop {
+        let mut client = Client::connect(&url, Some(&token)).await?;
+        client
+            .send(json!({"type": "subscribe", "room_id": room, "since_seq": last}))
+            .await?;
+        client.until("subscribed", Duration::from_secs(60)).await?;
+        loop {
+            let target = *final_seq.borrow();
+            if target > 0 && last >= target {
+                return Ok((seen, closed));
+            }
+            match next_or_final(&mut client, &mut final_seq).await? {
+                None => {}
+                Some(Incoming::Json(frame)) => match frame["type"].as_str() {
+                    Some("event") => {
+                        let seq = frame["seq"].as_i64().unwrap_or(-1);
+                        anyhow::ensure!(seq == last + 1, "after seq {last} got seq {seq}");
+                        let id = frame["event"]["envelope"]["event_id"].to_string();
+                        seen.insert(seq, id);
+                        last = seq;
+                    }
+                    Some("resync") | Some("error") => anyhow::bail!("unexpected {frame}"),
+                    _ => {}
+                },
+                Some(Incoming::Closed(c)) => {
+                    anyhow::ensure!(closed.is_none(), "the second node closed too: {c:?}");
+                    closed = Some(c.unwrap_or((0, String::new())));
+                    url = second.clone();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM mid-stream: every socket of the stopping node gets close 1001 with a reconnect hint,
+/// and its readers, resuming on another node after the last seq they saw, still end with
+/// exactly the room's sequence: nothing acknowledged is lost by a node going away.
+#[tokio::test]
+async fn a_node_stopping_mid_stream_loses_nothing_for_its_readers() -> anyhow::Result<()> {
+    let mut stopping = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let staying = Node::start(&[("CHAT_WS_ROOM_BUFFER", "20000")]).await?;
+    let commands = Api::new(env::commands_url());
+    let (room, readers, authors) = busy_room(&commands, "wsterm", 3, 10).await?;
+    let (final_tx, final_rx) = watch::channel(0i64);
+    let reading: Vec<_> = readers
+        .iter()
+        .map(|reader| {
+            tokio::spawn(read_across_a_stop(
+                stopping.ws_url.clone(),
+                staying.ws_url.clone(),
+                reader.access_token.clone(),
+                room.clone(),
+                final_rx.clone(),
+            ))
+        })
+        .collect();
+    let posting = {
+        let room = room.clone();
+        tokio::spawn(async move { post_all(commands, &room, authors, 60, "term").await })
+    };
+    test_support::wait_for(
+        "the readers to be mid-stream",
+        Duration::from_secs(300),
+        || async { (stopping.metric("ws_frames_out_total").await >= 150.0).then_some(()) },
+    )
+    .await?;
+    stopping.service.terminate()?;
+
+    let final_seq = posting.await??;
+    assert_eq!(final_seq, 1 + 13 + 600);
+    final_tx.send(final_seq)?;
+    let mut reference = None;
+    for r in reading {
+        let (seen, closed) = r.await??;
+        let (code, reason) = closed.expect("the stopping node closed every socket");
+        assert_eq!(code, 1001, "{reason}");
+        assert!(reason.contains("since_seq"), "no reconnect hint: {reason}");
+        assert_eq!(seen.len() as i64, final_seq);
+        match &reference {
+            None => reference = Some(seen),
+            Some(r) => assert_eq!(r, &seen, "readers saw different events"),
+        }
     }
     Ok(())
 }
