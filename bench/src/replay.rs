@@ -87,15 +87,17 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
             "log: {written} events (written at {:.0} events/s)",
             written as f64 / write_seconds.max(1e-9)
         );
-        // What the broker hands one plain consumer with no decoding and no store: the ceiling
-        // every replay below is under.
-        let (records, seconds) = broker_read(&brokers).await?;
-        let rate = records as f64 / seconds.max(1e-9);
-        println!(
-            "  {:<10} {records:>9} records in {seconds:>7.1} s = {rate:>8.0} records/s (raw read, no store)",
-            "broker"
-        );
-        runs.push(json!({"log_events": written, "target": "broker_raw_read", "events": records, "seconds": seconds, "events_per_second": rate}));
+        // What the broker hands plain consumers with no decoding and no store: the ceiling
+        // every replay below is under (one consumer, as a rebuild reads, and four).
+        for readers in [1, 4] {
+            let (records, seconds) = broker_read(&brokers, readers).await?;
+            let rate = records as f64 / seconds.max(1e-9);
+            println!(
+                "  {:<10} {records:>9} records in {seconds:>7.1} s = {rate:>8.0} records/s (raw read by {readers} consumer(s), no store)",
+                "broker"
+            );
+            runs.push(json!({"log_events": written, "target": "broker_raw_read", "readers": readers, "events": records, "seconds": seconds, "events_per_second": rate}));
+        }
         for target in &args.targets {
             if target == "mongo" && written > args.mongo_max {
                 println!(
@@ -217,41 +219,61 @@ async fn mongo_ceiling(url: &str) -> anyhow::Result<MongoCeiling> {
     })
 }
 
-/// Reads every record of the three event topics from the start with one plain consumer (no
-/// group, no decoding); returns the record count and the seconds it took.
-async fn broker_read(brokers: &str) -> anyhow::Result<(u64, f64)> {
+/// Reads every record of the event topics from the start with `readers` plain consumers in
+/// parallel (partitions dealt round-robin; no group, no decoding); returns the record count and
+/// the seconds until the last reader finished.
+async fn broker_read(brokers: &str, readers: usize) -> anyhow::Result<(u64, f64)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let brokers = brokers.to_string();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, f64)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+    let consumer = |brokers: &str| -> anyhow::Result<BaseConsumer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", brokers)
             .set("group.id", format!("bench-read-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        let mut total = 0i64;
-        for topic in schemas::topics::Topic::ALL {
-            let name = topic.name();
-            let partitions =
-                schemas::kafka::partition_count(&consumer, name, Duration::from_secs(10))?;
-            for p in 0..partitions {
-                let (low, high) = consumer.fetch_watermarks(name, p, Duration::from_secs(10))?;
-                total += high - low;
-                assignment.add_partition_offset(name, p, Offset::Beginning)?;
+            .create()?)
+    };
+    let probe = consumer(brokers)?;
+    let mut shares: Vec<(TopicPartitionList, i64)> = (0..readers.max(1))
+        .map(|_| (TopicPartitionList::new(), 0))
+        .collect();
+    let mut next = 0usize;
+    for topic in schemas::topics::Topic::ALL {
+        let name = topic.name();
+        let partitions = schemas::kafka::partition_count(&probe, name, Duration::from_secs(10))?;
+        for p in 0..partitions {
+            let (low, high) = probe.fetch_watermarks(name, p, Duration::from_secs(10))?;
+            if high <= low {
+                continue;
             }
+            let count = shares.len();
+            let share = &mut shares[next % count];
+            share.0.add_partition_offset(name, p, Offset::Beginning)?;
+            share.1 += high - low;
+            next += 1;
         }
-        consumer.assign(&assignment)?;
-        let started = Instant::now();
-        let mut read = 0i64;
-        while read < total {
-            match consumer.poll(Duration::from_secs(30)) {
-                Some(Ok(_)) => read += 1,
-                Some(Err(e)) => bail!("broker read: {e}"),
-                None => bail!("broker read stalled at {read} of {total} records"),
-            }
-        }
-        Ok((read as u64, started.elapsed().as_secs_f64()))
-    })
-    .await?
+    }
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for (assignment, total) in shares {
+        let reader = consumer(brokers)?;
+        threads.push(tokio::task::spawn_blocking(
+            move || -> anyhow::Result<i64> {
+                reader.assign(&assignment)?;
+                let mut read = 0i64;
+                while read < total {
+                    match reader.poll(Duration::from_secs(30)) {
+                        Some(Ok(_)) => read += 1,
+                        Some(Err(e)) => bail!("broker read: {e}"),
+                        None => bail!("broker read stalled at {read} of {total} records"),
+                    }
+                }
+                Ok(read)
+            },
+        ));
+    }
+    let mut read = 0i64;
+    for t in threads {
+        read += t.await??;
+    }
+    Ok((read as u64, started.elapsed().as_secs_f64()))
 }
