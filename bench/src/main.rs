@@ -4,6 +4,7 @@
 mod commands;
 mod replay;
 mod report;
+mod sockets;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Commands(commands::Args),
     /// Rebuild rate of each read model from the log (`replay-tools rebuild`), 100k to 1M events.
     Replay(replay::Args),
+    /// Idle sockets one fan-out node holds, RSS per socket, connection set-up latency.
+    Sockets(sockets::Args),
 }
 
 #[tokio::main]
@@ -31,5 +34,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Commands(args) => commands::run(args, &cli.results).await,
         Command::Replay(args) => replay::run(args, &cli.results).await,
+        Command::Sockets(args) => sockets::run(args, &cli.results).await,
     }
 }
