@@ -85,6 +85,7 @@ impl Fast {
             if let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) {
                 let frame: Arc<str> = Arc::from(protocol::event_frame(room, seq, &event));
                 self.hub.offer(room, seq, frame, Origin::Fast);
+                crate::tail::note_membership(&self.hub, room, seq, &event);
             }
         }
     }

@@ -81,7 +81,9 @@ struct RoomFacts {
     /// The tail saw seq 1: everything about the room is known here.
     complete: bool,
     public: Option<bool>,
-    members: HashMap<String, Standing>,
+    /// Each user's standing and the seq of the event that said so (copies of events arrive
+    /// from the log and the fast channel in different orders; the later seq wins).
+    members: HashMap<String, (Standing, i64)>,
 }
 
 /// A user's standing in a room, as the log last said.
@@ -338,7 +340,7 @@ impl Hub {
             };
             for (id, room) in shard.iter() {
                 if !room.subscribers.is_empty()
-                    && room.facts.members.get(user_id) == Some(&Standing::Member)
+                    && room.facts.members.get(user_id).map(|(s, _)| *s) == Some(Standing::Member)
                 {
                     rooms.push(id.clone());
                 }
@@ -352,16 +354,24 @@ impl Hub {
         let shard = self.shard(room_id);
         let facts = &shard.get(room_id)?.facts;
         match facts.members.get(user_id) {
-            Some(s) => Some(*s),
+            Some((s, _)) => Some(*s),
             None if facts.complete => Some(Standing::Left),
             None => None,
         }
     }
 
-    /// Records a membership change seen on the log.
-    pub fn note_standing(&self, room_id: &str, user_id: &str, standing: Standing) {
+    /// Records a membership change (from the log or an acknowledged fast copy) unless a later
+    /// event about the same user was recorded already.
+    pub fn note_standing(&self, room_id: &str, user_id: &str, standing: Standing, seq: i64) {
         if let Some(room) = self.shard(room_id).get_mut(room_id) {
-            room.facts.members.insert(user_id.to_string(), standing);
+            let entry = room
+                .facts
+                .members
+                .entry(user_id.to_string())
+                .or_insert((standing, seq));
+            if seq >= entry.1 {
+                *entry = (standing, seq);
+            }
         }
     }
 
@@ -378,7 +388,7 @@ impl Hub {
     pub fn verdict(&self, room_id: &str, user_id: &str) -> Option<Verdict> {
         let shard = self.shard(room_id);
         let facts = &shard.get(room_id)?.facts;
-        match facts.members.get(user_id) {
+        match facts.members.get(user_id).map(|(s, _)| *s) {
             Some(Standing::Member) => Some(Verdict::Allow),
             Some(Standing::Banned) => Some(Verdict::Banned),
             _ if facts.complete => match facts.public {

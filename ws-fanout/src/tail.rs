@@ -230,21 +230,12 @@ impl Tail {
         let public = |v: &Visibility| *v == Visibility::Public;
         match event {
             DomainEvent::RoomCreated(e) => {
-                self.hub.note_room(room, public(&e.visibility), seq == 1);
-                self.hub.note_standing(room, &e.owner_id, Standing::Member);
+                self.hub.note_room(room, public(&e.visibility), seq == 1)
             }
             DomainEvent::RoomUpdated(e) => self.hub.note_room(room, public(&e.visibility), false),
-            DomainEvent::MemberJoined(e) => {
-                self.hub.note_standing(room, &e.member_id, Standing::Member)
-            }
-            DomainEvent::MemberLeft(e) => {
-                self.hub.note_standing(room, &e.member_id, Standing::Left)
-            }
-            DomainEvent::MemberBanned(e) => {
-                self.hub.note_standing(room, &e.member_id, Standing::Banned)
-            }
             _ => {}
         }
+        note_membership(&self.hub, room, seq, event);
         // Whoever left or was banned stops receiving the room at once (after seeing that event).
         let gone = match event {
             DomainEvent::MemberLeft(e) => Some(&e.member_id),
@@ -260,5 +251,22 @@ impl Tail {
                 )));
             }
         }
+    }
+}
+
+/// Records who is a member from a membership event. Called for log records and for fast
+/// copies alike (both are acknowledged events; the seq decides between them), so a node learns
+/// of a join as soon as the first copy arrives.
+pub fn note_membership(hub: &Hub, room: &str, seq: i64, event: &DomainEvent) {
+    match event {
+        DomainEvent::RoomCreated(e) => hub.note_standing(room, &e.owner_id, Standing::Member, seq),
+        DomainEvent::MemberJoined(e) => {
+            hub.note_standing(room, &e.member_id, Standing::Member, seq)
+        }
+        DomainEvent::MemberLeft(e) => hub.note_standing(room, &e.member_id, Standing::Left, seq),
+        DomainEvent::MemberBanned(e) => {
+            hub.note_standing(room, &e.member_id, Standing::Banned, seq)
+        }
+        _ => {}
     }
 }
