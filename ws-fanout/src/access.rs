@@ -3,20 +3,17 @@
 //! answer is exactly what an HTTP read would get. What the log showed since this node started
 //! decides first (see `Hub::verdict`), because the read model may not have projected it yet.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::error::FanoutError;
 use crate::hub::{Hub, Verdict};
+use crate::tail::Watermarks;
 
 pub struct Access {
     http: reqwest::Client,
     query_url: String,
     /// For the log's end when the read API does not know a room yet.
-    watermarks: Arc<BaseConsumer>,
+    watermarks: Watermarks,
     partitions: i32,
 }
 
@@ -27,14 +24,10 @@ impl Access {
         brokers: &str,
         partitions: i32,
     ) -> Result<Self, FanoutError> {
-        let watermarks: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))?;
         Ok(Self {
             http,
             query_url: query_url.trim_end_matches('/').to_string(),
-            watermarks: Arc::new(watermarks),
+            watermarks: Watermarks::new(brokers)?,
             partitions,
         })
     }
@@ -43,17 +36,7 @@ impl Access {
     /// room's partition. A room created or joined a moment ago is then known to the hub.
     pub async fn catch_up(&self, hub: &Hub, room_id: &str) -> Result<(), FanoutError> {
         let partition = schemas::partition::partition_for(room_id, self.partitions);
-        let consumer = self.watermarks.clone();
-        let (_, high) = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(
-                schemas::topics::ROOM_EVENTS,
-                partition,
-                Duration::from_secs(5),
-            )
-        })
-        .await
-        .map_err(|e| FanoutError::Internal(e.to_string()))?
-        .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))?;
+        let high = self.watermarks.high(partition).await?;
         hub.reach(partition, high, Duration::from_secs(5)).await
     }
 

@@ -15,7 +15,7 @@
 //! read model can show the last of them rather than the truth until the user's next transition.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -76,6 +76,12 @@ for _, user in ipairs(users) do
 end
 return gone
 "#;
+
+// Built once: a `Script` hashes its source, and connect/disconnect run on every socket.
+static CONNECT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CONNECT));
+static DISCONNECT_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(DISCONNECT));
+static SWEEP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SWEEP));
 
 pub struct Presence {
     redis: ConnectionManager,
@@ -157,7 +163,7 @@ impl Presence {
     pub async fn connected(&self, socket: u64, user: &str) {
         self.lock().insert(socket, user.to_string());
         let now = now_ms();
-        let first: Result<i64, _> = redis::Script::new(CONNECT)
+        let first: Result<i64, _> = CONNECT_SCRIPT
             .key(self.conns_key(user))
             .key(self.deadlines_key())
             .arg(now)
@@ -181,7 +187,7 @@ impl Presence {
     /// A socket of `user` on this node ended.
     pub async fn disconnected(&self, socket: u64, user: &str) {
         self.lock().remove(&socket);
-        let last: Result<i64, _> = redis::Script::new(DISCONNECT)
+        let last: Result<i64, _> = DISCONNECT_SCRIPT
             .key(self.conns_key(user))
             .key(self.deadlines_key())
             .arg(now_ms())
@@ -303,7 +309,7 @@ impl Presence {
     }
 
     async fn sweep(&self) {
-        let gone: Result<Vec<String>, _> = redis::Script::new(SWEEP)
+        let gone: Result<Vec<String>, _> = SWEEP_SCRIPT
             .key(self.deadlines_key())
             .arg(now_ms())
             .arg(format!("{}ws:conns:", self.prefix))

@@ -121,6 +121,19 @@ impl Watermarks {
         .map_err(|e| FanoutError::Internal(e.to_string()))?
     }
 
+    /// The high watermark (next offset) of one partition.
+    pub async fn high(&self, partition: i32) -> Result<i64, FanoutError> {
+        let client = self.client.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .fetch_watermarks(ROOM_EVENTS, partition, Duration::from_secs(5))
+                .map(|(_, high)| high)
+                .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))
+        })
+        .await
+        .map_err(|e| FanoutError::Internal(e.to_string()))?
+    }
+
     /// Keeps the `ws_tail_lag_records` gauge current: records in the log the tail has not
     /// handed to the hub yet, over all partitions.
     pub async fn watch_lag(self, hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) {
