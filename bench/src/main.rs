@@ -1,7 +1,10 @@
 //! Benchmarks. Each prints its numbers and writes `bench/results/<name>.json`; none asserts on
 //! speed (tests never fail because a machine is slow).
 
+mod client;
 mod commands;
+mod delivery;
+mod floor;
 mod replay;
 mod report;
 mod sockets;
@@ -24,8 +27,13 @@ enum Command {
     Commands(commands::Args),
     /// Rebuild rate of each read model from the log (`replay-tools rebuild`), 100k to 1M events.
     Replay(replay::Args),
+    /// Post-to-socket delivery latency at the seed's load, beside the broker's own floor.
+    Delivery(delivery::Args),
     /// Idle sockets one fan-out node holds, RSS per socket, connection set-up latency.
     Sockets(sockets::Args),
+    /// One client process of `sockets` (started by it).
+    #[command(hide = true)]
+    SocketsWorker(sockets::WorkerArgs),
 }
 
 #[tokio::main]
@@ -34,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Commands(args) => commands::run(args, &cli.results).await,
         Command::Replay(args) => replay::run(args, &cli.results).await,
+        Command::Delivery(args) => delivery::run(args, &cli.results).await,
         Command::Sockets(args) => sockets::run(args, &cli.results).await,
+        Command::SocketsWorker(args) => sockets::worker(args).await,
     }
 }

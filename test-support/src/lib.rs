@@ -60,6 +60,26 @@ pub mod env {
     pub fn ws_url() -> String {
         var("CHAT_WS_URL", "http://127.0.0.1:8092")
     }
+    /// Settings of one more ws-fanout node listening on `port`, joined to this stack.
+    pub fn ws_fanout_node(port: u16) -> Vec<(String, String)> {
+        [
+            ("CHAT_WS_LISTEN", format!("127.0.0.1:{port}")),
+            ("CHAT_KAFKA_BROKERS", kafka_brokers()),
+            ("CHAT_REGISTRY_URL", registry_url()),
+            ("CHAT_REDIS_URL", redis_url()),
+            (
+                "CHAT_REDIS_PREFIX",
+                std::env::var("CHAT_REDIS_PREFIX").unwrap_or_default(),
+            ),
+            ("CHAT_JWKS_URL", format!("{}/v1/auth/jwks", commands_url())),
+            ("CHAT_COMMANDS_URL", commands_url()),
+            ("CHAT_QUERY_URL", query_url()),
+            ("RUST_LOG", "info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
     pub fn jwt_private_key_file() -> String {
         let home = std::env::var("HOME").unwrap_or_default();
         var(

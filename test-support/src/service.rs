@@ -17,10 +17,19 @@ pub struct Service {
 impl Service {
     /// Starts `binary` (a name in [`crate::bin_dir`]) with `env` added to the environment.
     pub fn spawn(binary: &str, env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        Self::spawn_path(crate::bin_dir().join(binary), env)
+    }
+
+    /// Starts the executable at `binary` (for programs that are not tests, whose own
+    /// executable does not sit in `deps/`).
+    pub fn spawn_path(binary: PathBuf, env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let mut service = Self {
-            name: binary.to_string(),
+            name: binary
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             child: None,
-            binary: crate::bin_dir().join(binary),
+            binary,
             env,
             log: tempfile::NamedTempFile::new()?,
         };
@@ -79,6 +88,19 @@ impl Service {
     }
 
     /// What the service printed, for failure messages.
+    /// Waits until `url` answers 2xx (its `/readyz`, say); the error carries the service's log.
+    pub async fn wait_ready(&self, url: &str, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait_for(&format!("{} ready", self.name), timeout, || async move {
+            reqwest::get(url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.output()))
+    }
+
     pub fn output(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }

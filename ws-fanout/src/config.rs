@@ -40,9 +40,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// `CHAT_WS_AUTH_SECS`, default 10: time to send the token frame when the URL has none.
     pub auth_timeout: Duration,
-    /// `CHAT_WS_FETCH_WAIT_MS`, default 5: how long the tail's fetches wait at the broker
-    /// (STACK.md: the local broker sleeps out the whole wait even when it has data, so a long
-    /// wait throttles the tail, which must repair every loss of the fast channel).
+    /// `CHAT_WS_FETCH_WAIT_MS`, default 50: how long the tail's fetches wait at the broker.
+    /// Live events reach sockets through the fast channel; the tail repairs its losses, so it
+    /// can be a little slower. Every fetch costs the local broker CPU (measured: one consumer
+    /// fetching every 5 ms kept it 76% busy on an idle stack, every 50 ms 16%), and that CPU is
+    /// what every acknowledgement, hence every delivery, waits for under load.
     pub fetch_wait_ms: u32,
     /// `CHAT_WS_PRESENCE_TTL_SECS` (45): a connection whose node stopped refreshing it counts
     /// as gone after this long (the user goes offline when it was their last).
@@ -67,7 +69,7 @@ impl Config {
             ping_every: Duration::from_secs(env_or("CHAT_WS_PING_SECS", 20u64)?.max(1)),
             idle_timeout: Duration::from_secs(env_or("CHAT_WS_IDLE_SECS", 60u64)?.max(2)),
             auth_timeout: Duration::from_secs(env_or("CHAT_WS_AUTH_SECS", 10u64)?.max(1)),
-            fetch_wait_ms: env_or("CHAT_WS_FETCH_WAIT_MS", 5u32)?,
+            fetch_wait_ms: env_or("CHAT_WS_FETCH_WAIT_MS", 50u32)?,
             presence_ttl: Duration::from_secs(env_or("CHAT_WS_PRESENCE_TTL_SECS", 45u64)?.max(1)),
         })
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use test_support::{Service, env, free_port, wait_for};
+use test_support::{Service, env, free_port};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,44 +23,18 @@ impl Node {
     /// Starts a node with the stack's settings plus `extra`, and waits until it is ready.
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Node> {
         let port = free_port();
-        let mut vars: Vec<(String, String)> = vec![
-            ("CHAT_WS_LISTEN".into(), format!("127.0.0.1:{port}")),
-            ("CHAT_KAFKA_BROKERS".into(), env::kafka_brokers()),
-            ("CHAT_REGISTRY_URL".into(), env::registry_url()),
-            ("CHAT_REDIS_URL".into(), env::redis_url()),
-            (
-                "CHAT_REDIS_PREFIX".into(),
-                std::env::var("CHAT_REDIS_PREFIX").unwrap_or_default(),
-            ),
-            (
-                "CHAT_JWKS_URL".into(),
-                format!("{}/v1/auth/jwks", env::commands_url()),
-            ),
-            ("CHAT_COMMANDS_URL".into(), env::commands_url()),
-            ("CHAT_QUERY_URL".into(), env::query_url()),
-            ("RUST_LOG".into(), "info".into()),
-            // The test log holds every earlier test's records; a node that re-read all of them
-            // would spend the test's time catching up (resumes here stay within a room's buffer).
-            ("CHAT_WS_WARM_RECORDS".into(), "1000".into()),
-        ];
+        let mut vars = env::ws_fanout_node(port);
+        // The test log holds every earlier test's records; a node that re-read all of them
+        // would spend the test's time catching up (resumes here stay within a room's buffer).
+        vars.push(("CHAT_WS_WARM_RECORDS".into(), "1000".into()));
         for (k, v) in extra {
             vars.push((k.to_string(), v.to_string()));
         }
         let service = Service::spawn("ws-fanout", vars)?;
         let http_url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{http_url}/readyz");
-        wait_for("ws-fanout ready", Duration::from_secs(300), || {
-            let ready = ready.clone();
-            async move {
-                reqwest::get(&ready)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", service.output()))?;
+        service
+            .wait_ready(&format!("{http_url}/readyz"), Duration::from_secs(300))
+            .await?;
         Ok(Node {
             service,
             ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),

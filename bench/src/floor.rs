@@ -1,0 +1,198 @@
+//! The broker's own produce-to-consume latency: the floor under every delivery figure.
+//!
+//! A bare producer (the platform's settings: idempotent, acks=all, no lingering) writes
+//! timestamped records at a fixed rate to a topic of its own with as many partitions as the
+//! room log, and one consumer (the platform's fetch settings) reading every partition records
+//! each record's age on arrival. Nothing is decoded or stored, so what it measures is the broker
+//! alone; the platform cannot beat it on the log path on the same machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use crate::report;
+
+pub const TOPIC: &str = "bench.floor";
+
+pub struct Floor {
+    pub rate_per_sec: f64,
+    pub sent: u64,
+    pub acked: u64,
+    pub consumed: u64,
+    pub produce_ack_ms: Value,
+    pub produce_to_consume_ms: Value,
+}
+
+impl Floor {
+    pub fn json(&self) -> Value {
+        json!({
+            "what": "bare idempotent producer (acks=all, linger 0) and one consumer of all partitions (fetch.wait.max.ms 5) on a topic of their own, same broker, same rate",
+            "rate_per_sec": self.rate_per_sec,
+            "sent": self.sent,
+            "acked": self.acked,
+            "consumed_in_window": self.consumed,
+            "produce_ack_ms": self.produce_ack_ms,
+            "produce_to_consume_ms": self.produce_to_consume_ms,
+        })
+    }
+}
+
+/// Runs `secs` (after `warmup` unmeasured seconds) at `rate` records/s of `bytes` bytes each.
+pub async fn measure(
+    brokers: &str,
+    partitions: i32,
+    rate: f64,
+    warmup: Duration,
+    secs: Duration,
+    bytes: usize,
+) -> anyhow::Result<Floor> {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for outcome in created {
+        if let Err((topic, code)) = outcome
+            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            anyhow::bail!("creating {topic}: {code}");
+        }
+    }
+
+    // The consumer starts at the current end of every partition, before the first record.
+    let consumer: BaseConsumer =
+        schemas::kafka::consumer_config(brokers, &format!("bench-floor-{}", uuid::Uuid::now_v7()))
+            .create()?;
+    let count = schemas::kafka::partition_count(&consumer, TOPIC, Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..count {
+        let (_, high) = consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
+        assignment.add_partition_offset(TOPIC, p, Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+
+    let base = Instant::now();
+    let window = (
+        warmup.as_micros() as u64,
+        (warmup + secs).as_micros() as u64,
+    );
+    let drain_until = base + warmup + secs + Duration::from_secs(10);
+    // Set once the producer knows how many records it sent inside the window.
+    let expected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let target = expected.clone();
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+        let mut consumed = 0u64;
+        while Instant::now() < drain_until
+            && consumed < target.load(std::sync::atomic::Ordering::Acquire)
+        {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let now = base.elapsed().as_micros() as u64;
+            let Some(sent) = message
+                .ok()
+                .and_then(|m| m.payload().and_then(|p| p.get(..8)).map(<[u8]>::to_vec))
+                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+            else {
+                continue;
+            };
+            if sent >= window.0 && sent < window.1 {
+                latency.saturating_record(now.saturating_sub(sent));
+                consumed += 1;
+            }
+        }
+        Ok((latency, consumed))
+    });
+
+    let producer: FutureProducer = schemas::kafka::producer_config(brokers).create()?;
+    // An idempotent producer's first record waits for its producer id: not part of the floor.
+    producer
+        .send(
+            FutureRecord::<[u8], [u8]>::to(TOPIC).payload(&[0u8; 8][..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .context("warming the producer")?;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let end = base + warmup + secs;
+    let mut acks = futures::stream::FuturesUnordered::new();
+    let mut ack_latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let (mut sent, mut acked, mut in_window) = (0u64, 0u64, 0u64);
+    let mut n = 0u32;
+    let padding = vec![b'x'; bytes.saturating_sub(8)];
+    use futures::StreamExt;
+    loop {
+        let due = base + period * n;
+        if due >= end {
+            break;
+        }
+        n += 1;
+        // Collect acknowledgements while waiting for the next slot.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => break,
+                Some((at, result)) = acks.next(), if !acks.is_empty() => {
+                    if let Ok(Ok(_)) = result {
+                        acked += 1;
+                        if at >= window.0 && at < window.1 {
+                            ack_latency.saturating_record(base.elapsed().as_micros() as u64 - at);
+                        }
+                    }
+                }
+            }
+        }
+        let at = due.duration_since(base).as_micros() as u64;
+        let mut payload = at.to_be_bytes().to_vec();
+        payload.extend_from_slice(&padding);
+        let key = uuid::Uuid::now_v7();
+        match producer.send_result(
+            FutureRecord::to(TOPIC)
+                .payload(&payload)
+                .key(&key.as_bytes()[..]),
+        ) {
+            Ok(delivery) => {
+                sent += 1;
+                if at >= window.0 && at < window.1 {
+                    in_window += 1;
+                }
+                acks.push(async move { (at, delivery.await) });
+            }
+            Err((e, _)) => tracing_free_warn(&e.to_string()),
+        }
+    }
+    expected.store(in_window, std::sync::atomic::Ordering::Release);
+    while let Some((at, result)) = acks.next().await {
+        if let Ok(Ok(_)) = result {
+            acked += 1;
+            if at >= window.0 && at < window.1 {
+                ack_latency.saturating_record(base.elapsed().as_micros() as u64 - at);
+            }
+        }
+    }
+    let (latency, consumed) = reader.await??;
+    Ok(Floor {
+        rate_per_sec: rate,
+        sent,
+        acked,
+        consumed,
+        produce_ack_ms: report::latency_ms(&ack_latency),
+        produce_to_consume_ms: report::latency_ms(&latency),
+    })
+}
+
+fn tracing_free_warn(e: &str) {
+    eprintln!("floor: producer queue refused a record: {e}");
+}
