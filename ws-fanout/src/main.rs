@@ -38,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
     ));
     let checkpoints = heads.checkpoints().await?;
-    let starts = tail::start_offsets(&config.brokers, &checkpoints, config.warm_records).await?;
     let watermarks = tail::Watermarks::new(&config.brokers)?;
+    let starts = tail::start_offsets(&watermarks, &checkpoints, config.warm_records).await?;
     tracing::info!(?starts, "log tail starts");
     let tail = Tail::open(
         &config.brokers,

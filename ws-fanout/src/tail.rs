@@ -56,11 +56,10 @@ pub struct Start {
 
 /// Start offsets: `checkpoint - warm`, never before the log's first record.
 pub async fn start_offsets(
-    brokers: &str,
+    watermarks: &Watermarks,
     checkpoints: &[i64],
     warm: i64,
 ) -> Result<Vec<Start>, FanoutError> {
-    let watermarks = Watermarks::new(brokers)?;
     let ends = watermarks.fetch(checkpoints.len()).await?;
     Ok(checkpoints
         .iter()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, Incoming, Node};
-use serde_json::json;
+use serde_json::{Value, json};
 use test_support::{Api, User, env};
 use tokio::sync::{Semaphore, watch};
 
@@ -60,19 +60,8 @@ async fn read_with_drops(
                 Some(Incoming::Closed(c)) => anyhow::bail!("closed by the node: {c:?}"),
             };
             match frame["type"].as_str() {
-                Some("event") => {
-                    let seq = frame["seq"].as_i64().unwrap_or(-1);
-                    anyhow::ensure!(
-                        seq == last + 1,
-                        "after seq {last} got seq {seq} (reconnects: {reconnects})"
-                    );
-                    let id = frame["event"]["envelope"]["event_id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    seen.insert(seq, id);
-                    last = seq;
-                }
+                Some("event") => record(&frame, &mut last, &mut seen)
+                    .map_err(|e| e.context(format!("reconnects: {reconnects}")))?,
                 Some("resync") => anyhow::bail!("unexpected resync: {frame}"),
                 Some("error") => anyhow::bail!("error frame: {frame}"),
                 _ => {}
@@ -83,6 +72,19 @@ async fn read_with_drops(
         reconnects += 1;
         tokio::time::sleep(Duration::from_millis(next_drop() as u64 % 150)).await;
     }
+}
+
+/// Takes an event frame that must be the one after `last`, and keeps its event id by seq.
+fn record(frame: &Value, last: &mut i64, seen: &mut BTreeMap<i64, String>) -> anyhow::Result<()> {
+    let seq = frame["seq"].as_i64().unwrap_or(-1);
+    anyhow::ensure!(seq == *last + 1, "after seq {last} got seq {seq}");
+    let id = frame["event"]["envelope"]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    seen.insert(seq, id);
+    *last = seq;
+    Ok(())
 }
 
 /// The next frame, or `None` when the final seq became known meanwhile (the reader may hold
@@ -348,13 +350,7 @@ async fn read_across_a_stop(
             match next_or_final(&mut client, &mut final_seq).await? {
                 None => {}
                 Some(Incoming::Json(frame)) => match frame["type"].as_str() {
-                    Some("event") => {
-                        let seq = frame["seq"].as_i64().unwrap_or(-1);
-                        anyhow::ensure!(seq == last + 1, "after seq {last} got seq {seq}");
-                        let id = frame["event"]["envelope"]["event_id"].to_string();
-                        seen.insert(seq, id);
-                        last = seq;
-                    }
+                    Some("event") => record(&frame, &mut last, &mut seen)?,
                     Some("resync") | Some("error") => anyhow::bail!("unexpected {frame}"),
                     _ => {}
                 },
