@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10000,25000,50000,100000"
+        default_value = "5000,10000,25000,50000,100000"
     )]
     rates: Vec<u64>,
     /// Posting members per room (each user may post 10 messages/s).
