@@ -42,3 +42,40 @@ pub async fn open(url: &str, room: &str) -> anyhow::Result<(Socket, Duration)> {
         }
     }
 }
+
+/// What [`open_all`] got: the sockets with their callers' tags, and every set-up time.
+pub struct Opened<T> {
+    pub sockets: Vec<(T, Socket)>,
+    pub connect_us: Vec<u64>,
+    pub failures: usize,
+    pub first_error: Option<String>,
+}
+
+/// Opens a socket per `(tag, url, room)`, `concurrency` at a time.
+pub async fn open_all<T>(
+    targets: impl Iterator<Item = (T, String, String)>,
+    concurrency: usize,
+) -> Opened<T> {
+    let mut opening = futures::stream::iter(targets)
+        .map(|(tag, url, room)| async move { (tag, open(&url, &room).await) })
+        .buffer_unordered(concurrency.max(1));
+    let mut opened = Opened {
+        sockets: Vec::new(),
+        connect_us: Vec::new(),
+        failures: 0,
+        first_error: None,
+    };
+    while let Some((tag, outcome)) = opening.next().await {
+        match outcome {
+            Ok((socket, took)) => {
+                opened.connect_us.push(took.as_micros() as u64);
+                opened.sockets.push((tag, socket));
+            }
+            Err(e) => {
+                opened.failures += 1;
+                opened.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    opened
+}

@@ -134,12 +134,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         commands_pid.and_then(report::proc_stats),
         broker_pid.and_then(report::proc_stats),
     );
-    let cpu = |b: Option<(f64, u64)>, a: Option<(f64, u64)>| match (b, a) {
-        (Some(b), Some(a)) => {
-            json!({"cpu_percent": (a.0 - b.0) / elapsed * 100.0, "rss_mib": a.1 as f64 / 1024.0})
-        }
-        _ => Value::Null,
-    };
+    let cpu = |b, a| report::usage(b, a, elapsed).unwrap_or(Value::Null);
 
     let accepted = outcome.latency.len();
     let result = json!({

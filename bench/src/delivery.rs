@@ -11,12 +11,12 @@
 //! rate ([`crate::floor`]), so the delivery figure stands beside what the log path cannot beat.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -71,7 +71,7 @@ pub struct Args {
 struct Step {
     /// Slots (µs since the run's base) whose deliveries are measured: after the step's warm-up,
     /// before its end.
-    window: (u64, u64),
+    window: Range<u64>,
     latency: Mutex<Histogram<u64>>,
     delivered: AtomicU64,
 }
@@ -97,7 +97,7 @@ impl Tally {
         steps
             .iter()
             .rev()
-            .find(|s| slot >= s.window.0 && slot < s.window.1)
+            .find(|s| s.window.contains(&slot))
             .cloned()
     }
 
@@ -194,7 +194,6 @@ struct Posting {
     accept_latency: Histogram<u64>,
     accepted_in_window: u64,
     expected_deliveries: u64,
-    accepted: u64,
     shed: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -234,25 +233,18 @@ fn process_usage(
     before
         .iter()
         .zip(after)
-        .filter_map(|((name, b), (_, a))| {
-            let (b, a) = (b.as_ref()?, a.as_ref()?);
-            Some((
-                name.clone(),
-                json!({"cpu_percent": ((a.0 - b.0) / seconds * 1000.0).round() / 10.0,
-                       "rss_mib": (a.1 as f64 / 102.4).round() / 10.0}),
-            ))
-        })
+        .filter_map(|((name, b), (_, a))| Some((name.clone(), report::usage(*b, *a, seconds)?)))
         .collect::<serde_json::Map<_, _>>()
         .into()
 }
 
 pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
-    let env = |name: &str| {
-        std::env::var(name).with_context(|| format!("{name} is not set (run through bench/run)"))
-    };
-    let commands_url = env("CHAT_COMMANDS_URL")?;
-    let ws_url = format!("{}/v1/ws", env("CHAT_WS_URL")?.replacen("http", "ws", 1));
-    let brokers = env("CHAT_KAFKA_BROKERS")?;
+    let commands_url = report::stack_env("CHAT_COMMANDS_URL")?;
+    let ws_url = format!(
+        "{}/v1/ws",
+        report::stack_env("CHAT_WS_URL")?.replacen("http", "ws", 1)
+    );
+    let brokers = report::stack_env("CHAT_KAFKA_BROKERS")?;
     let partitions = std::env::var("CHAT_ROOM_PARTITIONS")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -292,37 +284,28 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     println!("setup took {:.1} s", setup.elapsed().as_secs_f64());
 
     println!("opening {} sockets ...", args.sockets);
-    let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut sockets = Vec::with_capacity(args.sockets);
-    let mut connect_failures = 0usize;
-    let mut opening = futures::stream::iter(0..args.sockets)
-        .map(|i| {
+    let opened = client::open_all(
+        (0..args.sockets).map(|i| {
             let room = &rooms[i % room_count];
             let user = &room.senders[(i / room_count) % per_room];
             let url = format!("{ws_url}?access_token={}", user.access_token);
-            let room_id = room.id.clone();
-            async move { (i % room_count, client::open(&url, &room_id).await) }
-        })
-        .buffer_unordered(args.connect_concurrency.max(1));
-    let mut subscribed = vec![0u64; room_count];
-    while let Some((room, outcome)) = opening.next().await {
-        match outcome {
-            Ok((socket, took)) => {
-                connect.saturating_record(took.as_micros() as u64);
-                subscribed[room] += 1;
-                sockets.push(socket);
-            }
-            Err(e) => {
-                if connect_failures == 0 {
-                    eprintln!("socket failed: {e:#}");
-                }
-                connect_failures += 1;
-            }
-        }
+            (i % room_count, url, room.id.clone())
+        }),
+        args.connect_concurrency,
+    )
+    .await;
+    if let Some(e) = &opened.first_error {
+        eprintln!("socket failed: {e}");
     }
-    drop(opening);
-    for (room, n) in rooms.iter_mut().zip(subscribed) {
-        room.sockets = n;
+    let connect_failures = opened.failures;
+    let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for &us in &opened.connect_us {
+        connect.saturating_record(us);
+    }
+    let mut sockets = Vec::with_capacity(opened.sockets.len());
+    for (room, socket) in opened.sockets {
+        rooms[room].sockets += 1;
+        sockets.push(socket);
     }
     let sockets_open = sockets.len();
     let connect_ms = report::latency_ms(&connect);
@@ -365,10 +348,8 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         );
 
         let start = tally.now_us() + 100_000;
-        let window = (
-            start + warmup.as_micros() as u64,
-            start + (warmup + measured).as_micros() as u64,
-        );
+        let window =
+            start + warmup.as_micros() as u64..start + (warmup + measured).as_micros() as u64;
         let step = Arc::new(Step {
             window,
             latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
@@ -380,9 +361,18 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .push(step.clone());
         let before = process_stats();
-        let posting = post(&args, &commands_url, &rooms, rate, &tally, start, window).await?;
+        let posting = post(
+            &args,
+            &commands_url,
+            &rooms,
+            rate,
+            &tally,
+            start,
+            step.window.clone(),
+        )
+        .await?;
         let after = process_stats();
-        let busy_secs = (window.1 - start) as f64 / 1e6;
+        let busy_secs = (step.window.end - start) as f64 / 1e6;
 
         // Deliveries still on their way: wait until all arrived or nothing moved for 10 s.
         let mut last = (step.delivered.load(Ordering::Relaxed), Instant::now());
@@ -395,8 +385,6 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
                 break;
             }
         }
-        // Let readers holding a partial batch hand it over before the histogram is read.
-        tokio::time::sleep(Duration::from_secs(1)).await;
         let delivered = step.delivered.load(Ordering::Relaxed);
         let secs = measured.as_secs_f64();
         let result = json!({
@@ -494,7 +482,7 @@ async fn post(
     rate: f64,
     tally: &Arc<Tally>,
     start_us: u64,
-    window: (u64, u64),
+    window: Range<u64>,
 ) -> anyhow::Result<Posting> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.max_in_flight)
@@ -505,13 +493,12 @@ async fn post(
         accept_latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
         accepted_in_window: 0,
         expected_deliveries: 0,
-        accepted: 0,
         shed: 0,
         errors: BTreeMap::new(),
     }));
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = tally.base + Duration::from_micros(start_us);
-    let end = tally.base + Duration::from_micros(window.1);
+    let end = tally.base + Duration::from_micros(window.end);
     let padding = "x".repeat(args.content_bytes.saturating_sub(16));
     let mut tasks = tokio::task::JoinSet::new();
     let mut n: u32 = 0;
@@ -529,7 +516,7 @@ async fn post(
             continue;
         };
         let slot = due.duration_since(tally.base).as_micros() as u64;
-        let in_window = slot >= window.0 && slot < window.1;
+        let in_window = window.contains(&slot);
         let request = http
             .post(format!("{commands_url}/v1/rooms/{}/messages", room.id))
             .bearer_auth(&sender.access_token)
@@ -544,7 +531,6 @@ async fn post(
             let mut o = lock(&outcome);
             match answer {
                 Ok(r) if r.status().as_u16() == 201 => {
-                    o.accepted += 1;
                     if in_window {
                         o.accepted_in_window += 1;
                         o.expected_deliveries += subscribers;

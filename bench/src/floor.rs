@@ -83,14 +83,12 @@ pub async fn measure(
     consumer.assign(&assignment)?;
 
     let base = Instant::now();
-    let window = (
-        warmup.as_micros() as u64,
-        (warmup + secs).as_micros() as u64,
-    );
+    let window = warmup.as_micros() as u64..(warmup + secs).as_micros() as u64;
     let drain_until = base + warmup + secs + Duration::from_secs(10);
     // Set once the producer knows how many records it sent inside the window.
     let expected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
     let target = expected.clone();
+    let measured = window.clone();
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<(Histogram<u64>, u64)> {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
         let mut consumed = 0u64;
@@ -108,7 +106,7 @@ pub async fn measure(
             else {
                 continue;
             };
-            if sent >= window.0 && sent < window.1 {
+            if measured.contains(&sent) {
                 latency.saturating_record(now.saturating_sub(sent));
                 consumed += 1;
             }
@@ -131,6 +129,14 @@ pub async fn measure(
     let mut acks = futures::stream::FuturesUnordered::new();
     let mut ack_latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
     let (mut sent, mut acked, mut in_window) = (0u64, 0u64, 0u64);
+    let mut note_ack = |at: u64, delivered: bool| {
+        if delivered {
+            acked += 1;
+            if window.contains(&at) {
+                ack_latency.saturating_record(base.elapsed().as_micros() as u64 - at);
+            }
+        }
+    };
     let mut n = 0u32;
     let padding = vec![b'x'; bytes.saturating_sub(8)];
     use futures::StreamExt;
@@ -145,12 +151,7 @@ pub async fn measure(
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => break,
                 Some((at, result)) = acks.next(), if !acks.is_empty() => {
-                    if let Ok(Ok(_)) = result {
-                        acked += 1;
-                        if at >= window.0 && at < window.1 {
-                            ack_latency.saturating_record(base.elapsed().as_micros() as u64 - at);
-                        }
-                    }
+                    note_ack(at, matches!(result, Ok(Ok(_))));
                 }
             }
         }
@@ -165,22 +166,17 @@ pub async fn measure(
         ) {
             Ok(delivery) => {
                 sent += 1;
-                if at >= window.0 && at < window.1 {
+                if window.contains(&at) {
                     in_window += 1;
                 }
                 acks.push(async move { (at, delivery.await) });
             }
-            Err((e, _)) => tracing_free_warn(&e.to_string()),
+            Err((e, _)) => eprintln!("floor: producer queue refused a record: {e}"),
         }
     }
     expected.store(in_window, std::sync::atomic::Ordering::Release);
     while let Some((at, result)) = acks.next().await {
-        if let Ok(Ok(_)) = result {
-            acked += 1;
-            if at >= window.0 && at < window.1 {
-                ack_latency.saturating_record(base.elapsed().as_micros() as u64 - at);
-            }
-        }
+        note_ack(at, matches!(result, Ok(Ok(_))));
     }
     let (latency, consumed) = reader.await??;
     Ok(Floor {
@@ -191,8 +187,4 @@ pub async fn measure(
         produce_ack_ms: report::latency_ms(&ack_latency),
         produce_to_consume_ms: report::latency_ms(&latency),
     })
-}
-
-fn tracing_free_warn(e: &str) {
-    eprintln!("floor: producer queue refused a record: {e}");
 }

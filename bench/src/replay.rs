@@ -33,13 +33,9 @@ pub struct Args {
     batch: usize,
 }
 
-fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("{name} is not set (run through bench/run)"))
-}
-
 pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
-    let brokers = env("CHAT_KAFKA_BROKERS")?;
-    let registry = env("CHAT_REGISTRY_URL")?;
+    let brokers = report::stack_env("CHAT_KAFKA_BROKERS")?;
+    let registry = report::stack_env("CHAT_REGISTRY_URL")?;
     let root = std::env::current_dir()?;
     // Only the broker, the registry and the stores take part: the live projectors would race
     // the rebuild, and the other tiers' consumers cost the local broker CPU (the write tier's
@@ -51,7 +47,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         bail!("cannot stop the stack's services");
     }
     let ceiling = if args.targets.iter().any(|t| t == "mongo") {
-        match mongo_ceiling(&env("CHAT_MONGO_URL")?).await {
+        match mongo_ceiling(&report::stack_env("CHAT_MONGO_URL")?).await {
             Ok(c) => {
                 println!(
                     "MongoDB server alone (same indexes, no projector): insert_many {:.0} documents/s, \

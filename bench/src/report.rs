@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -16,6 +17,21 @@ pub fn latency_ms(h: &Histogram<u64>) -> Value {
         "max": ms(h.max()),
         "mean": h.mean() / 1000.0,
     })
+}
+
+/// A variable `bench/run` exports for the stack it started.
+pub fn stack_env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set (run through bench/run)"))
+}
+
+/// A process's CPU (% of one core) and RSS between two [`proc_stats`] readings `seconds` apart;
+/// `None` when either reading is missing (the process was not found).
+pub fn usage(before: Option<(f64, u64)>, after: Option<(f64, u64)>, seconds: f64) -> Option<Value> {
+    let (b, a) = (before?, after?);
+    Some(json!({
+        "cpu_percent": ((a.0 - b.0) / seconds * 1000.0).round() / 10.0,
+        "rss_mib": (a.1 as f64 / 102.4).round() / 10.0,
+    }))
 }
 
 /// CPU seconds (user+system) and RSS (KiB) of a process, from /proc.

@@ -67,7 +67,7 @@ pub struct WorkerArgs {
 
 /// What a worker reports once all its sockets are open (one JSON line on stdout).
 #[derive(Serialize, Deserialize)]
-struct Opened {
+struct Report {
     held: usize,
     failures: usize,
     first_error: Option<String>,
@@ -88,37 +88,23 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         !tokens.is_empty() && !args.rooms.is_empty(),
         "no tokens or rooms"
     );
-    let mut opening = futures::stream::iter(args.first..args.first + args.count)
-        .map(|i| {
+    let opened = client::open_all(
+        (args.first..args.first + args.count).map(|i| {
             let url = format!("{}?access_token={}", args.url, tokens[i % tokens.len()]);
-            let room = args.rooms[i % args.rooms.len()].clone();
-            async move { client::open(&url, &room).await }
-        })
-        .buffer_unordered(args.concurrency.max(1));
-    let mut held = Vec::with_capacity(args.count);
-    let mut report = Opened {
-        held: 0,
-        failures: 0,
-        first_error: None,
-        connect_us: Vec::with_capacity(args.count),
+            ((), url, args.rooms[i % args.rooms.len()].clone())
+        }),
+        args.concurrency,
+    )
+    .await;
+    let report = Report {
+        held: opened.sockets.len(),
+        failures: opened.failures,
+        first_error: opened.first_error,
+        connect_us: opened.connect_us,
     };
-    while let Some(outcome) = opening.next().await {
-        match outcome {
-            Ok((socket, took)) => {
-                report.connect_us.push(took.as_micros() as u64);
-                held.push(socket);
-            }
-            Err(e) => {
-                report.failures += 1;
-                report.first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
-    }
-    drop(opening);
-    report.held = held.len();
+    let held = opened.sockets.into_iter().map(|(_, socket)| socket);
     println!("{}", serde_json::to_string(&report)?);
     let readers: Vec<_> = held
-        .into_iter()
         .map(|mut socket| {
             tokio::spawn(async move {
                 // Reading keeps answering the node's pings, as a live client does.
@@ -164,12 +150,8 @@ async fn extra_node() -> anyhow::Result<Node> {
 }
 
 pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
-    let commands = test_support::Api::new(
-        std::env::var("CHAT_COMMANDS_URL").context("CHAT_COMMANDS_URL (run through bench/run)")?,
-    );
-    let ws_base = std::env::var("CHAT_WS_URL")
-        .context("CHAT_WS_URL (run through bench/run)")?
-        .replacen("http", "ws", 1);
+    let commands = test_support::Api::new(report::stack_env("CHAT_COMMANDS_URL")?);
+    let ws_base = report::stack_env("CHAT_WS_URL")?.replacen("http", "ws", 1);
     let mut nodes = vec![Node {
         ws_url: format!("{ws_base}/v1/ws"),
         pid: report::stack_pid("ws-fanout").context("ws-fanout pid (run through bench/run)")?,
@@ -208,7 +190,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     let mut first = 0usize;
     let exe = std::env::current_exe()?;
     for (n, node) in nodes.iter().enumerate() {
-        let share = per_node.min(args.sockets - first.min(args.sockets));
+        let share = per_node.min(args.sockets.saturating_sub(first));
         let mut left = share;
         while left > 0 {
             let count = left.min(args.per_worker.max(1));
@@ -237,6 +219,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         workers.len()
     );
 
+    let client_processes = workers.len();
     let started = Instant::now();
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let (mut held, mut failures, mut first_error) = (vec![0usize; nodes.len()], 0usize, None);
@@ -248,13 +231,13 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
             .await
             .context("a worker did not report within 15 min")??
             .context("a worker ended without reporting")?;
-        let opened: Opened = serde_json::from_str(&line)?;
-        held[*node] += opened.held;
-        failures += opened.failures;
+        let report: Report = serde_json::from_str(&line)?;
+        held[*node] += report.held;
+        failures += report.failures;
         if first_error.is_none() {
-            first_error = opened.first_error;
+            first_error = report.first_error;
         }
-        for us in opened.connect_us {
+        for us in report.connect_us {
             latencies.saturating_record(us);
         }
         outputs.push(lines);
@@ -324,7 +307,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
             "sockets_held": total,
             "nodes": nodes.len(),
             "per_node": per_node_json,
-            "client_processes": (args.sockets.div_ceil(nodes.len())).div_ceil(args.per_worker.max(1)) * nodes.len(),
+            "client_processes": client_processes,
             "failures": failures,
             "first_error": first_error,
             "setup_seconds": setup_seconds,

@@ -87,7 +87,6 @@ impl Service {
         Ok(())
     }
 
-    /// What the service printed, for failure messages.
     /// Waits until `url` answers 2xx (its `/readyz`, say); the error carries the service's log.
     pub async fn wait_ready(&self, url: &str, timeout: Duration) -> anyhow::Result<()> {
         crate::wait_for(&format!("{} ready", self.name), timeout, || async move {
@@ -101,6 +100,7 @@ impl Service {
         .map_err(|e| anyhow::anyhow!("{e}\n{}", self.output()))
     }
 
+    /// What the service printed, for failure messages.
     pub fn output(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
