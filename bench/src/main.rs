@@ -5,9 +5,13 @@ mod client;
 mod commands;
 mod delivery;
 mod floor;
+mod load;
+mod peer;
 mod replay;
 mod report;
+mod scenario;
 mod sockets;
+mod summary;
 
 use clap::{Parser, Subcommand};
 
@@ -27,8 +31,13 @@ enum Command {
     Commands(commands::Args),
     /// Rebuild rate of each read model from the log (`replay-tools rebuild`), 100k to 1M events.
     Replay(replay::Args),
-    /// Post-to-socket delivery latency at the seed's load, beside the broker's own floor.
+    /// Post-to-socket delivery latency as the rate climbs, beside the broker's own floor.
     Delivery(delivery::Args),
+    /// The scenarios (seed, burst, soak, moonshot, replay) against ours and the Socket.io
+    /// peer; rewrites the README's performance table and chart.
+    Scenarios(scenario::Args),
+    /// Rewrites the README's performance table and chart from the result files alone.
+    Summary,
     /// Idle sockets one fan-out node holds, RSS per socket, connection set-up latency.
     Sockets(sockets::Args),
     /// One client process of `sockets` (started by it).
@@ -43,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Commands(args) => commands::run(args, &cli.results).await,
         Command::Replay(args) => replay::run(args, &cli.results).await,
         Command::Delivery(args) => delivery::run(args, &cli.results).await,
+        Command::Scenarios(args) => scenario::run(args, &cli.results).await,
+        Command::Summary => summary::write(&cli.results, true),
         Command::Sockets(args) => sockets::run(args, &cli.results).await,
         Command::SocketsWorker(args) => sockets::worker(args).await,
     }

@@ -89,9 +89,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         "no tokens or rooms"
     );
     let opened = client::open_all(
+        client::Flavor::Ours,
         (args.first..args.first + args.count).map(|i| {
             let url = format!("{}?access_token={}", args.url, tokens[i % tokens.len()]);
-            ((), url, args.rooms[i % args.rooms.len()].clone())
+            ((), url, Some(args.rooms[i % args.rooms.len()].clone()))
         }),
         args.concurrency,
     )

@@ -14,7 +14,7 @@ use schemas::EventCodec;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
-use crate::line::Origin;
+use crate::line::{Frame, Origin};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol;
@@ -83,7 +83,7 @@ impl Fast {
             self.metrics.fast_records.inc();
             let envelope = event.envelope();
             if let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) {
-                let frame: Arc<str> = Arc::from(protocol::event_frame(room, seq, &event));
+                let frame = Frame::from(protocol::event_frame(room, seq, &event));
                 self.hub.offer(room, seq, frame, Origin::Fast);
                 crate::tail::note_membership(&self.hub, room, seq, &event);
             }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -181,7 +181,7 @@ impl Hub {
         let offer = room.line.offer(seq, frame, origin);
         if offer.jumped {
             self.metrics.log_gaps.inc();
-            let resync: Frame = Arc::from(crate::protocol::resync_frame(
+            let resync = Frame::from(crate::protocol::resync_frame(
                 room_id,
                 "this node's position for the room was stale; page history and subscribe again",
             ));

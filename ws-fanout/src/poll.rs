@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::error::FanoutError;
 use crate::hub::{Joined, Outlet};
+use crate::line::Frame;
 use crate::socket::Node;
 
 /// Events one answer carries at most; the client polls again for the rest.
@@ -87,12 +88,12 @@ async fn answer(
     let (outlet, mut rx) = Outlet::new(node.next_socket_id(), claims.sub.clone(), MAX_EVENTS + 1);
     let mut joined = node
         .hub
-        .join(room_id, Some(since), &outlet, |_| Arc::from(""));
+        .join(room_id, Some(since), &outlet, |_| Frame::from_static(""));
     if joined == Joined::Unknown {
         node.heads.establish(&node.hub, room_id).await?;
         joined = node
             .hub
-            .join(room_id, Some(since), &outlet, |_| Arc::from(""));
+            .join(room_id, Some(since), &outlet, |_| Frame::from_static(""));
     }
     match joined {
         Joined::Live { .. } | Joined::Behind => {}

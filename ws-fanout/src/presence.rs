@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::FanoutError;
 use crate::heads::Heads;
 use crate::hub::Hub;
+use crate::line::Frame;
 use crate::metrics::Metrics;
 
 /// The Redis channel presence transitions travel on between nodes.
@@ -260,8 +261,8 @@ impl Presence {
             }
         };
         rooms.extend(self.hub.rooms_with_member(user));
-        let frame: Arc<str> =
-            Arc::from(json!({"type": "presence", "user_id": user, "status": status}).to_string());
+        let frame =
+            Frame::from(json!({"type": "presence", "user_id": user, "status": status}).to_string());
         let mut seen = HashSet::new();
         for room in rooms {
             self.hub.broadcast(&room, &frame, user, &mut seen);

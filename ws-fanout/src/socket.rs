@@ -115,7 +115,7 @@ fn now_secs() -> i64 {
 }
 
 fn text(frame: String) -> Frame {
-    Arc::from(frame)
+    Frame::from(frame)
 }
 
 /// A write that gives up after a few seconds: a peer that does not read must not hold the
@@ -307,7 +307,7 @@ async fn run(
                 // A client that stops reading blocks this write; the queue then fills, the hub
                 // marks the socket as fallen behind, and that ends the wait.
                 tokio::select! {
-                    written = socket.send(Message::Text(Utf8Bytes::from(frame.as_ref()))) => {
+                    written = socket.send(Message::Text(frame)) => {
                         if written.is_err() {
                             return "write_error";
                         }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::FanoutError;
 use crate::hub::{Hub, Standing};
-use crate::line::Origin;
+use crate::line::{Frame, Origin};
 use crate::metrics::Metrics;
 use crate::protocol;
 use schemas::events::Visibility;
@@ -237,7 +237,7 @@ impl Tail {
         let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
             return;
         };
-        let frame: Arc<str> = Arc::from(protocol::event_frame(room, seq, event));
+        let frame = Frame::from(protocol::event_frame(room, seq, event));
         self.hub.offer(room, seq, frame, Origin::Log);
         let public = |v: &Visibility| *v == Visibility::Public;
         match event {
@@ -256,7 +256,7 @@ impl Tail {
         };
         if let Some(user) = gone {
             for outlet in self.hub.revoke(room, user) {
-                outlet.push(Arc::from(protocol::error_frame(
+                outlet.push(Frame::from(protocol::error_frame(
                     "access_revoked",
                     &format!("you no longer receive room {room}; subscribe again if it is public"),
                     Some(room),

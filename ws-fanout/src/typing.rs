@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::FanoutError;
 use crate::hub::Hub;
+use crate::line::Frame;
 use crate::metrics::Metrics;
 
 /// At most one relayed indicator per room and socket in this interval.
@@ -86,7 +87,7 @@ impl Typing {
         if active {
             frame["expires_in_ms"] = json!(EXPIRES.as_millis() as u64);
         }
-        let frame: Arc<str> = Arc::from(frame.to_string());
+        let frame = Frame::from(frame.to_string());
         self.hub.broadcast(room, &frame, user, &mut HashSet::new());
     }
 

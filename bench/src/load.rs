@@ -1,0 +1,972 @@
+//! The load generator every delivery benchmark runs on: sockets in rooms, senders posting on a
+//! fixed schedule, every delivery's latency from its send slot to its receipt.
+//!
+//! Open loop: a message is due at its slot whether or not earlier ones were answered, and its
+//! latency counts from that slot, so a stalled server cannot hide its stall by slowing the
+//! generator down. Each message's content carries its slot (`t<slot>|padding`); every receiving
+//! socket records `receipt - slot` in the histogram of the phase the slot belongs to, and in a
+//! per-second timeline. The load is counted as deliveries (messages times the room's sockets).
+//!
+//! The same generator drives both targets: ours (HTTP or socket `send` into the commands tier,
+//! event frames from a ws-fanout node) and the peer (Socket.io `send`, `event` broadcasts), so
+//! their numbers come from the same schedule, rooms and sockets.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Flavor, Socket};
+use crate::{floor, report};
+
+/// Where the load goes.
+pub enum Target {
+    /// The platform: the commands tier takes the posts, one ws-fanout node serves the sockets.
+    Ours {
+        commands_url: String,
+        ws_url: String,
+        brokers: String,
+        partitions: i32,
+    },
+    /// The Socket.io peer's nodes (`ws://host:port`), sockets spread over them.
+    Peer { urls: Vec<String>, pids: Vec<u32> },
+}
+
+impl Target {
+    /// Ours, as `bench/run` started it.
+    pub fn ours() -> anyhow::Result<Self> {
+        Ok(Target::Ours {
+            commands_url: report::stack_env("CHAT_COMMANDS_URL")?,
+            ws_url: format!(
+                "{}/v1/ws",
+                report::stack_env("CHAT_WS_URL")?.replacen("http", "ws", 1)
+            ),
+            brokers: report::stack_env("CHAT_KAFKA_BROKERS")?,
+            partitions: std::env::var("CHAT_ROOM_PARTITIONS")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(12),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Ours { .. } => "ours",
+            Target::Peer { .. } => "peer",
+        }
+    }
+
+    fn flavor(&self) -> Flavor {
+        match self {
+            Target::Ours { .. } => Flavor::Ours,
+            Target::Peer { .. } => Flavor::Peer,
+        }
+    }
+
+    /// The processes whose CPU and RSS each phase reports (the generator is added to them).
+    fn processes(&self) -> Vec<(String, Option<u32>)> {
+        let redis = ("redis".to_string(), report::find_pid("redis-server"));
+        match self {
+            Target::Ours { .. } => [
+                "commands",
+                "ws-fanout",
+                "broker",
+                "projections",
+                "query-api",
+                "mongo",
+                "clickhouse",
+            ]
+            .iter()
+            .map(|p| (p.to_string(), report::stack_pid(p)))
+            .chain(std::iter::once(redis))
+            .collect(),
+            Target::Peer { pids, .. } => pids
+                .iter()
+                .enumerate()
+                .map(|(i, pid)| (format!("peer-node-{}", i + 1), Some(*pid)))
+                .chain(std::iter::once(redis))
+                .collect(),
+        }
+    }
+}
+
+/// How senders post.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendOver {
+    /// `POST /v1/rooms/{id}/messages` (ours only).
+    Http,
+    /// A `send` frame on a socket of the sender's own (both targets).
+    Socket,
+}
+
+/// A stretch of the schedule at one rate.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub label: String,
+    pub per_minute: u64,
+    /// Posted but not measured, at the start of the phase.
+    pub warmup_secs: u64,
+    pub secs: u64,
+    /// Measure the broker's own produce-to-consume latency at this rate before the phase's
+    /// group (ours only: the peer has no log).
+    pub floor: bool,
+    /// Let the deliveries in flight arrive after this phase before the next starts; phases
+    /// without it run back to back on one schedule (a burst, a soak's minutes).
+    pub drain: bool,
+}
+
+/// What one run asks of the generator.
+pub struct Plan {
+    /// Receiving sockets per room (its length is the number of rooms).
+    pub room_sizes: Vec<usize>,
+    pub senders_per_room: usize,
+    pub send_over: SendOver,
+    pub content_bytes: usize,
+    /// Posts in flight at most; a slot that finds none free is counted as shed.
+    pub max_in_flight: usize,
+    pub connect_concurrency: usize,
+    pub floor_secs: u64,
+    pub phases: Vec<Phase>,
+}
+
+/// Posts of one phase: how many were taken, refused, or not sent.
+struct Posting {
+    answer_latency: Histogram<u64>,
+    accepted_in_window: u64,
+    expected_deliveries: u64,
+    shed: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// One phase: the slots it posts and measures, and what the sockets saw of them.
+struct Step {
+    /// Every slot of the phase, warm-up included (posting is accounted here).
+    span: Range<u64>,
+    /// Slots whose deliveries are measured: after the warm-up.
+    window: Range<u64>,
+    latency: Mutex<Histogram<u64>>,
+    delivered: AtomicU64,
+    posting: Mutex<Posting>,
+}
+
+impl Step {
+    fn new(span: Range<u64>, window: Range<u64>) -> anyhow::Result<Self> {
+        Ok(Step {
+            span,
+            window,
+            latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+            delivered: AtomicU64::new(0),
+            posting: Mutex::new(Posting {
+                answer_latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+                accepted_in_window: 0,
+                expected_deliveries: 0,
+                shed: 0,
+                errors: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// A post's outcome: `Ok(deliveries it should make)` or `Err(error code)`.
+    fn answered(&self, slot: u64, now: u64, outcome: Result<u64, String>) {
+        let mut p = lock(&self.posting);
+        match outcome {
+            Ok(subscribers) if self.window.contains(&slot) => {
+                p.accepted_in_window += 1;
+                p.expected_deliveries += subscribers;
+                p.answer_latency.saturating_record(now.saturating_sub(slot));
+            }
+            Ok(_) => {}
+            Err(code) => *p.errors.entry(code).or_default() += 1,
+        }
+    }
+}
+
+/// What every socket reader and sender adds to, for the whole run.
+struct Tally {
+    base: Instant,
+    steps: std::sync::RwLock<Vec<Arc<Step>>>,
+    /// Delivery latency per second of slot (seconds since `base`).
+    timeline: Mutex<BTreeMap<u64, Histogram<u64>>>,
+    /// Events whose seq was not the socket's last + 1 (a gap or a repeat); ours only.
+    out_of_order: AtomicU64,
+    resyncs: AtomicU64,
+    /// Sockets the server closed, by close code (or `error` / `eof` without a close frame).
+    closes: Mutex<BTreeMap<String, u64>>,
+    /// Socket sends not answered yet.
+    in_flight: AtomicI64,
+}
+
+impl Tally {
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    fn find(&self, pick: impl Fn(&Step) -> bool) -> Option<Arc<Step>> {
+        let steps = self.steps.read().unwrap_or_else(|p| p.into_inner());
+        steps.iter().rev().find(|s| pick(s)).cloned()
+    }
+
+    fn measured(&self, slot: u64) -> Option<Arc<Step>> {
+        self.find(|s| s.window.contains(&slot))
+    }
+
+    fn posted(&self, slot: u64) -> Option<Arc<Step>> {
+        self.find(|s| s.span.contains(&slot))
+    }
+
+    fn closed(&self, how: String) {
+        *lock(&self.closes).entry(how).or_default() += 1;
+    }
+}
+
+/// The number after `key` in `frame`, up to the first byte that is not a digit.
+fn number_after(frame: &str, key: &str, last: bool) -> Option<u64> {
+    let at = if last {
+        frame.rfind(key)
+    } else {
+        frame.find(key)
+    }? + key.len();
+    let digits = frame[at..].bytes().take_while(u8::is_ascii_digit).count();
+    frame[at..at + digits].parse().ok()
+}
+
+/// The string value after `key` (up to the next quote).
+fn string_after<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
+    let at = frame.find(key)? + key.len();
+    let len = frame[at..].find('"')?;
+    Some(&frame[at..at + len])
+}
+
+/// An event frame's seq (ours; the peer has none) and the slot stamped in its content.
+///
+/// Cheap substring reads instead of a JSON parse: the generator shares two cores with the whole
+/// platform, and a full parse of 167,000 frames/s would cost it most of one. Our outer object's
+/// keys are serialized in order (`event`, `room_id`, `seq`, `type`), so the last `"seq":` is the
+/// frame's; the content is `t<slot>|<padding>`, which no other field can contain.
+fn read_event(flavor: Flavor, frame: &str) -> Option<(Option<u64>, u64)> {
+    let seq = match flavor {
+        Flavor::Ours => {
+            if !frame.contains(r#""type":"event""#) {
+                return None;
+            }
+            Some(number_after(frame, r#""seq":"#, true)?)
+        }
+        Flavor::Peer => {
+            if !frame.starts_with(r#"42["event""#) {
+                return None;
+            }
+            None
+        }
+    };
+    let slot = number_after(frame, r#""content":"t"#, false)?;
+    Some((seq, slot))
+}
+
+/// A send's answer: its reference (`<slot>-<room>-<n>`) and `Ok` or the error code.
+///
+/// Ours: `{"type":"ack","client_msg_id":ref,..}` or `{"type":"error","code",..,"ref"}`;
+/// the peer's Socket.io acknowledgement: `43<id>[{"ok":true,"ref"}]` or `[{"error","ref"}]`.
+fn read_answer(frame: &str) -> Option<(u64, usize, Result<(), String>)> {
+    let reference = string_after(frame, r#""client_msg_id":""#)
+        .or_else(|| string_after(frame, r#""ref":""#))?;
+    let mut parts = reference.split('-');
+    let slot = parts.next()?.parse().ok()?;
+    let room = parts.next()?.parse().ok()?;
+    let outcome = if frame.contains(r#""type":"ack""#) || frame.contains(r#""ok":true"#) {
+        Ok(())
+    } else {
+        let code = string_after(frame, r#""code":""#)
+            .or_else(|| string_after(frame, r#""error":""#))
+            .unwrap_or("unknown");
+        Err(code.to_string())
+    };
+    Some((slot, room, outcome))
+}
+
+/// Batches a reader's latencies so the shared histograms are locked once per 64 events.
+struct Batch(Vec<(Arc<Step>, u64, u64)>);
+
+impl Batch {
+    fn flush(&mut self, tally: &Tally) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut timeline = lock(&tally.timeline);
+        for (step, slot, latency) in self.0.drain(..) {
+            lock(&step.latency).saturating_record(latency);
+            if let Some(h) = timeline.get_mut(&(slot / 1_000_000)) {
+                h.saturating_record(latency);
+            } else if let Ok(mut h) = Histogram::new_with_bounds(1, 600_000_000, 2) {
+                h.saturating_record(latency);
+                timeline.insert(slot / 1_000_000, h);
+            }
+        }
+    }
+}
+
+async fn read(
+    flavor: Flavor,
+    mut socket: Socket,
+    tally: Arc<Tally>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut batch = Batch(Vec::with_capacity(64));
+    let mut last_seq: Option<u64> = None;
+    loop {
+        let frame = tokio::select! {
+            _ = stop.changed() => break,
+            frame = socket.next() => frame,
+        };
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let now = tally.now_us();
+                let text = text.as_str();
+                if let Some((seq, slot)) = read_event(flavor, text) {
+                    if let Some(seq) = seq {
+                        if last_seq.is_some_and(|l| seq != l + 1) {
+                            tally.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last_seq = Some(seq);
+                    }
+                    if let Some(step) = tally.measured(slot) {
+                        step.delivered.fetch_add(1, Ordering::Relaxed);
+                        batch.0.push((step, slot, now.saturating_sub(slot)));
+                    }
+                } else if text == "2" {
+                    // Engine.IO ping: unanswered, the peer drops the socket.
+                    if socket.send(Message::text("3")).await.is_err() {
+                        tally.closed("error".into());
+                        break;
+                    }
+                } else if text.contains(r#""type":"resync""#) {
+                    tally.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
+                if batch.0.len() == batch.0.capacity() {
+                    batch.flush(&tally);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                tally.closed(frame.map_or("no code".into(), |f| u16::from(f.code).to_string()));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => {
+                tally.closed("error".into());
+                break;
+            }
+            None => {
+                tally.closed("eof".into());
+                break;
+            }
+        }
+    }
+    batch.flush(&tally);
+}
+
+/// A room of the run: its id, its posting members and how many sockets receive its events.
+struct Room {
+    id: String,
+    /// Access tokens of the posting members (ours), or one empty entry per sender (the peer).
+    senders: Vec<String>,
+    receivers: u64,
+}
+
+/// A sender's socket: frames go to its writer task; its reader takes the answers.
+struct SenderSocket {
+    frames: mpsc::Sender<String>,
+}
+
+async fn rooms(target: &Target, plan: &Plan) -> anyhow::Result<Vec<Room>> {
+    let per_room = plan.senders_per_room.max(1);
+    let count = plan.room_sizes.len();
+    let Target::Ours { commands_url, .. } = target else {
+        let run = uuid::Uuid::now_v7().simple().to_string();
+        return Ok((0..count)
+            .map(|k| Room {
+                id: format!("peer-{run}-{k}"),
+                senders: vec![String::new(); per_room],
+                receivers: 0,
+            })
+            .collect());
+    };
+    let users: Vec<test_support::User> = futures::stream::iter(0..count * per_room)
+        .map(|_| {
+            let api = test_support::Api::new(commands_url.clone());
+            async move { api.user("load").await }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let api = test_support::Api::new(commands_url.clone());
+    let mut rooms = Vec::with_capacity(count);
+    for members in users.chunks(per_room) {
+        let id = api.create_room(&members[0], "public").await?;
+        for member in &members[1..] {
+            let joined = api.join(member, &id).await?;
+            anyhow::ensure!(joined.status.is_success(), "join: {}", joined.body);
+        }
+        rooms.push(Room {
+            id,
+            senders: members.iter().map(|m| m.access_token.clone()).collect(),
+            receivers: 0,
+        });
+    }
+    Ok(rooms)
+}
+
+/// The URL a socket of `target` connects to: ours with the `token`, the peer's `index`-th node.
+fn socket_url(target: &Target, token: &str, index: usize) -> String {
+    match target {
+        Target::Ours { ws_url, .. } => format!("{ws_url}?access_token={token}"),
+        Target::Peer { urls, .. } => urls[index % urls.len()].clone(),
+    }
+}
+
+/// Opens every sender's own socket and starts its writer and answer reader.
+async fn open_senders(
+    target: &Target,
+    rooms: &[Room],
+    plan: &Plan,
+    tally: &Arc<Tally>,
+    stopped: &watch::Receiver<bool>,
+) -> anyhow::Result<(Vec<Vec<SenderSocket>>, Vec<tokio::task::JoinHandle<()>>)> {
+    let receivers: Vec<u64> = rooms.iter().map(|r| r.receivers).collect();
+    let receivers = Arc::new(receivers);
+    let opened = client::open_all(
+        target.flavor(),
+        rooms.iter().enumerate().flat_map(|(k, room)| {
+            room.senders
+                .iter()
+                .enumerate()
+                .map(move |(j, token)| ((k, j), socket_url(target, token, k + j), None))
+        }),
+        plan.connect_concurrency,
+    )
+    .await;
+    if let Some(e) = opened.first_error {
+        anyhow::bail!("{} sender sockets failed: {e}", opened.failures);
+    }
+    let mut senders: Vec<Vec<Option<SenderSocket>>> = rooms
+        .iter()
+        .map(|r| r.senders.iter().map(|_| None).collect())
+        .collect();
+    let mut tasks = Vec::new();
+    for ((k, j), socket) in opened.sockets {
+        let (mut sink, mut stream) = socket.split();
+        let (frames, mut outgoing) = mpsc::channel::<String>(1024);
+        tasks.push(tokio::spawn(async move {
+            while let Some(frame) = outgoing.recv().await {
+                if sink.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        }));
+        let (tally, receivers, pong, mut stop) = (
+            tally.clone(),
+            receivers.clone(),
+            frames.clone(),
+            stopped.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = stop.changed() => break,
+                    frame = stream.next() => frame,
+                };
+                let Some(Ok(Message::Text(text))) = frame else {
+                    if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                        tally.closed("sender".into());
+                        break;
+                    }
+                    continue;
+                };
+                if text.as_str() == "2" {
+                    let _ = pong.try_send("3".into());
+                    continue;
+                }
+                let Some((slot, room, outcome)) = read_answer(text.as_str()) else {
+                    continue;
+                };
+                tally.in_flight.fetch_sub(1, Ordering::Relaxed);
+                if let Some(step) = tally.posted(slot) {
+                    let subscribers = receivers.get(room).copied().unwrap_or(0);
+                    step.answered(slot, tally.now_us(), outcome.map(|()| subscribers));
+                }
+            }
+        }));
+        senders[k][j] = Some(SenderSocket { frames });
+    }
+    Ok((
+        senders
+            .into_iter()
+            .map(|r| r.into_iter().flatten().collect())
+            .collect(),
+        tasks,
+    ))
+}
+
+/// Runs `plan` against `target`; the JSON of the run, one entry per phase.
+pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        plan.send_over == SendOver::Socket || matches!(target, Target::Ours { .. }),
+        "the peer takes messages over its sockets only"
+    );
+    let flavor = target.flavor();
+    let setup = Instant::now();
+    let mut rooms = rooms(target, plan).await?;
+    let requested: usize = plan.room_sizes.iter().sum();
+    println!(
+        "[{}] {} rooms, {} senders set up in {:.1} s; opening {requested} sockets ...",
+        target.name(),
+        rooms.len(),
+        rooms.len() * plan.senders_per_room.max(1),
+        setup.elapsed().as_secs_f64()
+    );
+    let targets = plan
+        .room_sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &size)| (0..size).map(move |j| (k, j)))
+        .enumerate()
+        .map(|(i, (k, j))| {
+            let room = &rooms[k];
+            let token = &room.senders[j % room.senders.len()];
+            (k, socket_url(target, token, i), Some(room.id.clone()))
+        })
+        .collect::<Vec<_>>();
+    let opened = client::open_all(flavor, targets.into_iter(), plan.connect_concurrency).await;
+    if let Some(e) = &opened.first_error {
+        eprintln!("socket failed: {e}");
+    }
+    let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for &us in &opened.connect_us {
+        connect.saturating_record(us);
+    }
+    let mut sockets = Vec::with_capacity(opened.sockets.len());
+    for (room, socket) in opened.sockets {
+        rooms[room].receivers += 1;
+        sockets.push(socket);
+    }
+    let sockets_open = sockets.len();
+    let connect_ms = report::latency_ms(&connect);
+    println!(
+        "[{}] {sockets_open} sockets open ({} failed); connect+subscribe {}",
+        target.name(),
+        opened.failures,
+        summary(&connect_ms)
+    );
+
+    let tally = Arc::new(Tally {
+        base: Instant::now(),
+        steps: std::sync::RwLock::new(Vec::new()),
+        timeline: Mutex::new(BTreeMap::new()),
+        out_of_order: AtomicU64::new(0),
+        resyncs: AtomicU64::new(0),
+        closes: Mutex::new(BTreeMap::new()),
+        in_flight: AtomicI64::new(0),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|s| tokio::spawn(read(flavor, s, tally.clone(), stopped.clone())))
+        .collect();
+    let senders = match plan.send_over {
+        SendOver::Socket => {
+            let (senders, sender_tasks) =
+                open_senders(target, &rooms, plan, &tally, &stopped).await?;
+            tasks.extend(sender_tasks);
+            Some(senders)
+        }
+        SendOver::Http => None,
+    };
+
+    let mut results = Vec::new();
+    let mut first_start = None;
+    for group in plan.phases.split_inclusive(|p| p.drain) {
+        let mut floors = BTreeMap::new();
+        if let Target::Ours {
+            brokers,
+            partitions,
+            ..
+        } = target
+        {
+            for phase in group.iter().filter(|p| p.floor && plan.floor_secs > 0) {
+                if floors.contains_key(&phase.per_minute) {
+                    continue;
+                }
+                let floor = floor::measure(
+                    brokers,
+                    *partitions,
+                    phase.per_minute as f64 / 60.0,
+                    Duration::from_secs(3),
+                    Duration::from_secs(plan.floor_secs),
+                    plan.content_bytes,
+                )
+                .await?;
+                println!(
+                    "[ours] broker floor at {}/min: produce-to-consume {}",
+                    phase.per_minute,
+                    summary(&floor.produce_to_consume_ms)
+                );
+                floors.insert(phase.per_minute, floor.json());
+            }
+        }
+        // The group's phases back to back on one schedule.
+        let mut at = tally.now_us() + 100_000;
+        first_start.get_or_insert(at);
+        let mut steps = Vec::new();
+        for phase in group {
+            let end = at + phase.secs.saturating_add(phase.warmup_secs) * 1_000_000;
+            let step = Arc::new(Step::new(at..end, at + phase.warmup_secs * 1_000_000..end)?);
+            at = end;
+            tally
+                .steps
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(step.clone());
+            steps.push(step);
+        }
+        let sampler = tokio::spawn(sample(
+            tally.clone(),
+            target.processes(),
+            steps.iter().map(|s| s.window.clone()).collect(),
+        ));
+        for (phase, step) in group.iter().zip(&steps) {
+            println!(
+                "[{}] {}: {} messages/minute for {} s",
+                target.name(),
+                phase.label,
+                phase.per_minute,
+                phase.secs
+            );
+            post(
+                plan,
+                target,
+                &rooms,
+                senders.as_deref(),
+                phase,
+                step,
+                &tally,
+            )
+            .await?;
+        }
+        let usage = sampler.await.unwrap_or_default();
+        drain(&tally, &steps).await;
+        for ((phase, step), processes) in group.iter().zip(&steps).zip(usage) {
+            let result = phase_result(phase, step, processes, floors.get(&phase.per_minute));
+            println!(
+                "[{}] {}: {} of {} deliveries ({:.0}/s), {:.0} posts/s accepted, shed {}, errors {}",
+                target.name(),
+                phase.label,
+                result["deliveries"],
+                result["deliveries_expected"],
+                result["deliveries_per_sec"].as_f64().unwrap_or(0.0),
+                result["accepted_per_sec"].as_f64().unwrap_or(0.0),
+                result["shed"],
+                result["post_errors"],
+            );
+            results.push(result);
+        }
+    }
+    let _ = stop.send(true);
+    // The senders' writers end when their channels close.
+    drop(senders);
+    for task in tasks {
+        let _ = task.await;
+    }
+    // Readers hand latencies over in batches (the rest on stopping): the histograms are
+    // complete only now.
+    let steps = tally
+        .steps
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (result, step) in results.iter_mut().zip(&steps) {
+        result["delivery_ms"] = report::latency_ms(&lock(&step.latency));
+        println!(
+            "[{}] {}: delivery {}",
+            target.name(),
+            result["label"].as_str().unwrap_or(""),
+            summary(&result["delivery_ms"])
+        );
+    }
+    let origin = first_start.unwrap_or(0) / 1_000_000;
+    let timeline: Vec<Value> = lock(&tally.timeline)
+        .iter()
+        .map(|(second, h)| {
+            json!({
+                "second": second.saturating_sub(origin),
+                "deliveries": h.len(),
+                "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+        })
+        .collect();
+    let mut sizes = plan.room_sizes.clone();
+    sizes.sort_unstable();
+    Ok(json!({
+        "target": target.name(),
+        "sockets": requested,
+        "sockets_open": sockets_open,
+        "connect_failures": opened.failures,
+        "connect_ms": connect_ms,
+        "rooms": rooms.len(),
+        "room_sizes": {
+            "min": sizes.first(),
+            "median": sizes.get(sizes.len() / 2),
+            "max": sizes.last(),
+        },
+        "senders": rooms.len() * plan.senders_per_room.max(1),
+        "send_over": plan.send_over,
+        "content_bytes": plan.content_bytes,
+        "phases": results,
+        "out_of_order": match target {
+            Target::Ours { .. } => json!(tally.out_of_order.load(Ordering::Relaxed)),
+            Target::Peer { .. } => Value::Null,
+        },
+        "resyncs": tally.resyncs.load(Ordering::Relaxed),
+        "sockets_closed": lock(&tally.closes).clone(),
+        "timeline": timeline,
+    }))
+}
+
+fn phase_result(phase: &Phase, step: &Step, processes: Value, floor: Option<&Value>) -> Value {
+    let secs = phase.secs.max(1) as f64;
+    let delivered = step.delivered.load(Ordering::Relaxed);
+    let p = lock(&step.posting);
+    json!({
+        "label": phase.label,
+        "messages_per_minute": phase.per_minute,
+        "measured_seconds": phase.secs,
+        "accepted_per_sec": p.accepted_in_window as f64 / secs,
+        "shed": p.shed,
+        "post_errors": p.errors,
+        "post_answer_ms": report::latency_ms(&p.answer_latency),
+        "deliveries_expected": p.expected_deliveries,
+        "deliveries": delivered,
+        "deliveries_per_sec": delivered as f64 / secs,
+        "deliveries_missing": p.expected_deliveries.saturating_sub(delivered),
+        "broker_floor": floor,
+        "processes": processes,
+    })
+}
+
+/// CPU and RSS of the target's processes and the generator over each measured window.
+async fn sample(
+    tally: Arc<Tally>,
+    processes: Vec<(String, Option<u32>)>,
+    windows: Vec<Range<u64>>,
+) -> Vec<Value> {
+    let read = || -> Vec<(String, Option<(f64, u64)>)> {
+        processes
+            .iter()
+            .map(|(name, pid)| (name.clone(), pid.and_then(report::proc_stats)))
+            .chain(std::iter::once((
+                "load-generator".to_string(),
+                report::proc_stats(std::process::id()),
+            )))
+            .collect()
+    };
+    let at = |us: u64| tally.base + Duration::from_micros(us);
+    let mut usage = Vec::new();
+    for window in windows {
+        tokio::time::sleep_until(at(window.start).into()).await;
+        let before = read();
+        tokio::time::sleep_until(at(window.end).into()).await;
+        let after = read();
+        let seconds = (window.end - window.start) as f64 / 1e6;
+        usage.push(
+            before
+                .iter()
+                .zip(&after)
+                .filter_map(|((name, b), (_, a))| {
+                    Some((name.clone(), report::usage(*b, *a, seconds)?))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+    }
+    usage
+}
+
+/// Waits until every delivery of `steps` arrived, or none arrived for 10 s.
+async fn drain(tally: &Tally, steps: &[Arc<Step>]) {
+    // Socket sends answered late still add to what is expected: let them land first.
+    let answers_due = Instant::now() + Duration::from_secs(30);
+    while tally.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < answers_due {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let count = |f: &dyn Fn(&Step) -> u64| steps.iter().map(|s| f(s)).sum::<u64>();
+    let expected = count(&|s| lock(&s.posting).expected_deliveries);
+    let mut last = (0, Instant::now());
+    loop {
+        let now = count(&|s| s.delivered.load(Ordering::Relaxed));
+        if now >= expected {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The open-loop poster for one phase: one post per slot, round-robin over rooms and each
+/// room's senders.
+async fn post(
+    plan: &Plan,
+    target: &Target,
+    rooms: &[Room],
+    senders: Option<&[Vec<SenderSocket>]>,
+    phase: &Phase,
+    step: &Arc<Step>,
+    tally: &Arc<Tally>,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(plan.max_in_flight)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let commands_url = match target {
+        Target::Ours { commands_url, .. } => commands_url.as_str(),
+        Target::Peer { .. } => "",
+    };
+    let rate = phase.per_minute as f64 / 60.0;
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let start = tally.base + Duration::from_micros(step.span.start);
+    let end = tally.base + Duration::from_micros(step.span.end);
+    let padding = "x".repeat(plan.content_bytes.saturating_sub(16));
+    let max_in_flight = plan.max_in_flight.max(1) as i64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n: u32 = 0;
+    loop {
+        let due = start + period * n;
+        if due >= end {
+            break;
+        }
+        let k = n as usize % rooms.len();
+        let room = &rooms[k];
+        let j = (n as usize / rooms.len()) % room.senders.len();
+        n += 1;
+        tokio::time::sleep_until(due.into()).await;
+        if tally.in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            lock(&step.posting).shed += 1;
+            continue;
+        }
+        let slot = due.duration_since(tally.base).as_micros() as u64;
+        let content = format!("t{slot}|{padding}");
+        let reference = format!("{slot}-{k}-{n}");
+        if let Some(senders) = senders {
+            let frame = match target {
+                Target::Ours { .. } => json!({
+                    "type": "send", "room_id": room.id, "client_msg_id": reference, "content": content,
+                })
+                .to_string(),
+                // With an acknowledgement id (`42<id>[..]`), so the peer answers `43<id>[..]`.
+                Target::Peer { .. } => format!(
+                    "42{n}{}",
+                    json!(["send", {"room": room.id, "content": content, "ref": reference}])
+                ),
+            };
+            let sent = senders
+                .get(k)
+                .and_then(|s| s.get(j))
+                .is_some_and(|s| s.frames.try_send(frame).is_ok());
+            if sent {
+                tally.in_flight.fetch_add(1, Ordering::Relaxed);
+            } else {
+                lock(&step.posting).shed += 1;
+            }
+            continue;
+        }
+        let request = http
+            .post(format!("{commands_url}/v1/rooms/{}/messages", room.id))
+            .bearer_auth(&room.senders[j])
+            .json(&json!({"client_msg_id": reference, "content": content}));
+        let (tally, step, subscribers) = (tally.clone(), step.clone(), room.receivers);
+        tally.in_flight.fetch_add(1, Ordering::Relaxed);
+        tasks.spawn(async move {
+            let answer = request.send().await;
+            let outcome = match answer {
+                Ok(r) if r.status().as_u16() == 201 => Ok(subscribers),
+                Ok(r) => Err(r.status().as_u16().to_string()),
+                Err(e) if e.is_timeout() => Err("timeout".into()),
+                Err(_) => Err("connection".into()),
+            };
+            step.answered(slot, tally.now_us(), outcome);
+            tally.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+        // Reap finished posts now and then so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+    }
+    // HTTP posts still running finish in the background of the next phase (its schedule
+    // must not wait for them); the drain waits for `in_flight` to reach zero.
+    tasks.detach_all();
+    Ok(())
+}
+
+pub fn summary(v: &Value) -> String {
+    format!(
+        "p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+        v["p50"], v["p95"], v["p99"], v["max"]
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_seq_and_slot_from_event_frames_of_both_targets() {
+        // The shape ws-fanout sends (keys in serialization order, the event's own fields inside).
+        let ours = r#"{"event":{"kind":"message_posted","seq":7,"content":"t123456|xxxx","room_id":"r"},"room_id":"r","seq":7,"type":"event"}"#;
+        assert_eq!(read_event(Flavor::Ours, ours), Some((Some(7), 123_456)));
+        assert_eq!(
+            read_event(
+                Flavor::Ours,
+                r#"{"room_id":"r","type":"resync","reason":"behind"}"#
+            ),
+            None
+        );
+        let peer = r#"42["event",{"room":"r","content":"t99|xx","sent_at":1}]"#;
+        assert_eq!(read_event(Flavor::Peer, peer), Some((None, 99)));
+        assert_eq!(read_event(Flavor::Peer, "2"), None);
+    }
+
+    #[test]
+    fn reads_answers_of_both_targets() {
+        let ack = r#"{"type":"ack","client_msg_id":"55-3-9","message_id":"m","seq":4}"#;
+        assert_eq!(read_answer(ack), Some((55, 3, Ok(()))));
+        let refused =
+            r#"{"type":"error","code":"rate_limited","message":"slow down","ref":"56-1-2"}"#;
+        assert_eq!(
+            read_answer(refused),
+            Some((56, 1, Err("rate_limited".into())))
+        );
+        assert_eq!(
+            read_answer(r#"4312[{"ok":true,"ref":"70-0-1"}]"#),
+            Some((70, 0, Ok(())))
+        );
+        assert_eq!(
+            read_answer(r#"4313[{"error":"invalid_message","ref":"71-0-2"}]"#),
+            Some((71, 0, Err("invalid_message".into())))
+        );
+        assert_eq!(read_answer(r#"{"type":"pong"}"#), None);
+    }
+}
