@@ -319,7 +319,7 @@ fn chart(results: &Path) -> anyhow::Result<()> {
     }
     top_chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
