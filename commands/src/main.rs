@@ -98,8 +98,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let router = app::router(app, registry)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, advertise = %config.advertise_url, group = %config.group_id, "commands ready");
     axum::serve(

@@ -143,8 +143,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, projectors = ?config.projectors, "projections ready");
     let server = axum::serve(listener, ops.router::<()>())

@@ -49,8 +49,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let router = app::router(app, prometheus::Registry::new())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "query-api ready");
     axum::serve(listener, router)

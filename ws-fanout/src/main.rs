@@ -113,8 +113,7 @@ async fn main() -> anyhow::Result<()> {
         presence,
     )?);
     let router = ws_fanout::app::router(node, registry)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "ws-fanout ready");
     let shutdown = stop.clone();

@@ -17,8 +17,7 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
     });
     let app = api::router(state, prometheus::Registry::new())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, pg_schema = %config.pg_schema, "schema registry ready");
     axum::serve(listener, app)
