@@ -379,9 +379,17 @@ struct Room {
     receivers: u64,
 }
 
-/// A sender's socket: frames go to its writer task; its reader takes the answers.
-struct SenderSocket {
-    frames: mpsc::Sender<String>,
+/// How a run's messages leave the generator.
+enum Senders {
+    /// HTTP posts (ours): one client for the whole run, so its pooled connections carry over
+    /// from one phase to the next.
+    Http {
+        client: reqwest::Client,
+        commands_url: String,
+    },
+    /// Per room, per posting member: the channel to the writer of that sender's own socket
+    /// (its reader takes the answers).
+    Sockets(Vec<Vec<mpsc::Sender<String>>>),
 }
 
 async fn rooms(target: &Target, plan: &Plan) -> anyhow::Result<Vec<Room>> {
@@ -439,7 +447,7 @@ async fn open_senders(
     plan: &Plan,
     tally: &Arc<Tally>,
     stopped: &watch::Receiver<bool>,
-) -> anyhow::Result<(Vec<Vec<SenderSocket>>, Vec<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<(Senders, Vec<tokio::task::JoinHandle<()>>)> {
     let receivers: Vec<u64> = rooms.iter().map(|r| r.receivers).collect();
     let receivers = Arc::new(receivers);
     let opened = client::open_all(
@@ -456,7 +464,7 @@ async fn open_senders(
     if let Some(e) = opened.first_error {
         anyhow::bail!("{} sender sockets failed: {e}", opened.failures);
     }
-    let mut senders: Vec<Vec<Option<SenderSocket>>> = rooms
+    let mut senders: Vec<Vec<Option<mpsc::Sender<String>>>> = rooms
         .iter()
         .map(|r| r.senders.iter().map(|_| None).collect())
         .collect();
@@ -505,23 +513,28 @@ async fn open_senders(
                 }
             }
         }));
-        senders[k][j] = Some(SenderSocket { frames });
+        senders[k][j] = Some(frames);
     }
     Ok((
-        senders
-            .into_iter()
-            .map(|r| r.into_iter().flatten().collect())
-            .collect(),
+        Senders::Sockets(
+            senders
+                .into_iter()
+                .map(|r| r.into_iter().flatten().collect())
+                .collect(),
+        ),
         tasks,
     ))
 }
 
 /// Runs `plan` against `target`; the JSON of the run, one entry per phase.
 pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
-    anyhow::ensure!(
-        plan.send_over == SendOver::Socket || matches!(target, Target::Ours { .. }),
-        "the peer takes messages over its sockets only"
-    );
+    let commands_url = match (target, plan.send_over) {
+        (Target::Ours { commands_url, .. }, _) => commands_url.clone(),
+        (Target::Peer { .. }, SendOver::Socket) => String::new(),
+        (Target::Peer { .. }, SendOver::Http) => {
+            anyhow::bail!("the peer takes messages over its sockets only")
+        }
+    };
     let flavor = target.flavor();
     let setup = Instant::now();
     let mut rooms = rooms(target, plan).await?;
@@ -586,9 +599,15 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             let (senders, sender_tasks) =
                 open_senders(target, &rooms, plan, &tally, &stopped).await?;
             tasks.extend(sender_tasks);
-            Some(senders)
+            senders
         }
-        SendOver::Http => None,
+        SendOver::Http => Senders::Http {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(plan.max_in_flight)
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            commands_url,
+        },
     };
 
     let mut results = Vec::new();
@@ -650,16 +669,7 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
                 phase.per_minute,
                 phase.secs
             );
-            post(
-                plan,
-                target,
-                &rooms,
-                senders.as_deref(),
-                phase,
-                step,
-                &tally,
-            )
-            .await?;
+            post(plan, target, &rooms, &senders, phase, step, &tally).await;
         }
         let usage = sampler.await.unwrap_or_default();
         drain(&tally, &steps).await;
@@ -830,26 +840,17 @@ async fn post(
     plan: &Plan,
     target: &Target,
     rooms: &[Room],
-    senders: Option<&[Vec<SenderSocket>]>,
+    senders: &Senders,
     phase: &Phase,
     step: &Arc<Step>,
     tally: &Arc<Tally>,
-) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.max_in_flight)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let commands_url = match target {
-        Target::Ours { commands_url, .. } => commands_url.as_str(),
-        Target::Peer { .. } => "",
-    };
+) {
     let rate = phase.per_minute as f64 / 60.0;
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = tally.base + Duration::from_micros(step.span.start);
     let end = tally.base + Duration::from_micros(step.span.end);
     let padding = "x".repeat(plan.content_bytes.saturating_sub(16));
     let max_in_flight = plan.max_in_flight.max(1) as i64;
-    let mut tasks = tokio::task::JoinSet::new();
     let mut n: u32 = 0;
     loop {
         let due = start + period * n;
@@ -868,36 +869,44 @@ async fn post(
         let slot = due.duration_since(tally.base).as_micros() as u64;
         let content = format!("t{slot}|{padding}");
         let reference = format!("{slot}-{k}-{n}");
-        if let Some(senders) = senders {
-            let frame = match target {
-                Target::Ours { .. } => json!({
-                    "type": "send", "room_id": room.id, "client_msg_id": reference, "content": content,
-                })
-                .to_string(),
-                // With an acknowledgement id (`42<id>[..]`), so the peer answers `43<id>[..]`.
-                Target::Peer { .. } => format!(
-                    "42{n}{}",
-                    json!(["send", {"room": room.id, "content": content, "ref": reference}])
-                ),
-            };
-            let sent = senders
-                .get(k)
-                .and_then(|s| s.get(j))
-                .is_some_and(|s| s.frames.try_send(frame).is_ok());
-            if sent {
-                tally.in_flight.fetch_add(1, Ordering::Relaxed);
-            } else {
-                lock(&step.posting).shed += 1;
+        let (client, commands_url) = match senders {
+            Senders::Http {
+                client,
+                commands_url,
+            } => (client, commands_url),
+            Senders::Sockets(sockets) => {
+                let frame = match target {
+                    Target::Ours { .. } => json!({
+                        "type": "send", "room_id": room.id, "client_msg_id": reference, "content": content,
+                    })
+                    .to_string(),
+                    // With an acknowledgement id (`42<id>[..]`), so the peer answers `43<id>[..]`.
+                    Target::Peer { .. } => format!(
+                        "42{n}{}",
+                        json!(["send", {"room": room.id, "content": content, "ref": reference}])
+                    ),
+                };
+                let sent = sockets
+                    .get(k)
+                    .and_then(|s| s.get(j))
+                    .is_some_and(|s| s.try_send(frame).is_ok());
+                if sent {
+                    tally.in_flight.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    lock(&step.posting).shed += 1;
+                }
+                continue;
             }
-            continue;
-        }
-        let request = http
+        };
+        let request = client
             .post(format!("{commands_url}/v1/rooms/{}/messages", room.id))
             .bearer_auth(&room.senders[j])
             .json(&json!({"client_msg_id": reference, "content": content}));
         let (tally, step, subscribers) = (tally.clone(), step.clone(), room.receivers);
         tally.in_flight.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(async move {
+        // Detached: posts still running at the phase's end finish during the next one (its
+        // schedule must not wait for them); the drain waits for `in_flight` to reach zero.
+        tokio::spawn(async move {
             let answer = request.send().await;
             let outcome = match answer {
                 Ok(r) if r.status().as_u16() == 201 => Ok(subscribers),
@@ -908,13 +917,7 @@ async fn post(
             step.answered(slot, tally.now_us(), outcome);
             tally.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
-        // Reap finished posts now and then so the set does not grow with the run.
-        while tasks.try_join_next().is_some() {}
     }
-    // HTTP posts still running finish in the background of the next phase (its schedule
-    // must not wait for them); the drain waits for `in_flight` to reach zero.
-    tasks.detach_all();
-    Ok(())
 }
 
 pub fn summary(v: &Value) -> String {

@@ -40,12 +40,10 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     // Only the broker, the registry and the stores take part: the live projectors would race
     // the rebuild, and the other tiers' consumers cost the local broker CPU (the write tier's
     // group heartbeats most of all, growing with the log).
-    let status = Command::new(root.join("deploy/local/down"))
-        .args(["ws-fanout", "query-api", "projections", "commands"])
-        .status()?;
-    if !status.success() {
-        bail!("cannot stop the stack's services");
-    }
+    report::stack(
+        "down",
+        &["ws-fanout", "query-api", "projections", "commands"],
+    )?;
     let ceiling = if args.targets.iter().any(|t| t == "mongo") {
         match mongo_ceiling(&report::stack_env("CHAT_MONGO_URL")?).await {
             Ok(c) => {

@@ -77,6 +77,25 @@ pub fn find_pid(needle: &str) -> Option<u32> {
         })
 }
 
+/// A result file written by [`write`], if there is a readable one.
+pub fn read(dir: &Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Runs `deploy/local/<action> <services>` (`up` or `down`) on the stack `bench/run` started.
+pub fn stack(action: &str, services: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(format!("deploy/local/{action}"))
+        .args(services)
+        .status()
+        .with_context(|| format!("running deploy/local/{action}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "deploy/local/{action} {services:?} failed"
+    );
+    Ok(())
+}
+
 pub fn write(dir: &Path, name: &str, result: &Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.json"));

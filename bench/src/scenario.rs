@@ -17,9 +17,7 @@
 //! stores are stopped (Redis stays: the peer's adapter uses it), so each side has the machine.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -170,30 +168,11 @@ pub fn zipf_sizes(sockets: usize, rooms: usize, s: f64) -> Vec<usize> {
     sizes
 }
 
-fn stack(action: &str, services: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(format!("deploy/local/{action}"))
-        .args(services)
-        .status()
-        .with_context(|| format!("running deploy/local/{action}"))?;
-    if !status.success() {
-        bail!("deploy/local/{action} {services:?} failed");
-    }
-    Ok(())
-}
-
-fn read(results: &Path, name: &str) -> Value {
-    std::fs::read_to_string(results.join(format!("{name}.json")))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null)
-}
-
 fn save(results: &Path, scenario: &Scenario, side: &str, run: Value) -> anyhow::Result<()> {
     let name = scenario.name.as_str();
-    let mut file = read(results, name);
-    if !file.is_object() {
-        file = json!({});
-    }
+    let mut file = report::read(results, name)
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
     file["scenario"] = json!(name);
     file["what"] = json!(scenario.what);
     file["machine"] = report::machine();
@@ -258,7 +237,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     if args.target != Targets::Ours && !delivery.is_empty() {
         // The peer gets the machine: everything of ours but Redis (its adapter's) and
         // PostgreSQL (the machine's own) stops.
-        stack(
+        report::stack(
             "down",
             &[
                 "nginx",

@@ -8,16 +8,13 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde_json::Value;
 
+use crate::report;
+
 const BEGIN: &str = "<!-- bench:scenarios:begin -->";
 const END: &str = "<!-- bench:scenarios:end -->";
 const CHART: &str = "scenarios.png";
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const DELIVERY: [&str; 4] = ["seed", "burst", "soak", "moonshot"];
-
-fn load(results: &Path, name: &str) -> Option<Value> {
-    let text = std::fs::read_to_string(results.join(format!("{name}.json"))).ok()?;
-    serde_json::from_str(&text).ok()
-}
 
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
@@ -98,7 +95,7 @@ pub fn table(results: &Path) -> String {
         "| scenario | phase | side | messages/min offered | accepted/s | deliveries/s (missing) | delivery p50 / p95 / p99 / max ms | broker floor p50 / p99 ms | fan-out tier CPU % / RSS MiB | all server CPU % | generator CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for name in DELIVERY {
-        let Some(file) = load(results, name) else {
+        let Some(file) = report::read(results, name) else {
             continue;
         };
         for side in ["ours", "peer"] {
@@ -132,7 +129,7 @@ pub fn table(results: &Path) -> String {
             }
         }
     }
-    if let Some(replay) = load(results, "replay") {
+    if let Some(replay) = report::read(results, "replay") {
         for r in replay["runs"].as_array().into_iter().flatten() {
             if r["events_per_second"].is_number() {
                 out.push_str(&format!(
@@ -164,7 +161,7 @@ pub fn write(results: &Path, readme: bool) -> anyhow::Result<()> {
     let machine = DELIVERY
         .iter()
         .chain(std::iter::once(&"replay"))
-        .find_map(|n| load(results, n))
+        .find_map(|n| report::read(results, n))
         .map(|f| {
             format!(
                 "{} cores, {}",
@@ -183,7 +180,7 @@ pub fn write(results: &Path, readme: bool) -> anyhow::Result<()> {
     let scenarios: String = DELIVERY
         .iter()
         .filter_map(|n| {
-            let file = load(results, n)?;
+            let file = report::read(results, n)?;
             Some(format!("- `{n}`: {}\n", file["what"].as_str()?))
         })
         .collect();
@@ -227,7 +224,7 @@ fn chart(results: &Path) -> anyhow::Result<()> {
     let mut bars = Vec::new();
     let mut burst = None;
     for name in DELIVERY {
-        let Some(file) = load(results, name) else {
+        let Some(file) = report::read(results, name) else {
             continue;
         };
         if name == "burst" {
