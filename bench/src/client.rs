@@ -131,7 +131,7 @@ pub async fn open_peer(
 }
 
 /// Which kind of socket [`open_all`] opens.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Flavor {
     Ours,
     Peer,

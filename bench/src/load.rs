@@ -6,14 +6,16 @@
 //! generator down. Each message's content carries its slot (`t<slot>|padding`); every receiving
 //! socket records `receipt - slot` in the histogram of the phase the slot belongs to, and in a
 //! per-second timeline. The load is counted as deliveries (messages times the room's sockets).
+//! The receiving sockets live in worker processes (`receivers`), so a run is not bound by one
+//! process's open files; this process posts.
 //!
 //! The same generator drives both targets: ours (HTTP or socket `send` into the commands tier,
-//! event frames from a ws-fanout node) and the peer (Socket.io `send`, `event` broadcasts), so
+//! event frames from ws-fanout nodes) and the peer (Socket.io `send`, `event` broadcasts), so
 //! their numbers come from the same schedule, rooms and sockets.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,31 +25,44 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Flavor, Socket};
+use crate::client::{self, Flavor};
+use crate::frames::read_answer;
+use crate::receivers::{self, Receivers};
 use crate::{floor, report};
+
+/// A socket server of the run: a ws-fanout node of ours or a node of the peer.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub url: String,
+    pub pid: Option<u32>,
+}
 
 /// Where the load goes.
 pub enum Target {
-    /// The platform: the commands tier takes the posts, one ws-fanout node serves the sockets.
+    /// The platform: the commands tier takes the posts, ws-fanout nodes serve the sockets
+    /// (spread over them in turn).
     Ours {
         commands_url: String,
-        ws_url: String,
+        nodes: Vec<Node>,
         brokers: String,
         partitions: i32,
     },
     /// The Socket.io peer's nodes (`ws://host:port`), sockets spread over them.
-    Peer { urls: Vec<String>, pids: Vec<u32> },
+    Peer { nodes: Vec<Node> },
 }
 
 impl Target {
-    /// Ours, as `bench/run` started it.
+    /// Ours, as `bench/run` started it (the stack's one ws-fanout node).
     pub fn ours() -> anyhow::Result<Self> {
         Ok(Target::Ours {
             commands_url: report::stack_env("CHAT_COMMANDS_URL")?,
-            ws_url: format!(
-                "{}/v1/ws",
-                report::stack_env("CHAT_WS_URL")?.replacen("http", "ws", 1)
-            ),
+            nodes: vec![Node {
+                url: format!(
+                    "{}/v1/ws",
+                    report::stack_env("CHAT_WS_URL")?.replacen("http", "ws", 1)
+                ),
+                pid: report::stack_pid("ws-fanout"),
+            }],
             brokers: report::stack_env("CHAT_KAFKA_BROKERS")?,
             partitions: std::env::var("CHAT_ROOM_PARTITIONS")
                 .ok()
@@ -74,25 +89,39 @@ impl Target {
     fn processes(&self) -> Vec<(String, Option<u32>)> {
         let redis = ("redis".to_string(), report::find_pid("redis-server"));
         match self {
-            Target::Ours { .. } => [
-                "commands",
-                "ws-fanout",
-                "broker",
-                "projections",
-                "query-api",
-                "mongo",
-                "clickhouse",
-            ]
-            .iter()
-            .map(|p| (p.to_string(), report::stack_pid(p)))
-            .chain(std::iter::once(redis))
-            .collect(),
-            Target::Peer { pids, .. } => pids
+            Target::Ours { nodes, .. } => nodes
                 .iter()
                 .enumerate()
-                .map(|(i, pid)| (format!("peer-node-{}", i + 1), Some(*pid)))
+                .map(|(i, node)| match i {
+                    0 => ("ws-fanout".to_string(), node.pid),
+                    _ => (format!("ws-fanout-{}", i + 1), node.pid),
+                })
+                .chain(
+                    [
+                        "commands",
+                        "broker",
+                        "projections",
+                        "query-api",
+                        "mongo",
+                        "clickhouse",
+                    ]
+                    .iter()
+                    .map(|p| (p.to_string(), report::stack_pid(p))),
+                )
                 .chain(std::iter::once(redis))
                 .collect(),
+            Target::Peer { nodes } => nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| (format!("peer-node-{}", i + 1), node.pid))
+                .chain(std::iter::once(redis))
+                .collect(),
+        }
+    }
+
+    fn nodes(&self) -> &[Node] {
+        match self {
+            Target::Ours { nodes, .. } | Target::Peer { nodes } => nodes,
         }
     }
 }
@@ -123,6 +152,9 @@ pub struct Phase {
     pub drain: bool,
 }
 
+/// Receiving sockets per worker process: one process may hold 20,000 open files here.
+pub const RECEIVERS_PER_PROCESS: usize = 15_000;
+
 /// What one run asks of the generator.
 pub struct Plan {
     /// Receiving sockets per room (its length is the number of rooms).
@@ -132,7 +164,10 @@ pub struct Plan {
     pub content_bytes: usize,
     /// Posts in flight at most; a slot that finds none free is counted as shed.
     pub max_in_flight: usize,
+    /// Connections being set up at once, over all receiving workers.
     pub connect_concurrency: usize,
+    /// Receiving sockets per worker process (one process may hold 20,000 files here).
+    pub per_worker: usize,
     pub floor_secs: u64,
     pub phases: Vec<Phase>,
 }
@@ -146,14 +181,12 @@ struct Posting {
     errors: BTreeMap<String, u64>,
 }
 
-/// One phase: the slots it posts and measures, and what the sockets saw of them.
+/// One phase: the slots it posts and measures (the receiving workers measure its window).
 struct Step {
     /// Every slot of the phase, warm-up included (posting is accounted here).
     span: Range<u64>,
     /// Slots whose deliveries are measured: after the warm-up.
     window: Range<u64>,
-    latency: Mutex<Histogram<u64>>,
-    delivered: AtomicU64,
     posting: Mutex<Posting>,
 }
 
@@ -162,10 +195,8 @@ impl Step {
         Ok(Step {
             span,
             window,
-            latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-            delivered: AtomicU64::new(0),
             posting: Mutex::new(Posting {
-                answer_latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+                answer_latency: receivers::histogram(),
                 accepted_in_window: 0,
                 expected_deliveries: 0,
                 shed: 0,
@@ -189,18 +220,14 @@ impl Step {
     }
 }
 
-/// What every socket reader and sender adds to, for the whole run.
+/// What the senders add to, for the whole run.
 struct Tally {
+    /// The run's origin: slots are microseconds since it.
     base: Instant,
     steps: std::sync::RwLock<Vec<Arc<Step>>>,
-    /// Delivery latency per second of slot (seconds since `base`).
-    timeline: Mutex<BTreeMap<u64, Histogram<u64>>>,
-    /// Events whose seq was not the socket's last + 1 (a gap or a repeat); ours only.
-    out_of_order: AtomicU64,
-    resyncs: AtomicU64,
-    /// Sockets the server closed, by close code (or `error` / `eof` without a close frame).
+    /// Sender sockets the server closed.
     closes: Mutex<BTreeMap<String, u64>>,
-    /// Socket sends not answered yet.
+    /// Posts not answered yet.
     in_flight: AtomicI64,
 }
 
@@ -209,166 +236,14 @@ impl Tally {
         self.base.elapsed().as_micros() as u64
     }
 
-    fn find(&self, pick: impl Fn(&Step) -> bool) -> Option<Arc<Step>> {
-        let steps = self.steps.read().unwrap_or_else(|p| p.into_inner());
-        steps.iter().rev().find(|s| pick(s)).cloned()
-    }
-
-    fn measured(&self, slot: u64) -> Option<Arc<Step>> {
-        self.find(|s| s.window.contains(&slot))
-    }
-
     fn posted(&self, slot: u64) -> Option<Arc<Step>> {
-        self.find(|s| s.span.contains(&slot))
+        let steps = self.steps.read().unwrap_or_else(|p| p.into_inner());
+        steps.iter().rev().find(|s| s.span.contains(&slot)).cloned()
     }
 
     fn closed(&self, how: String) {
         *lock(&self.closes).entry(how).or_default() += 1;
     }
-}
-
-/// The number after `key` in `frame`, up to the first byte that is not a digit.
-fn number_after(frame: &str, key: &str, last: bool) -> Option<u64> {
-    let at = if last {
-        frame.rfind(key)
-    } else {
-        frame.find(key)
-    }? + key.len();
-    let digits = frame[at..].bytes().take_while(u8::is_ascii_digit).count();
-    frame[at..at + digits].parse().ok()
-}
-
-/// The string value after `key` (up to the next quote).
-fn string_after<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
-    let at = frame.find(key)? + key.len();
-    let len = frame[at..].find('"')?;
-    Some(&frame[at..at + len])
-}
-
-/// An event frame's seq (ours; the peer has none) and the slot stamped in its content.
-///
-/// Cheap substring reads instead of a JSON parse: the generator shares two cores with the whole
-/// platform, and a full parse of 167,000 frames/s would cost it most of one. Our outer object's
-/// keys are serialized in order (`event`, `room_id`, `seq`, `type`), so the last `"seq":` is the
-/// frame's; the content is `t<slot>|<padding>`, which no other field can contain.
-fn read_event(flavor: Flavor, frame: &str) -> Option<(Option<u64>, u64)> {
-    let seq = match flavor {
-        Flavor::Ours => {
-            if !frame.contains(r#""type":"event""#) {
-                return None;
-            }
-            Some(number_after(frame, r#""seq":"#, true)?)
-        }
-        Flavor::Peer => {
-            if !frame.starts_with(r#"42["event""#) {
-                return None;
-            }
-            None
-        }
-    };
-    let slot = number_after(frame, r#""content":"t"#, false)?;
-    Some((seq, slot))
-}
-
-/// A send's answer: its reference (`<slot>-<room>-<n>`) and `Ok` or the error code.
-///
-/// Ours: `{"type":"ack","client_msg_id":ref,..}` or `{"type":"error","code",..,"ref"}`;
-/// the peer's Socket.io acknowledgement: `43<id>[{"ok":true,"ref"}]` or `[{"error","ref"}]`.
-fn read_answer(frame: &str) -> Option<(u64, usize, Result<(), String>)> {
-    let reference = string_after(frame, r#""client_msg_id":""#)
-        .or_else(|| string_after(frame, r#""ref":""#))?;
-    let mut parts = reference.split('-');
-    let slot = parts.next()?.parse().ok()?;
-    let room = parts.next()?.parse().ok()?;
-    let outcome = if frame.contains(r#""type":"ack""#) || frame.contains(r#""ok":true"#) {
-        Ok(())
-    } else {
-        let code = string_after(frame, r#""code":""#)
-            .or_else(|| string_after(frame, r#""error":""#))
-            .unwrap_or("unknown");
-        Err(code.to_string())
-    };
-    Some((slot, room, outcome))
-}
-
-/// Batches a reader's latencies so the shared histograms are locked once per 64 events.
-struct Batch(Vec<(Arc<Step>, u64, u64)>);
-
-impl Batch {
-    fn flush(&mut self, tally: &Tally) {
-        if self.0.is_empty() {
-            return;
-        }
-        let mut timeline = lock(&tally.timeline);
-        for (step, slot, latency) in self.0.drain(..) {
-            lock(&step.latency).saturating_record(latency);
-            if let Some(h) = timeline.get_mut(&(slot / 1_000_000)) {
-                h.saturating_record(latency);
-            } else if let Ok(mut h) = Histogram::new_with_bounds(1, 600_000_000, 2) {
-                h.saturating_record(latency);
-                timeline.insert(slot / 1_000_000, h);
-            }
-        }
-    }
-}
-
-async fn read(
-    flavor: Flavor,
-    mut socket: Socket,
-    tally: Arc<Tally>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut batch = Batch(Vec::with_capacity(64));
-    let mut last_seq: Option<u64> = None;
-    loop {
-        let frame = tokio::select! {
-            _ = stop.changed() => break,
-            frame = socket.next() => frame,
-        };
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                let now = tally.now_us();
-                let text = text.as_str();
-                if let Some((seq, slot)) = read_event(flavor, text) {
-                    if let Some(seq) = seq {
-                        if last_seq.is_some_and(|l| seq != l + 1) {
-                            tally.out_of_order.fetch_add(1, Ordering::Relaxed);
-                        }
-                        last_seq = Some(seq);
-                    }
-                    if let Some(step) = tally.measured(slot) {
-                        step.delivered.fetch_add(1, Ordering::Relaxed);
-                        batch.0.push((step, slot, now.saturating_sub(slot)));
-                    }
-                } else if text == "2" {
-                    // Engine.IO ping: unanswered, the peer drops the socket.
-                    if socket.send(Message::text("3")).await.is_err() {
-                        tally.closed("error".into());
-                        break;
-                    }
-                } else if text.contains(r#""type":"resync""#) {
-                    tally.resyncs.fetch_add(1, Ordering::Relaxed);
-                }
-                if batch.0.len() == batch.0.capacity() {
-                    batch.flush(&tally);
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                tally.closed(frame.map_or("no code".into(), |f| u16::from(f.code).to_string()));
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) => {
-                tally.closed("error".into());
-                break;
-            }
-            None => {
-                tally.closed("eof".into());
-                break;
-            }
-        }
-    }
-    batch.flush(&tally);
 }
 
 /// A room of the run: its id, its posting members and how many sockets receive its events.
@@ -432,11 +307,16 @@ async fn rooms(target: &Target, plan: &Plan) -> anyhow::Result<Vec<Room>> {
     Ok(rooms)
 }
 
-/// The URL a socket of `target` connects to: ours with the `token`, the peer's `index`-th node.
+/// The URL the `index`-th socket of `target` connects to (nodes in turn): ours with the
+/// `token`, the peer's as is.
 fn socket_url(target: &Target, token: &str, index: usize) -> String {
+    let nodes = target.nodes();
+    let url = nodes
+        .get(index % nodes.len().max(1))
+        .map_or("", |n| n.url.as_str());
     match target {
-        Target::Ours { ws_url, .. } => format!("{ws_url}?access_token={token}"),
-        Target::Peer { urls, .. } => urls[index % urls.len()].clone(),
+        Target::Ours { .. } => format!("{url}?access_token={token}"),
+        Target::Peer { .. } => url.to_string(),
     }
 }
 
@@ -539,12 +419,15 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
     let setup = Instant::now();
     let mut rooms = rooms(target, plan).await?;
     let requested: usize = plan.room_sizes.iter().sum();
+    let per_worker = plan.per_worker.max(1);
     println!(
-        "[{}] {} rooms, {} senders set up in {:.1} s; opening {requested} sockets ...",
+        "[{}] {} rooms, {} senders set up in {:.1} s; opening {requested} sockets from {} worker process(es) on {} node(s) ...",
         target.name(),
         rooms.len(),
         rooms.len() * plan.senders_per_room.max(1),
-        setup.elapsed().as_secs_f64()
+        setup.elapsed().as_secs_f64(),
+        requested.div_ceil(per_worker),
+        target.nodes().len(),
     );
     let targets = plan
         .room_sizes
@@ -558,42 +441,42 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             (k, socket_url(target, token, i), Some(room.id.clone()))
         })
         .collect::<Vec<_>>();
-    let opened = client::open_all(flavor, targets.into_iter(), plan.connect_concurrency).await;
+    // The run's origin, on the monotonic clock here and the wall clock in the workers.
+    let base = Instant::now();
+    let origin_unix_us = receivers::unix_us();
+    let (mut receivers, opened) = Receivers::start(
+        flavor,
+        origin_unix_us,
+        targets,
+        per_worker,
+        plan.connect_concurrency,
+    )
+    .await?;
     if let Some(e) = &opened.first_error {
         eprintln!("socket failed: {e}");
     }
-    let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    for &us in &opened.connect_us {
-        connect.saturating_record(us);
+    for (&k, &n) in &opened.per_room {
+        if let Some(room) = rooms.get_mut(k) {
+            room.receivers += n;
+        }
     }
-    let mut sockets = Vec::with_capacity(opened.sockets.len());
-    for (room, socket) in opened.sockets {
-        rooms[room].receivers += 1;
-        sockets.push(socket);
-    }
-    let sockets_open = sockets.len();
-    let connect_ms = report::latency_ms(&connect);
+    let connect_ms = report::latency_ms(&opened.connect);
     println!(
-        "[{}] {sockets_open} sockets open ({} failed); connect+subscribe {}",
+        "[{}] {} sockets open ({} failed); connect+subscribe {}",
         target.name(),
+        opened.held,
         opened.failures,
         summary(&connect_ms)
     );
 
     let tally = Arc::new(Tally {
-        base: Instant::now(),
+        base,
         steps: std::sync::RwLock::new(Vec::new()),
-        timeline: Mutex::new(BTreeMap::new()),
-        out_of_order: AtomicU64::new(0),
-        resyncs: AtomicU64::new(0),
         closes: Mutex::new(BTreeMap::new()),
         in_flight: AtomicI64::new(0),
     });
     let (stop, stopped) = watch::channel(false);
-    let mut tasks: Vec<_> = sockets
-        .into_iter()
-        .map(|s| tokio::spawn(read(flavor, s, tally.clone(), stopped.clone())))
-        .collect();
+    let mut tasks = Vec::new();
     let senders = match plan.send_over {
         SendOver::Socket => {
             let (senders, sender_tasks) =
@@ -609,6 +492,8 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             commands_url,
         },
     };
+    let mut generator = vec![std::process::id()];
+    generator.extend(&receivers.pids);
 
     let mut results = Vec::new();
     let mut first_start = None;
@@ -641,7 +526,8 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
                 floors.insert(phase.per_minute, floor.json());
             }
         }
-        // The group's phases back to back on one schedule.
+        // The group's phases back to back on one schedule; the workers measure each window
+        // (numbered in order, as `results` is).
         let mut at = tally.now_us() + 100_000;
         first_start.get_or_insert(at);
         let mut steps = Vec::new();
@@ -649,6 +535,7 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             let end = at + phase.secs.saturating_add(phase.warmup_secs) * 1_000_000;
             let step = Arc::new(Step::new(at..end, at + phase.warmup_secs * 1_000_000..end)?);
             at = end;
+            receivers.measure(&step.window).await?;
             tally
                 .steps
                 .write()
@@ -657,8 +544,9 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             steps.push(step);
         }
         let sampler = tokio::spawn(sample(
-            tally.clone(),
+            base,
             target.processes(),
+            generator.clone(),
             steps.iter().map(|s| s.window.clone()).collect(),
         ));
         for (phase, step) in group.iter().zip(&steps) {
@@ -672,13 +560,25 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             post(plan, target, &rooms, &senders, phase, step, &tally).await;
         }
         let usage = sampler.await.unwrap_or_default();
-        drain(&tally, &steps).await;
+        let windows = results.len()..results.len() + steps.len();
+        drain(&tally, &receivers, windows.clone(), &steps).await;
         for ((phase, step), processes) in group.iter().zip(&steps).zip(usage) {
-            let result = phase_result(phase, step, processes, floors.get(&phase.per_minute));
+            results.push(phase_result(
+                phase,
+                step,
+                processes,
+                floors.get(&phase.per_minute),
+            ));
+        }
+        for (i, result) in results[windows.clone()].iter_mut().enumerate() {
+            set_deliveries(
+                result,
+                receivers.delivered(windows.start + i..windows.start + i + 1),
+            );
             println!(
                 "[{}] {}: {} of {} deliveries ({:.0}/s), {:.0} posts/s accepted, shed {}, errors {}",
                 target.name(),
-                phase.label,
+                result["label"].as_str().unwrap_or(""),
                 result["deliveries"],
                 result["deliveries_expected"],
                 result["deliveries_per_sec"].as_f64().unwrap_or(0.0),
@@ -686,7 +586,6 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
                 result["shed"],
                 result["post_errors"],
             );
-            results.push(result);
         }
     }
     let _ = stop.send(true);
@@ -695,15 +594,11 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
     for task in tasks {
         let _ = task.await;
     }
-    // Readers hand latencies over in batches (the rest on stopping): the histograms are
-    // complete only now.
-    let steps = tally
-        .steps
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for (result, step) in results.iter_mut().zip(&steps) {
-        result["delivery_ms"] = report::latency_ms(&lock(&step.latency));
+    // The workers hand their histograms over when stopped: the figures are complete only now.
+    let received = receivers.finish().await?;
+    for (result, (delivered, latency)) in results.iter_mut().zip(&received.windows) {
+        set_deliveries(result, *delivered);
+        result["delivery_ms"] = report::latency_ms(latency);
         println!(
             "[{}] {}: delivery {}",
             target.name(),
@@ -712,7 +607,8 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
         );
     }
     let origin = first_start.unwrap_or(0) / 1_000_000;
-    let timeline: Vec<Value> = lock(&tally.timeline)
+    let timeline: Vec<Value> = received
+        .timeline
         .iter()
         .map(|(second, h)| {
             json!({
@@ -723,14 +619,20 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
             })
         })
         .collect();
+    let mut closes = received.closes;
+    for (how, n) in lock(&tally.closes).iter() {
+        *closes.entry(how.clone()).or_default() += n;
+    }
     let mut sizes = plan.room_sizes.clone();
     sizes.sort_unstable();
     Ok(json!({
         "target": target.name(),
         "sockets": requested,
-        "sockets_open": sockets_open,
+        "sockets_open": opened.held,
         "connect_failures": opened.failures,
         "connect_ms": connect_ms,
+        "nodes": target.nodes().len(),
+        "receiving_processes": generator.len() - 1,
         "rooms": rooms.len(),
         "room_sizes": {
             "min": sizes.first(),
@@ -742,40 +644,46 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
         "content_bytes": plan.content_bytes,
         "phases": results,
         "out_of_order": match target {
-            Target::Ours { .. } => json!(tally.out_of_order.load(Ordering::Relaxed)),
+            Target::Ours { .. } => json!(received.out_of_order),
             Target::Peer { .. } => Value::Null,
         },
-        "resyncs": tally.resyncs.load(Ordering::Relaxed),
-        "sockets_closed": lock(&tally.closes).clone(),
+        "resyncs": received.resyncs,
+        "sockets_closed": closes,
         "timeline": timeline,
     }))
 }
 
 fn phase_result(phase: &Phase, step: &Step, processes: Value, floor: Option<&Value>) -> Value {
-    let secs = phase.secs.max(1) as f64;
-    let delivered = step.delivered.load(Ordering::Relaxed);
     let p = lock(&step.posting);
     json!({
         "label": phase.label,
         "messages_per_minute": phase.per_minute,
         "measured_seconds": phase.secs,
-        "accepted_per_sec": p.accepted_in_window as f64 / secs,
+        "accepted_per_sec": p.accepted_in_window as f64 / phase.secs.max(1) as f64,
         "shed": p.shed,
         "post_errors": p.errors,
         "post_answer_ms": report::latency_ms(&p.answer_latency),
         "deliveries_expected": p.expected_deliveries,
-        "deliveries": delivered,
-        "deliveries_per_sec": delivered as f64 / secs,
-        "deliveries_missing": p.expected_deliveries.saturating_sub(delivered),
         "broker_floor": floor,
         "processes": processes,
     })
 }
 
-/// CPU and RSS of the target's processes and the generator over each measured window.
+/// A phase's delivery counts, from what the receiving workers reported.
+fn set_deliveries(result: &mut Value, delivered: u64) {
+    let secs = result["measured_seconds"].as_u64().unwrap_or(1).max(1) as f64;
+    let expected = result["deliveries_expected"].as_u64().unwrap_or(0);
+    result["deliveries"] = json!(delivered);
+    result["deliveries_per_sec"] = json!(delivered as f64 / secs);
+    result["deliveries_missing"] = json!(expected.saturating_sub(delivered));
+}
+
+/// CPU and RSS of the target's processes and of the generator (this process and its receiving
+/// workers, summed) over each measured window.
 async fn sample(
-    tally: Arc<Tally>,
+    base: Instant,
     processes: Vec<(String, Option<u32>)>,
+    generator: Vec<u32>,
     windows: Vec<Range<u64>>,
 ) -> Vec<Value> {
     let read = || -> Vec<(String, Option<(f64, u64)>)> {
@@ -784,11 +692,14 @@ async fn sample(
             .map(|(name, pid)| (name.clone(), pid.and_then(report::proc_stats)))
             .chain(std::iter::once((
                 "load-generator".to_string(),
-                report::proc_stats(std::process::id()),
+                generator
+                    .iter()
+                    .map(|&pid| report::proc_stats(pid))
+                    .try_fold((0.0, 0), |(cpu, rss), s| s.map(|(c, r)| (cpu + c, rss + r))),
             )))
             .collect()
     };
-    let at = |us: u64| tally.base + Duration::from_micros(us);
+    let at = |us: u64| base + Duration::from_micros(us);
     let mut usage = Vec::new();
     for window in windows {
         tokio::time::sleep_until(at(window.start).into()).await;
@@ -810,18 +721,21 @@ async fn sample(
     usage
 }
 
-/// Waits until every delivery of `steps` arrived, or none arrived for 10 s.
-async fn drain(tally: &Tally, steps: &[Arc<Step>]) {
+/// Waits until every delivery of `steps` (the receivers' `windows`) arrived, or none arrived
+/// for 10 s.
+async fn drain(tally: &Tally, receivers: &Receivers, windows: Range<usize>, steps: &[Arc<Step>]) {
     // Socket sends answered late still add to what is expected: let them land first.
     let answers_due = Instant::now() + Duration::from_secs(30);
     while tally.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < answers_due {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let count = |f: &dyn Fn(&Step) -> u64| steps.iter().map(|s| f(s)).sum::<u64>();
-    let expected = count(&|s| lock(&s.posting).expected_deliveries);
+    let expected: u64 = steps
+        .iter()
+        .map(|s| lock(&s.posting).expected_deliveries)
+        .sum();
     let mut last = (0, Instant::now());
     loop {
-        let now = count(&|s| s.delivered.load(Ordering::Relaxed));
+        let now = receivers.delivered(windows.clone());
         if now >= expected {
             break;
         }
@@ -929,47 +843,4 @@ pub fn summary(v: &Value) -> String {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_seq_and_slot_from_event_frames_of_both_targets() {
-        // The shape ws-fanout sends (keys in serialization order, the event's own fields inside).
-        let ours = r#"{"event":{"kind":"message_posted","seq":7,"content":"t123456|xxxx","room_id":"r"},"room_id":"r","seq":7,"type":"event"}"#;
-        assert_eq!(read_event(Flavor::Ours, ours), Some((Some(7), 123_456)));
-        assert_eq!(
-            read_event(
-                Flavor::Ours,
-                r#"{"room_id":"r","type":"resync","reason":"behind"}"#
-            ),
-            None
-        );
-        let peer = r#"42["event",{"room":"r","content":"t99|xx","sent_at":1}]"#;
-        assert_eq!(read_event(Flavor::Peer, peer), Some((None, 99)));
-        assert_eq!(read_event(Flavor::Peer, "2"), None);
-    }
-
-    #[test]
-    fn reads_answers_of_both_targets() {
-        let ack = r#"{"type":"ack","client_msg_id":"55-3-9","message_id":"m","seq":4}"#;
-        assert_eq!(read_answer(ack), Some((55, 3, Ok(()))));
-        let refused =
-            r#"{"type":"error","code":"rate_limited","message":"slow down","ref":"56-1-2"}"#;
-        assert_eq!(
-            read_answer(refused),
-            Some((56, 1, Err("rate_limited".into())))
-        );
-        assert_eq!(
-            read_answer(r#"4312[{"ok":true,"ref":"70-0-1"}]"#),
-            Some((70, 0, Ok(())))
-        );
-        assert_eq!(
-            read_answer(r#"4313[{"error":"invalid_message","ref":"71-0-2"}]"#),
-            Some((71, 0, Err("invalid_message".into())))
-        );
-        assert_eq!(read_answer(r#"{"type":"pong"}"#), None);
-    }
 }

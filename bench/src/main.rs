@@ -5,8 +5,10 @@ mod client;
 mod commands;
 mod delivery;
 mod floor;
+mod frames;
 mod load;
 mod peer;
+mod receivers;
 mod replay;
 mod report;
 mod scenario;
@@ -43,6 +45,9 @@ enum Command {
     /// One client process of `sockets` (started by it).
     #[command(hide = true)]
     SocketsWorker(sockets::WorkerArgs),
+    /// One receiving process of a load run (started by it; talks JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    LoadReceiver,
 }
 
 #[tokio::main]
@@ -56,5 +61,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Summary => summary::write(&cli.results, true),
         Command::Sockets(args) => sockets::run(args, &cli.results).await,
         Command::SocketsWorker(args) => sockets::worker(args).await,
+        Command::LoadReceiver => receivers::worker().await,
     }
 }

@@ -122,14 +122,16 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node taking part: its socket URL, pid, and the process when the run started it.
-struct Node {
-    ws_url: String,
-    pid: u32,
+/// A node taking part: its socket URL, pid, and the process when the run started it (stopped
+/// when this is dropped).
+pub struct Node {
+    pub ws_url: String,
+    pub pid: u32,
     _started: Option<test_support::Service>,
 }
 
-async fn extra_node() -> anyhow::Result<Node> {
+/// A ws-fanout node beside the stack's own, on the same broker, registry and Redis.
+pub async fn extra_node() -> anyhow::Result<Node> {
     let port = test_support::free_port();
     let binary = std::env::current_exe()?
         .parent()

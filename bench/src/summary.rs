@@ -81,7 +81,7 @@ fn usage(processes: &Value) -> Usage {
             continue;
         }
         u.servers_cpu += cpu;
-        if name == "ws-fanout" || name.starts_with("peer-node") {
+        if name.starts_with("ws-fanout") || name.starts_with("peer-node") {
             u.fanout_cpu += cpu;
             u.fanout_rss += p["rss_mib"].as_f64().unwrap_or(0.0);
         }
