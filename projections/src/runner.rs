@@ -101,6 +101,19 @@ pub enum Ended {
 /// How often a running projector checks that its generation is still live.
 const LIVE_CHECK: Duration = Duration::from_secs(1);
 
+/// How long a batch being applied may hold up a shutdown. Finishing it saves the next start
+/// that work, but a store slowed by a backlog took longer than a supervisor waits (a 500-event
+/// Mongo batch under the moonshot benchmark: past `deploy/local`'s 20 s, then SIGKILL).
+/// Abandoning it is safe: every projector re-applies idempotently after a crash mid-batch
+/// (`tests/crash.rs`, also for this path).
+const APPLY_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves `APPLY_GRACE` after shutdown was asked for.
+async fn grace_over(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(APPLY_GRACE).await;
+}
+
 pub async fn run<P: Project>(
     mut projector: P,
     mut source: Source,
@@ -142,7 +155,17 @@ pub async fn run<P: Project>(
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let counts = loop {
-            match projector.apply(&batch, &dead_letter).await {
+            let applied = tokio::select! {
+                applied = projector.apply(&batch, &dead_letter) => applied,
+                () = grace_over(&shutdown) => {
+                    tracing::warn!(
+                        projector = name,
+                        "shutdown: abandoning the batch being applied; the next start applies it"
+                    );
+                    return Ok(Ended::Shutdown);
+                }
+            };
+            match applied {
                 Ok(counts) => break counts,
                 Err(e) => {
                     metrics.retries.with_label_values(&[name]).inc();

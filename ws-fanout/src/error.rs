@@ -17,6 +17,10 @@ pub enum FanoutError {
     Forbidden(String),
     #[error("{0}")]
     Invalid(String),
+    /// A socket's `send`s awaiting their answers are at the node's bound: the client should wait
+    /// for its acks, which is not the same as sending something wrong.
+    #[error("{0}")]
+    TooManyInFlight(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{code}: {message}")]
@@ -45,6 +49,7 @@ impl FanoutError {
             FanoutError::NotFound => "not_found",
             FanoutError::Forbidden(_) => "forbidden",
             FanoutError::Invalid(_) => "invalid_input",
+            FanoutError::TooManyInFlight(_) => "too_many_in_flight",
             FanoutError::Unavailable(_) => "unavailable",
             FanoutError::Upstream { .. } => "upstream_error",
             FanoutError::Internal(_) => "internal",
@@ -68,6 +73,7 @@ impl FanoutError {
             FanoutError::Auth(_) => StatusCode::UNAUTHORIZED,
             FanoutError::NotFound => StatusCode::NOT_FOUND,
             FanoutError::Forbidden(_) => StatusCode::FORBIDDEN,
+            FanoutError::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
             FanoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             FanoutError::Upstream { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)

@@ -97,6 +97,10 @@ impl Node {
     }
 }
 
+/// `send`s of one socket awaiting the write API's answer: each holds an HTTP call, so one
+/// socket cannot make the node open an unbounded number of them.
+pub const SENDS_IN_FLIGHT: usize = 8;
+
 struct Session {
     claims: AccessClaims,
     token: String,
@@ -175,7 +179,7 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
         token,
         outlet,
         rooms: BTreeSet::new(),
-        sends: Arc::new(Semaphore::new(8)),
+        sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT)),
         typing: Throttle::default(),
     };
     node.metrics.sockets.inc();
@@ -506,9 +510,9 @@ fn send(
     reply_to: Option<String>,
 ) -> Result<(), FanoutError> {
     let Ok(permit) = session.sends.clone().try_acquire_owned() else {
-        return Err(FanoutError::Invalid(
-            "too many sends in flight on this socket; wait for their acks".into(),
-        ));
+        return Err(FanoutError::TooManyInFlight(format!(
+            "{SENDS_IN_FLIGHT} sends on this socket await their answers; wait for their acks"
+        )));
     };
     let node = node.clone();
     let outlet = session.outlet.clone();

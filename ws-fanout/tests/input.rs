@@ -1,14 +1,17 @@
 //! Bad input on the socket: every malformed frame gets an error frame and the socket keeps
 //! serving; an oversize frame closes it cleanly (1009); a bad token gets an error frame and a
-//! policy-violation close (1008). And a reader that stops reading gets a resync and a close
-//! while the node's memory stays bounded.
+//! policy-violation close (1008). A socket's sends beyond its in-flight bound are refused at
+//! once with their ref. And a reader that stops reading gets a resync and a close while the
+//! node's memory stays bounded.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::bail;
 use common::{Client, Incoming, Node};
+use futures::SinkExt;
 use serde_json::json;
 use test_support::{Api, env};
 use tokio_tungstenite::tungstenite::Message;
@@ -133,6 +136,80 @@ async fn malformed_frames_get_error_frames_and_the_socket_lives_on() -> anyhow::
         }
     };
     assert_eq!(closed.map(|(code, _)| code), Some(1009));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sends_past_the_sockets_bound_are_refused_with_their_ref_and_the_rest_land()
+-> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let commands = Api::new(env::commands_url());
+    let owner = commands.user("wsbound").await?;
+    let room = commands.create_room(&owner, "public").await?;
+    let mut client = Client::connect(&node.ws_url, Some(&owner.access_token)).await?;
+    client
+        .send(json!({"type": "subscribe", "room_id": room, "since_seq": 0}))
+        .await?;
+    client.until("subscribed", T).await?;
+
+    // 20 sends in one write: the node reads them before the first HTTP command can come back,
+    // so only 8 may be in flight; 20 stays under the write API's burst of 30, so every
+    // refusal is the node's own bound.
+    let ids: Vec<String> = (0..20).map(|i| format!("b-{i}")).collect();
+    for id in &ids {
+        let frame = json!({"type": "send", "room_id": room, "client_msg_id": id, "content": id});
+        client.ws.feed(Message::text(frame.to_string())).await?;
+    }
+    client.ws.flush().await?;
+
+    let mut answers: BTreeMap<String, String> = BTreeMap::new();
+    let mut delivered = Vec::new();
+    let acked =
+        |answers: &BTreeMap<String, String>| answers.values().filter(|code| *code == "ack").count();
+    while answers.len() < ids.len() || delivered.len() < acked(&answers) {
+        let frame = client.json(T).await?;
+        let (id, answer) = match frame["type"].as_str() {
+            Some("ack") => (&frame["client_msg_id"], "ack".to_string()),
+            Some("error") => (&frame["ref"], frame["code"].as_str().unwrap_or("").into()),
+            Some("event") if frame["event"]["kind"] == "message_posted" => {
+                delivered.push(frame["event"]["content"].as_str().unwrap_or("").to_string());
+                continue;
+            }
+            _ => continue,
+        };
+        let id = id.as_str().unwrap_or("").to_string();
+        assert!(ids.contains(&id), "an answer for no send: {frame}");
+        assert!(
+            answers.insert(id, answer).is_none(),
+            "answered twice: {frame}"
+        );
+    }
+    let answered = |wanted: &str| -> BTreeSet<String> {
+        answers
+            .iter()
+            .filter(|(_, code)| *code == wanted)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let (acked_ids, refused) = (answered("ack"), answered("too_many_in_flight"));
+    assert!(
+        answers
+            .values()
+            .all(|code| code == "ack" || code == "too_many_in_flight"),
+        "{answers:?}"
+    );
+    assert!(acked(&answers) >= 8, "{answers:?}");
+    assert!(
+        !refused.is_empty(),
+        "none of 20 sends at once was refused: {answers:?}"
+    );
+    // What was acknowledged is exactly what the room got, once each.
+    assert_eq!(
+        delivered.iter().cloned().collect::<BTreeSet<_>>(),
+        acked_ids
+    );
+    assert_eq!(delivered.len(), acked_ids.len(), "{delivered:?}");
+    assert_alive(&mut client).await?;
     Ok(())
 }
 
