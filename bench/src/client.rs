@@ -65,16 +65,11 @@ async fn next_text(ws: &mut Socket) -> anyhow::Result<String> {
 }
 
 /// Our socket: connects (token in `url`), subscribes to `room` when given and waits for
-/// `subscribed`; returns the socket and how long it took.
-pub async fn open(
-    url: &str,
-    room: Option<&str>,
-    index: usize,
-) -> anyhow::Result<(Socket, Duration)> {
-    let started = Instant::now();
+/// `subscribed`.
+async fn open(url: &str, room: Option<&str>, index: usize) -> anyhow::Result<Socket> {
     let mut ws = connect(url, index).await?;
     let Some(room) = room else {
-        return Ok((ws, started.elapsed()));
+        return Ok(ws);
     };
     ws.send(Message::text(
         json!({"type": "subscribe", "room_id": room}).to_string(),
@@ -83,7 +78,7 @@ pub async fn open(
     loop {
         let v: Value = serde_json::from_str(&next_text(&mut ws).await?)?;
         match v["type"].as_str() {
-            Some("subscribed") => return Ok((ws, started.elapsed())),
+            Some("subscribed") => return Ok(ws),
             Some("error") => bail!("subscribe refused: {v}"),
             _ => {}
         }
@@ -92,12 +87,7 @@ pub async fn open(
 
 /// The peer's socket: Engine.IO open (`0{..}`), Socket.io connect (`40` -> `40{..}`), then
 /// `join` with an acknowledgement (`420["join",room]` -> `430[{"ok":true}]`) when `room` is given.
-pub async fn open_peer(
-    base: &str,
-    room: Option<&str>,
-    index: usize,
-) -> anyhow::Result<(Socket, Duration)> {
-    let started = Instant::now();
+async fn open_peer(base: &str, room: Option<&str>, index: usize) -> anyhow::Result<Socket> {
     let mut ws = connect(
         &format!("{base}/socket.io/?EIO=4&transport=websocket"),
         index,
@@ -113,7 +103,7 @@ pub async fn open_peer(
         bail!("expected a Socket.io connect packet, got {connected}");
     }
     let Some(room) = room else {
-        return Ok((ws, started.elapsed()));
+        return Ok(ws);
     };
     ws.send(Message::text(format!("420{}", json!(["join", room]))))
         .await?;
@@ -123,7 +113,7 @@ pub async fn open_peer(
             ws.send(Message::text("3")).await?;
         } else if let Some(ack) = frame.strip_prefix("430") {
             if ack.contains(r#""ok":true"#) {
-                return Ok((ws, started.elapsed()));
+                return Ok(ws);
             }
             bail!("join refused: {ack}");
         }
@@ -145,7 +135,8 @@ pub struct Opened<T> {
     pub first_error: Option<String>,
 }
 
-/// Opens a socket per `(tag, url, room)`, `concurrency` at a time.
+/// Opens a socket per `(tag, url, room)`, `concurrency` at a time, timing each from connect to
+/// subscribed (or joined).
 pub async fn open_all<T>(
     flavor: Flavor,
     targets: impl Iterator<Item = (T, String, Option<String>)>,
@@ -153,11 +144,12 @@ pub async fn open_all<T>(
 ) -> Opened<T> {
     let mut opening = futures::stream::iter(targets.enumerate())
         .map(|(index, (tag, url, room))| async move {
+            let started = Instant::now();
             let socket = match flavor {
                 Flavor::Ours => open(&url, room.as_deref(), index).await,
                 Flavor::Peer => open_peer(&url, room.as_deref(), index).await,
             };
-            (tag, socket)
+            (tag, socket.map(|s| (s, started.elapsed())))
         })
         .buffer_unordered(concurrency.max(1));
     let mut opened = Opened {

@@ -63,7 +63,6 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         content_bytes: args.content_bytes,
         max_in_flight: args.max_in_flight,
         connect_concurrency: args.connect_concurrency,
-        per_worker: load::RECEIVERS_PER_PROCESS,
         floor_secs: args.floor_secs,
         phases: args
             .rates

@@ -152,9 +152,6 @@ pub struct Phase {
     pub drain: bool,
 }
 
-/// Receiving sockets per worker process: one process may hold 20,000 open files here.
-pub const RECEIVERS_PER_PROCESS: usize = 15_000;
-
 /// What one run asks of the generator.
 pub struct Plan {
     /// Receiving sockets per room (its length is the number of rooms).
@@ -166,8 +163,6 @@ pub struct Plan {
     pub max_in_flight: usize,
     /// Connections being set up at once, over all receiving workers.
     pub connect_concurrency: usize,
-    /// Receiving sockets per worker process (one process may hold 20,000 files here).
-    pub per_worker: usize,
     pub floor_secs: u64,
     pub phases: Vec<Phase>,
 }
@@ -191,18 +186,18 @@ struct Step {
 }
 
 impl Step {
-    fn new(span: Range<u64>, window: Range<u64>) -> anyhow::Result<Self> {
-        Ok(Step {
+    fn new(span: Range<u64>, window: Range<u64>) -> Self {
+        Step {
             span,
             window,
             posting: Mutex::new(Posting {
-                answer_latency: receivers::histogram(),
+                answer_latency: report::histogram(3),
                 accepted_in_window: 0,
                 expected_deliveries: 0,
                 shed: 0,
                 errors: BTreeMap::new(),
             }),
-        })
+        }
     }
 
     /// A post's outcome: `Ok(deliveries it should make)` or `Err(error code)`.
@@ -419,14 +414,13 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
     let setup = Instant::now();
     let mut rooms = rooms(target, plan).await?;
     let requested: usize = plan.room_sizes.iter().sum();
-    let per_worker = plan.per_worker.max(1);
     println!(
         "[{}] {} rooms, {} senders set up in {:.1} s; opening {requested} sockets from {} worker process(es) on {} node(s) ...",
         target.name(),
         rooms.len(),
         rooms.len() * plan.senders_per_room.max(1),
         setup.elapsed().as_secs_f64(),
-        requested.div_ceil(per_worker),
+        requested.div_ceil(receivers::SOCKETS_PER_PROCESS),
         target.nodes().len(),
     );
     let targets = plan
@@ -444,14 +438,8 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
     // The run's origin, on the monotonic clock here and the wall clock in the workers.
     let base = Instant::now();
     let origin_unix_us = receivers::unix_us();
-    let (mut receivers, opened) = Receivers::start(
-        flavor,
-        origin_unix_us,
-        targets,
-        per_worker,
-        plan.connect_concurrency,
-    )
-    .await?;
+    let (mut receivers, opened) =
+        Receivers::start(flavor, origin_unix_us, targets, plan.connect_concurrency).await?;
     if let Some(e) = &opened.first_error {
         eprintln!("socket failed: {e}");
     }
@@ -533,7 +521,7 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
         let mut steps = Vec::new();
         for phase in group {
             let end = at + phase.secs.saturating_add(phase.warmup_secs) * 1_000_000;
-            let step = Arc::new(Step::new(at..end, at + phase.warmup_secs * 1_000_000..end)?);
+            let step = Arc::new(Step::new(at..end, at + phase.warmup_secs * 1_000_000..end));
             at = end;
             receivers.measure(&step.window).await?;
             tally

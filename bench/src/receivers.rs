@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Flavor, Socket};
 use crate::frames::read_event;
+use crate::report;
 
 /// Microseconds since the Unix epoch.
 pub fn unix_us() -> u64 {
@@ -41,10 +42,13 @@ pub fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Histograms with 3 significant digits up to 10 minutes, in microseconds.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid")
-}
+/// Significant digits of the per-window histograms and of the per-second timeline (a second's
+/// p99 needs less precision, and a soak has hundreds of seconds).
+const WINDOW_DIGITS: u8 = 3;
+const TIMELINE_DIGITS: u8 = 2;
+
+/// Receiving sockets per worker process: one process may hold 20,000 open files here.
+pub const SOCKETS_PER_PROCESS: usize = 15_000;
 
 /// A histogram as (value, count) pairs: small, lossless at the histogram's own precision.
 type Counts = Vec<(u64, u64)>;
@@ -193,12 +197,10 @@ impl Batch {
         let mut timeline = lock(&reception.timeline);
         for (window, slot, latency) in self.0.drain(..) {
             lock(&window.latency).saturating_record(latency);
-            if let Some(h) = timeline.get_mut(&(slot / 1_000_000)) {
-                h.saturating_record(latency);
-            } else if let Ok(mut h) = Histogram::new_with_bounds(1, 600_000_000, 2) {
-                h.saturating_record(latency);
-                timeline.insert(slot / 1_000_000, h);
-            }
+            timeline
+                .entry(slot / 1_000_000)
+                .or_insert_with(|| report::histogram(TIMELINE_DIGITS))
+                .saturating_record(latency);
         }
     }
 }
@@ -321,7 +323,7 @@ pub async fn worker() -> anyhow::Result<()> {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Arc::new(Window {
                     slots: start..end,
-                    latency: Mutex::new(histogram()),
+                    latency: Mutex::new(report::histogram(WINDOW_DIGITS)),
                     delivered: AtomicU64::new(0),
                 })),
             Order::Stop => break,
@@ -370,18 +372,17 @@ pub struct Receivers {
 }
 
 impl Receivers {
-    /// Starts workers of at most `per_worker` sockets each, with `concurrency` connections
-    /// being set up at once in all, and waits until every socket was tried.
+    /// Starts workers of at most [`SOCKETS_PER_PROCESS`] sockets each, with `concurrency`
+    /// connections being set up at once in all, and waits until every socket was tried.
     pub async fn start(
         flavor: Flavor,
         origin_unix_us: u64,
         sockets: Vec<Target>,
-        per_worker: usize,
         concurrency: usize,
     ) -> anyhow::Result<(Self, Opened)> {
         let exe = std::env::current_exe()?;
         let chunks: Vec<Vec<Target>> = sockets
-            .chunks(per_worker.max(1))
+            .chunks(SOCKETS_PER_PROCESS)
             .map(<[Target]>::to_vec)
             .collect();
         let per_worker_concurrency = (concurrency / chunks.len().max(1)).max(1);
@@ -429,7 +430,7 @@ impl Receivers {
             held: 0,
             failures: 0,
             first_error: None,
-            connect: histogram(),
+            connect: report::histogram(3),
         };
         for opening in openings {
             let news = tokio::time::timeout(Duration::from_secs(900), opening)
@@ -499,29 +500,27 @@ impl Receivers {
             closes: BTreeMap::new(),
         };
         for mut worker in self.workers {
-            let report = tokio::time::timeout(Duration::from_secs(120), &mut worker.done)
+            let seen = tokio::time::timeout(Duration::from_secs(120), &mut worker.done)
                 .await
                 .context("a receiving worker did not report within 2 min of stopping")?
                 .context("a receiving worker ended without its report")??;
-            for (i, (delivered, latency)) in report.windows.iter().enumerate() {
+            for (i, (delivered, latency)) in seen.windows.iter().enumerate() {
                 if received.windows.len() <= i {
-                    received.windows.push((0, histogram()));
+                    received.windows.push((0, report::histogram(WINDOW_DIGITS)));
                 }
                 received.windows[i].0 += delivered;
                 add(&mut received.windows[i].1, latency);
             }
-            for (second, latency) in &report.timeline {
-                let h = match received.timeline.entry(*second) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(Histogram::new_with_bounds(1, 600_000_000, 2)?)
-                    }
-                };
+            for (second, latency) in &seen.timeline {
+                let h = received
+                    .timeline
+                    .entry(*second)
+                    .or_insert_with(|| report::histogram(TIMELINE_DIGITS));
                 add(h, latency);
             }
-            received.out_of_order += report.out_of_order;
-            received.resyncs += report.resyncs;
-            for (how, n) in report.closes {
+            received.out_of_order += seen.out_of_order;
+            received.resyncs += seen.resyncs;
+            for (how, n) in seen.closes {
                 *received.closes.entry(how).or_default() += n;
             }
             drop(worker.stdin);

@@ -6,6 +6,11 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+/// A latency histogram in microseconds up to 10 minutes, with `digits` significant digits.
+pub fn histogram(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, digits).expect("constant bounds are valid")
+}
+
 /// p50/p95/p99/max in milliseconds of a histogram recorded in microseconds.
 pub fn latency_ms(h: &Histogram<u64>) -> Value {
     let ms = |v: u64| v as f64 / 1000.0;

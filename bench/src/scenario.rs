@@ -23,7 +23,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 use crate::load::{self, Node, Phase, Plan, SendOver, Target};
-use crate::{peer, replay, report, sockets, summary};
+use crate::{peer, receivers, replay, report, sockets, summary};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Name {
@@ -143,21 +143,22 @@ fn scenarios(args: &Args) -> Vec<Scenario> {
         },
         {
             let rooms = (args.moonshot_sockets / 100).max(1);
-            let senders_per_room = senders_for(rate(1_000_000), rooms);
-            let total = sockets(args.moonshot_sockets) + rooms * senders_per_room;
-            Scenario {
+            let mut moonshot = Scenario {
                 name: Name::Moonshot,
-                what: format!(
-                    "{} sockets in {rooms} rooms (Zipf sizes) held by {} receiving processes on {} ws-fanout (or peer) nodes, {senders_per_room} senders per room, 1M messages/minute for 20 s",
-                    args.moonshot_sockets,
-                    sockets(args.moonshot_sockets).div_ceil(load::RECEIVERS_PER_PROCESS),
-                    nodes_for(total),
-                ),
+                what: String::new(),
                 sockets: sockets(args.moonshot_sockets),
                 rooms,
-                senders_per_room,
+                senders_per_room: senders_for(rate(1_000_000), rooms),
                 phases: vec![phase("1M/min", rate(1_000_000), secs(20), true, true)],
-            }
+            };
+            moonshot.what = format!(
+                "{} sockets in {rooms} rooms (Zipf sizes) held by {} receiving processes on {} ws-fanout (or peer) nodes, {} senders per room, 1M messages/minute for 20 s",
+                args.moonshot_sockets,
+                moonshot.sockets.div_ceil(receivers::SOCKETS_PER_PROCESS),
+                nodes_for(moonshot.all_sockets()),
+                moonshot.senders_per_room,
+            );
+            moonshot
         },
     ]
 }
@@ -240,7 +241,6 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         content_bytes: 200,
         max_in_flight: 2000,
         connect_concurrency: 200,
-        per_worker: load::RECEIVERS_PER_PROCESS,
         floor_secs: ((20.0 * args.time_scale).round() as u64).max(2),
         phases: s.phases.clone(),
     };

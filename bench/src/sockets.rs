@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -224,7 +223,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
 
     let client_processes = workers.len();
     let started = Instant::now();
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut latencies = report::histogram(3);
     let (mut held, mut failures, mut first_error) = (vec![0usize; nodes.len()], 0usize, None);
     let mut outputs = Vec::new();
     for (node, child) in &mut workers {

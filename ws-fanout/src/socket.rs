@@ -99,7 +99,7 @@ impl Node {
 
 /// `send`s of one socket awaiting the write API's answer: each holds an HTTP call, so one
 /// socket cannot make the node open an unbounded number of them.
-pub const SENDS_IN_FLIGHT: usize = 8;
+const SENDS_IN_FLIGHT: usize = 8;
 
 struct Session {
     claims: AccessClaims,
