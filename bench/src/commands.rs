@@ -110,7 +110,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     .await?;
 
     let commands_pid = report::stack_pid("commands").or_else(|| report::find_pid("/commands"));
-    let broker_pid = report::stack_pid("broker").or_else(|| report::find_pid("tansu broker"));
+    let broker_pid = report::stack_pid("broker-1").or_else(|| report::find_pid("kafka.Kafka"));
     let before = (
         commands_pid.and_then(report::proc_stats),
         broker_pid.and_then(report::proc_stats),

@@ -99,7 +99,7 @@ impl Target {
                 .chain(
                     [
                         "commands",
-                        "broker",
+                        "broker-1",
                         "projections",
                         "query-api",
                         "mongo",

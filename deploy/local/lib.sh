@@ -15,12 +15,30 @@ DEPLOY_DIR="$REPO_ROOT/deploy/local"
 : "${CHAT_CARGO_PROFILE:=release}"          # dev or release: how `up` builds the workspace binaries
 : "${CHAT_BIN_DIR:=}"                       # prebuilt binaries; when set, `up` does not run cargo
 
-: "${CHAT_KAFKA_PORT:=9092}"
+: "${CHAT_KAFKA_NODES:=1}"                  # 1, or 3: a KRaft cluster on loopback (replication 3)
+: "${CHAT_KAFKA_PORT:=9092}"                # node 1's client port
+: "${CHAT_KAFKA_CONTROLLER_PORT:=$((CHAT_KAFKA_PORT + 1))}"
+# Node n's client and controller ports (space-separated, one per node); by default node n
+# takes CHAT_KAFKA_PORT + 2(n-1) and CHAT_KAFKA_CONTROLLER_PORT + 2(n-1).
+if [ -z "${CHAT_KAFKA_PORTS:-}" ] || [ -z "${CHAT_KAFKA_CONTROLLER_PORTS:-}" ]; then
+    _ports="" _controllers=""
+    for ((_n = 0; _n < CHAT_KAFKA_NODES; _n++)); do
+        _ports+="${_ports:+ }$((CHAT_KAFKA_PORT + 2 * _n))"
+        _controllers+="${_controllers:+ }$((CHAT_KAFKA_CONTROLLER_PORT + 2 * _n))"
+    done
+    : "${CHAT_KAFKA_PORTS:=$_ports}" "${CHAT_KAFKA_CONTROLLER_PORTS:=$_controllers}"
+    unset _ports _controllers _n
+fi
+: "${CHAT_KAFKA_REPLICATION:=$((CHAT_KAFKA_NODES >= 3 ? 3 : CHAT_KAFKA_NODES))}"
+# Broker heap: Kafka lives on the page cache, not its heap; three nodes share this machine.
+: "${CHAT_KAFKA_HEAP:=$((CHAT_KAFKA_NODES > 1 ? 512 : 1024))m}"
 : "${CHAT_REGISTRY_PORT:=8081}"
 : "${CHAT_PG_PORT:=5432}"
 : "${CHAT_PG_DATABASE:=chat}"
 : "${CHAT_REDIS_PORT:=6379}"
 : "${CHAT_MONGO_PORT:=27017}"
+: "${CHAT_FERRETDB_PG_DATABASE:=${CHAT_PG_DATABASE}_ferretdb}"   # FerretDB's own database
+: "${CHAT_FERRETDB_POOL:=40}"                # FerretDB's PostgreSQL connections
 : "${CHAT_CLICKHOUSE_HTTP_PORT:=8123}"
 : "${CHAT_CLICKHOUSE_TCP_PORT:=9000}"
 : "${CHAT_CLICKHOUSE_INTERSERVER_PORT:=9009}"
@@ -33,23 +51,19 @@ DEPLOY_DIR="$REPO_ROOT/deploy/local"
 : "${CHAT_ENTRY_PORT:=8080}"                # nginx: the single entry point
 : "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
 
-TANSU_VERSION=0.6.0
-BRISKDB_VERSION=0.1.0b3
-
-TANSU_BIN="$CHAT_CACHE_DIR/tansu/bin/tansu"
-BRISKDB_VENV="$CHAT_CACHE_DIR/briskdb-venv"
 RUN_DIR="$CHAT_STATE_DIR/run"
 LOG_DIR="$CHAT_STATE_DIR/logs"
 DATA_DIR="$CHAT_STATE_DIR/data"
 
 # What clients of this stack connect to (tests and services read the same variables).
-export CHAT_KAFKA_BROKERS="127.0.0.1:$CHAT_KAFKA_PORT"
+CHAT_KAFKA_BROKERS=""
+for _port in $CHAT_KAFKA_PORTS; do CHAT_KAFKA_BROKERS+="${CHAT_KAFKA_BROKERS:+,}127.0.0.1:$_port"; done
+unset _port
+export CHAT_KAFKA_BROKERS CHAT_KAFKA_REPLICATION
 export CHAT_REGISTRY_URL="http://127.0.0.1:$CHAT_REGISTRY_PORT"
 export CHAT_PG_URL="postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_PG_DATABASE"
 export CHAT_REDIS_URL="redis://127.0.0.1:$CHAT_REDIS_PORT"
-# briskdb serves at most 8 connections in all (see platform::config::LOCAL_MONGO_URL): each
-# client keeps one polling monitor and at most two pooled connections, idle ones closed quickly.
-export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true&serverMonitoringMode=poll&maxPoolSize=2&maxIdleTimeMS=1000"
+export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true"
 export CHAT_CLICKHOUSE_URL="http://127.0.0.1:$CHAT_CLICKHOUSE_HTTP_PORT"
 export CHAT_COMMANDS_URL="http://127.0.0.1:$CHAT_COMMANDS_PORT"
 export CHAT_QUERY_URL="http://127.0.0.1:$CHAT_QUERY_PORT"

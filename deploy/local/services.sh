@@ -8,19 +8,17 @@ install_postgres() { command -v pg_isready >/dev/null 2>&1 && command -v psql >/
 
 start_postgres() {
     if ! pg_ready; then
-        local fresh=0
-        if ! compgen -G "/etc/postgresql/*/main" >/dev/null; then
-            ensure_apt postgresql
-            fresh=1
-        fi
+        compgen -G "/etc/postgresql/*/main" >/dev/null || ensure_apt postgresql
         local version conf port
         version=$(ls /etc/postgresql | sort -V | tail -n 1)
         conf="/etc/postgresql/$version/main"
         port=$(sed -n 's/^port[[:space:]]*=[[:space:]]*\([0-9]*\).*/\1/p' "$conf/postgresql.conf")
         [ "$port" = "$CHAT_PG_PORT" ] || die "postgres: nothing answers on port $CHAT_PG_PORT and the system cluster ($version/main) is configured for port $port"
-        if [ "$fresh" -eq 1 ]; then
-            # A fresh Debian cluster asks loopback clients for a password; this single-user dev
-            # machine trusts loopback, as the machines this project targets are set up.
+        # Debian's cluster asks loopback clients for a password (whether the package came with
+        # the machine or was installed here); this single-user dev machine trusts loopback, as
+        # the machines this project targets are set up. Done whenever the stack starts it.
+        if grep -qE '^host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1/32|::1/128)[[:space:]]+(md5|scram-sha-256|password)' "$conf/pg_hba.conf"; then
+            log "postgres: trusting loopback clients in $conf/pg_hba.conf"
             as_root sed -i -E 's/^(host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1\/32|::1\/128)[[:space:]]+)[a-z0-9-]+/\1trust/' "$conf/pg_hba.conf"
         fi
         log "postgres: starting the system cluster $version/main"
@@ -68,30 +66,131 @@ start_redis() {
     wait_until redis 30 redis_ping
 }
 
-# ---------- Kafka-compatible broker: tansu with SQLite storage ----------
+# ---------- Apache Kafka (KRaft) from Maven Central ----------
+#
+# The broker's jars are resolved once by Maven (deploy/local/kafka/pom.xml) into
+# $CHAT_CACHE_DIR/kafka/<pom hash>/lib and run on the machine's JDK: no tarball, nothing built.
+# One combined broker+controller by default; CHAT_KAFKA_NODES=3 starts a three-node KRaft
+# cluster on loopback (node n: client port kafka_port n, controller port kafka_controller_port n),
+# whose topics get replication factor 3 and min.insync.replicas 2. Each node is its own service
+# process `broker-<n>` (pid file, log file), so a test can kill exactly one.
+
+kafka_home() { echo "$CHAT_CACHE_DIR/kafka/$(sha256sum "$DEPLOY_DIR/kafka/pom.xml" | cut -c1-12)"; }
+kafka_version() { sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$DEPLOY_DIR/kafka/pom.xml"; }
+kafka_nodes() { seq 1 "$CHAT_KAFKA_NODES"; }
+kafka_port() { local ports=($CHAT_KAFKA_PORTS); echo "${ports[$(($1 - 1))]}"; }
+kafka_controller_port() { local ports=($CHAT_KAFKA_CONTROLLER_PORTS); echo "${ports[$(($1 - 1))]}"; }
 
 install_broker() {
-    [ -x "$TANSU_BIN" ] && return 0
-    ensure_apt build-essential pkg-config clang libclang-dev cmake
-    log "building the tansu broker $TANSU_VERSION (about 20-25 minutes on 2 cores, once; cached in $CHAT_CACHE_DIR/tansu)"
-    cargo install tansu --version "$TANSU_VERSION" --features libsql --root "$CHAT_CACHE_DIR/tansu" \
-        >"$CHAT_CACHE_DIR/tansu-build.log" 2>&1 \
-        || die "tansu build failed; see $CHAT_CACHE_DIR/tansu-build.log"
+    command -v java >/dev/null 2>&1 || ensure_apt openjdk-17-jre-headless
+    local home; home=$(kafka_home)
+    [ -f "$home/.complete" ] && return 0
+    command -v mvn >/dev/null 2>&1 || ensure_apt maven
+    log "resolving Apache Kafka $(kafka_version) from Maven Central into $home (once)"
+    rm -rf "$home.partial"
+    mkdir -p "$home.partial"
+    # The project's own directory for Maven's download cache too: nothing lands in ~/.m2.
+    (cd "$home.partial" && mvn -q -B -f "$DEPLOY_DIR/kafka/pom.xml" \
+        -Dmaven.repo.local="$CHAT_CACHE_DIR/maven" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$home.partial/lib") \
+        >"$CHAT_CACHE_DIR/kafka-resolve.log" 2>&1 \
+        || die "resolving Kafka failed; see $CHAT_CACHE_DIR/kafka-resolve.log"
+    touch "$home.partial/.complete"
+    rm -rf "$home"
+    mv "$home.partial" "$home"
+}
+
+kafka_java() { java -cp "$(kafka_home)/lib/*" "$@"; }
+
+# The server.properties of node N.
+kafka_properties() {
+    local n=$1 voters="" m nodes=$CHAT_KAFKA_NODES
+    for m in $(kafka_nodes); do voters+="${voters:+,}$m@127.0.0.1:$(kafka_controller_port "$m")"; done
+    local min_isr=1
+    [ "$nodes" -ge 3 ] && min_isr=2
+    cat <<PROPS
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(kafka_port "$n"),CONTROLLER://127.0.0.1:$(kafka_controller_port "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(kafka_port "$n")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DATA_DIR/kafka/node-$n/data
+# Topics are created explicitly (replay-tools topics ensure) with their own settings.
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=$nodes
+min.insync.replicas=$min_isr
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=$nodes
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=$nodes
+transaction.state.log.min.isr=$min_isr
+transaction.state.log.num.partitions=12
+share.coordinator.state.topic.replication.factor=$nodes
+share.coordinator.state.topic.min.isr=$min_isr
+# Tests start many groups; the 3 s default delays every first join.
+group.initial.rebalance.delay.ms=0
+# A dead node is noticed in seconds, not the default 9 s (broker-loss tests).
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=4000
+num.network.threads=2
+num.io.threads=4
+PROPS
+}
+
+kafka_ready() {
+    local n
+    for n in $(kafka_nodes); do port_open "$(kafka_port "$n")" || return 1; done
 }
 
 start_broker() {
-    if ! running_pid broker >/dev/null; then
-        wait_port_free broker "$CHAT_KAFKA_PORT" CHAT_KAFKA_PORT
-        # The SQLite path is relative to the working directory.
-        start_bg broker "$DATA_DIR/tansu" "$TANSU_BIN" broker \
-            --listener-url "tcp://127.0.0.1:$CHAT_KAFKA_PORT" \
-            --advertised-listener-url "tcp://127.0.0.1:$CHAT_KAFKA_PORT" \
-            --storage-engine "sqlite://tansu.db"
-        wait_until broker 30 port_open "$CHAT_KAFKA_PORT"
-    fi
-    # The broker does not auto-create topics, and producing to a missing one hangs.
-    wait_until broker 60 "$(bin_dir)/replay-tools" --brokers "$CHAT_KAFKA_BROKERS" --timeout-secs 5 \
-        topics ensure --room-partitions "$CHAT_ROOM_PARTITIONS"
+    local dir=$DATA_DIR/kafka n heap
+    mkdir -p "$dir"
+    [ -s "$dir/cluster-id" ] || kafka_java kafka.tools.StorageTool random-uuid | tail -n 1 >"$dir/cluster-id"
+    heap=$CHAT_KAFKA_HEAP
+    for n in $(kafka_nodes); do
+        running_pid "broker-$n" >/dev/null && continue
+        wait_port_free "broker-$n" "$(kafka_port "$n")" CHAT_KAFKA_PORTS
+        wait_port_free "broker-$n" "$(kafka_controller_port "$n")" CHAT_KAFKA_CONTROLLER_PORTS
+        mkdir -p "$dir/node-$n"
+        kafka_properties "$n" >"$dir/node-$n/server.properties"
+        if [ ! -f "$dir/node-$n/data/meta.properties" ]; then
+            kafka_java kafka.tools.StorageTool format --ignore-formatted -t "$(cat "$dir/cluster-id")" \
+                -c "$dir/node-$n/server.properties" >>"$LOG_DIR/broker-$n.log" 2>&1 \
+                || die "broker-$n: formatting its storage failed; see $LOG_DIR/broker-$n.log"
+        fi
+        # Kafka's own JVM settings (G1, short pauses), with a heap fit for this machine.
+        start_bg "broker-$n" "$dir/node-$n" java -Xms256m "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+            -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+            "-Dlog4j2.configurationFile=$DEPLOY_DIR/kafka/log4j2.yaml" \
+            -cp "$(kafka_home)/lib/*" kafka.Kafka "$dir/node-$n/server.properties"
+    done
+    for n in $(kafka_nodes); do
+        wait_until "broker-$n" 120 port_open "$(kafka_port "$n")"
+    done
+    # Creating topics also proves the cluster answers (a controller quorum, a leader per
+    # partition); the broker does not create them by itself.
+    wait_until broker-1 120 "$(bin_dir)/replay-tools" --brokers "$CHAT_KAFKA_BROKERS" --timeout-secs 10 \
+        topics ensure --room-partitions "$CHAT_ROOM_PARTITIONS" --replication-factor "$CHAT_KAFKA_REPLICATION"
+}
+
+# Every node at once: a node waiting for its peers' controlled shutdown would otherwise sit out
+# the whole grace period of each.
+stop_broker() {
+    local n pids=() pid
+    for n in $(kafka_nodes); do
+        pid=$(running_pid "broker-$n") && { kill -TERM "$pid" 2>/dev/null || true; pids+=("$n:$pid"); }
+    done
+    for entry in "${pids[@]}"; do
+        n=${entry%%:*}; pid=${entry#*:}
+        for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.2; done
+        if alive "$pid"; then log "broker-$n did not stop on SIGTERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+        log "stopped broker-$n (pid $pid)"
+        rm -f "$(pid_file "broker-$n")"
+    done
 }
 
 # ---------- Schema registry (ours, Confluent-compatible, stored in PostgreSQL) ----------
@@ -112,21 +211,54 @@ start_registry() {
     wait_until registry 30 registry_ready
 }
 
-# ---------- MongoDB-compatible server: briskdb ----------
+# ---------- MongoDB wire protocol: FerretDB 1.24 on PostgreSQL ----------
+#
+# Built once from the Go module proxy: a small main around FerretDB's embeddable package
+# (deploy/local/ferretdb; the plain `go install` binary panics at start), into
+# $CHAT_CACHE_DIR/ferretdb/<source hash>/ferretdb. It stores in its own PostgreSQL database,
+# $CHAT_FERRETDB_PG_DATABASE, where equality-indexes.sql makes MongoDB indexes serve FerretDB's
+# pushed-down equality filters.
+
+ferretdb_bin() {
+    local hash
+    hash=$(cat "$DEPLOY_DIR"/ferretdb/go.mod "$DEPLOY_DIR"/ferretdb/go.sum "$DEPLOY_DIR"/ferretdb/main.go | sha256sum | cut -c1-12)
+    echo "$CHAT_CACHE_DIR/ferretdb/$hash/ferretdb"
+}
 
 install_mongo() {
-    "$BRISKDB_VENV/bin/python" -c "import briskdb" 2>/dev/null && return 0
-    python3 -m venv --help >/dev/null 2>&1 || ensure_apt python3-venv
-    log "installing briskdb $BRISKDB_VERSION into $BRISKDB_VENV"
-    python3 -m venv "$BRISKDB_VENV"
-    "$BRISKDB_VENV/bin/pip" install -q --disable-pip-version-check --only-binary=:all: "briskdb==$BRISKDB_VERSION"
+    local bin; bin=$(ferretdb_bin)
+    [ -x "$bin" ] && return 0
+    # Debian's golang-go is too old for FerretDB (Go >= 1.24); the machines come with Go.
+    command -v go >/dev/null 2>&1 || die "mongo: building FerretDB needs Go >= 1.24 on the PATH"
+    log "building FerretDB (Go module proxy) into $(dirname "$bin") (once, about two minutes)"
+    mkdir -p "$(dirname "$bin")"
+    (cd "$DEPLOY_DIR/ferretdb" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly \
+        GOMODCACHE="$CHAT_CACHE_DIR/go/mod" GOCACHE="$CHAT_CACHE_DIR/go/build" \
+        go build -trimpath -o "$bin.partial" .) >"$CHAT_CACHE_DIR/ferretdb-build.log" 2>&1 \
+        || die "building FerretDB failed; see $CHAT_CACHE_DIR/ferretdb-build.log"
+    mv "$bin.partial" "$bin"
 }
 
 start_mongo() {
     if ! running_pid mongo >/dev/null; then
+        pg_ready || die "mongo: FerretDB stores in PostgreSQL, which does not answer on port $CHAT_PG_PORT (start postgres first)"
+        if ! psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres -tAc \
+            "SELECT 1 FROM pg_database WHERE datname = '$CHAT_FERRETDB_PG_DATABASE'" | grep -q 1; then
+            psql -q -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres \
+                -c "CREATE DATABASE \"$CHAT_FERRETDB_PG_DATABASE\"" 2>/dev/null || true
+        fi
+        # The read models are rebuilt from the log at will, so their store need not wait for
+        # each commit's WAL flush (an OS crash may lose the last moment of writes, data and
+        # checkpoints together, which the projectors re-apply; a process crash loses nothing).
+        psql -q -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres \
+            -c "ALTER DATABASE \"$CHAT_FERRETDB_PG_DATABASE\" SET synchronous_commit = off" >/dev/null \
+            || die "mongo: cannot configure database $CHAT_FERRETDB_PG_DATABASE"
+        psql -q -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d "$CHAT_FERRETDB_PG_DATABASE" \
+            -v ON_ERROR_STOP=1 -f "$DEPLOY_DIR/ferretdb/equality-indexes.sql" >/dev/null 2>&1 \
+            || die "mongo: cannot install equality-indexes.sql into $CHAT_FERRETDB_PG_DATABASE"
         wait_port_free mongo "$CHAT_MONGO_PORT" CHAT_MONGO_PORT
-        start_bg mongo "$DATA_DIR/mongo" "$BRISKDB_VENV/bin/python" "$DEPLOY_DIR/briskdb_server.py" \
-            --data "$DATA_DIR/mongo/db" --port "$CHAT_MONGO_PORT"
+        start_bg mongo "$DATA_DIR/mongo" "$(ferretdb_bin)" -listen "127.0.0.1:$CHAT_MONGO_PORT" \
+            -postgresql-url "postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_FERRETDB_PG_DATABASE?pool_max_conns=$CHAT_FERRETDB_POOL"
     fi
     wait_until mongo 30 port_open "$CHAT_MONGO_PORT"
 }
@@ -265,9 +397,9 @@ endpoint_of() {
     case $1 in
         postgres) echo "$CHAT_PG_URL" ;;
         redis) echo "$CHAT_REDIS_URL" ;;
-        broker) echo "$CHAT_KAFKA_BROKERS" ;;
+        broker) echo "$CHAT_KAFKA_BROKERS (Apache Kafka $(kafka_version), $CHAT_KAFKA_NODES node(s))" ;;
         registry) echo "$CHAT_REGISTRY_URL" ;;
-        mongo) echo "$CHAT_MONGO_URL" ;;
+        mongo) echo "$CHAT_MONGO_URL (FerretDB on PostgreSQL database $CHAT_FERRETDB_PG_DATABASE)" ;;
         clickhouse) echo "$CHAT_CLICKHOUSE_URL (native 127.0.0.1:$CHAT_CLICKHOUSE_TCP_PORT)" ;;
         commands) echo "$CHAT_COMMANDS_URL" ;;
         projections) echo "$CHAT_PROJECTIONS_URL (ops only)" ;;
@@ -281,7 +413,7 @@ ready_check() {
     case $1 in
         postgres) pg_ready ;;
         redis) redis_ping 2>/dev/null ;;
-        broker) port_open "$CHAT_KAFKA_PORT" ;;
+        broker) kafka_ready ;;
         registry) registry_ready 2>/dev/null ;;
         mongo) port_open "$CHAT_MONGO_PORT" ;;
         clickhouse) clickhouse_ready 2>/dev/null ;;

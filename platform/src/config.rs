@@ -17,14 +17,9 @@ pub enum ConfigError {
     },
 }
 
-/// Default `CHAT_MONGO_URL`: the local stack's MongoDB-compatible server.
-///
-/// That server (briskdb, see STACK.md) accepts at most 8 connections in all and silently
-/// closes any beyond that, which the driver reports as "unexpected end of file" or "connection
-/// reset". So every client of the local stack keeps a small footprint: one polling monitor
-/// connection instead of the streaming pair, at most two pooled connections, and idle ones
-/// closed after a second. A real MongoDB deployment sets its own URL with its own pool.
-pub const LOCAL_MONGO_URL: &str = "mongodb://127.0.0.1:27017/?directConnection=true&serverMonitoringMode=poll&maxPoolSize=2&maxIdleTimeMS=1000";
+/// Default `CHAT_MONGO_URL`: the local stack's MongoDB-protocol server (FerretDB, see
+/// `deploy/local`). A real MongoDB deployment sets its own URL, pool and read preference.
+pub const LOCAL_MONGO_URL: &str = "mongodb://127.0.0.1:27017/?directConnection=true";
 
 /// Reads `name`, falling back to `default` when it is unset or empty.
 pub fn env_or<T>(name: &str, default: T) -> Result<T, ConfigError>

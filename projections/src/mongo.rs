@@ -367,11 +367,27 @@ impl MongoProjector {
                     .await?;
                 }
                 E::ReactionRemoved(e) => {
-                    self.update_message(
-                        &e.message_id,
-                        seq,
-                        doc! {"$set": {"last_seq": seq}, "$pull": {"reactions": {"user_id": &e.member_id, "emoji": &e.emoji}}},
-                    )
+                    // The remaining reactions are computed here and set, not `$pull`ed by a
+                    // condition: FerretDB pulls only elements equal to the whole condition
+                    // document, MongoDB those matching it; `$set` means the same to both.
+                    self.update_message_with(&e.message_id, seq, |current| {
+                        let kept: Vec<Bson> = current
+                            .get_array("reactions")
+                            .map(|list| {
+                                list.iter()
+                                    .filter(|r| {
+                                        let r = r.as_document();
+                                        r.and_then(|r| r.get_str("user_id").ok())
+                                            != Some(e.member_id.as_str())
+                                            || r.and_then(|r| r.get_str("emoji").ok())
+                                                != Some(e.emoji.as_str())
+                                    })
+                                    .cloned()
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        doc! {"$set": {"last_seq": seq, "reactions": kept}}
+                    })
                     .await?;
                 }
                 E::ReadMarkerSet(e) => {
@@ -480,6 +496,16 @@ impl MongoProjector {
         seq: i64,
         update: Document,
     ) -> Result<(), ProjectionError> {
+        self.update_message_with(message_id, seq, |_| update).await
+    }
+
+    /// [`Self::update_message`] with an update computed from the message as stored.
+    async fn update_message_with(
+        &self,
+        message_id: &str,
+        seq: i64,
+        update: impl FnOnce(&Document) -> Document,
+    ) -> Result<(), ProjectionError> {
         let Some(current) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(());
         };
@@ -490,7 +516,7 @@ impl MongoProjector {
             return Ok(());
         }
         self.messages
-            .update_one(doc! {"_id": message_id}, update)
+            .update_one(doc! {"_id": message_id}, update(&current))
             .await?;
         Ok(())
     }

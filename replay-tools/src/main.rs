@@ -85,6 +85,9 @@ enum TopicsCommand {
         /// Partitions of chat.room-events when it is created (default 12).
         #[arg(long, env = "CHAT_ROOM_PARTITIONS")]
         room_partitions: Option<i32>,
+        /// Copies of every partition (3 on a three-node cluster; then min.insync.replicas=2).
+        #[arg(long, env = "CHAT_KAFKA_REPLICATION", default_value_t = 1)]
+        replication_factor: i32,
     },
     /// Show every platform topic with its partitions and low/high offsets.
     List,
@@ -103,14 +106,22 @@ async fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(cli.timeout_secs);
     match cli.command {
         Command::Topics {
-            command: TopicsCommand::Ensure { room_partitions },
+            command:
+                TopicsCommand::Ensure {
+                    room_partitions,
+                    replication_factor,
+                },
         } => {
             if let Some(p) = room_partitions
                 && p < 1
             {
                 bail!("--room-partitions must be at least 1, got {p}");
             }
-            let states = ensure_topics(&cli.brokers, room_partitions, timeout)
+            if replication_factor < 1 {
+                bail!("--replication-factor must be at least 1, got {replication_factor}");
+            }
+            let replication = schemas::kafka::Replication(replication_factor);
+            let states = ensure_topics(&cli.brokers, room_partitions, replication, timeout)
                 .await
                 .with_context(|| format!("ensuring topics on the broker at {}", cli.brokers))?;
             for (topic, state) in states {

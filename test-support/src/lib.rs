@@ -230,6 +230,16 @@ impl PrivateStack {
         for (name, value) in settings {
             vars.push((name.to_string(), value.clone()));
         }
+        // A private broker gets a controller port of its own too (the default, client port + 1,
+        // may be taken: the client port was picked at random).
+        let set = |name: &str| settings.iter().any(|(n, _)| *n == name);
+        if set("CHAT_KAFKA_PORT") && !set("CHAT_KAFKA_CONTROLLER_PORT") && !set("CHAT_KAFKA_PORTS")
+        {
+            vars.push((
+                "CHAT_KAFKA_CONTROLLER_PORT".to_string(),
+                free_port().to_string(),
+            ));
+        }
         Ok(Self { state, vars })
     }
 

@@ -66,28 +66,6 @@ impl OwnerDirectory {
         Ok(())
     }
 
-    /// Partitions no live writer claims: without an entry, or with an entry naming this
-    /// instance although it does not write them (left over from before a crash).
-    pub async fn orphans(&self, partitions: i32, owned: &[i32]) -> Result<Vec<i32>, CommandError> {
-        let mut redis = self.redis.clone();
-        let keys: Vec<String> = (0..partitions)
-            .map(|p| format!("{}{p}", self.prefix))
-            .collect();
-        let owners: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut redis)
-            .await?;
-        Ok(owners
-            .into_iter()
-            .enumerate()
-            .filter(|(p, owner)| match owner {
-                None => true,
-                Some(owner) => owner == &self.me && !owned.contains(&(*p as i32)),
-            })
-            .map(|(p, _)| p as i32)
-            .collect())
-    }
-
     pub async fn owner(&self, partition: i32) -> Result<Option<String>, CommandError> {
         let mut redis = self.redis.clone();
         let owner: Option<String> = redis::cmd("GET")

@@ -1,8 +1,7 @@
-//! A private read side for projector tests: its own broker and MongoDB-compatible server
-//! (through `deploy/local/up`), and its own key prefix / database / schema in the shared Redis,
-//! ClickHouse and PostgreSQL, so tests can kill projectors and compare whole stores. MongoDB is
-//! private because the local server accepts only 8 connections in all: tests running beside
-//! each other (and the stack's own services) would otherwise take each other's.
+//! A private read side for projector tests: its own broker (through `deploy/local/up`), so a
+//! test's log holds only its own events, and its own database / key prefix / schema in the
+//! shared MongoDB-protocol server, Redis, ClickHouse and PostgreSQL, so tests can kill
+//! projectors and compare whole stores.
 
 #![allow(dead_code)]
 
@@ -34,19 +33,13 @@ pub struct Projections {
 impl ReadSide {
     pub fn new() -> anyhow::Result<Self> {
         let port = free_port();
-        let mongo_port = free_port();
-        let stack = PrivateStack::new(&[
-            ("CHAT_KAFKA_PORT", port.to_string()),
-            ("CHAT_MONGO_PORT", mongo_port.to_string()),
-        ])?;
-        stack.up(&["broker", "mongo"])?;
-        let mongo_url =
-            platform::config::LOCAL_MONGO_URL.replacen(":27017/", &format!(":{mongo_port}/"), 1);
+        let stack = PrivateStack::new(&[("CHAT_KAFKA_PORT", port.to_string())])?;
+        stack.up(&["broker"])?;
         let name = unique_ident("rs");
         Ok(Self {
             _stack: stack,
             brokers: format!("127.0.0.1:{port}"),
-            mongo_url,
+            mongo_url: env::mongo_url(),
             mongo_db: name.clone(),
             redis_prefix: format!("{name}:"),
             clickhouse_db: name.clone(),
