@@ -219,12 +219,15 @@ async fn mongo_ceiling(url: &str) -> anyhow::Result<MongoCeiling> {
 async fn broker_read(brokers: &str, readers: usize) -> anyhow::Result<(u64, f64)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let consumer = |brokers: &str| -> anyhow::Result<BaseConsumer> {
+    let consumer = |brokers: &str| -> anyhow::Result<BaseConsumer<schemas::kafka::ReaderContext>> {
         Ok(ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("bench-read-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
-            .create()?)
+            // Done per partition at its end, which also counts for a transactional log whose
+            // last offsets are markers no reader is handed.
+            .set("enable.partition.eof", "true")
+            .create_with_context(schemas::kafka::ReaderContext)?)
     };
     let probe = consumer(brokers)?;
     let mut shares: Vec<(TopicPartitionList, i64)> = (0..readers.max(1))
@@ -253,10 +256,11 @@ async fn broker_read(brokers: &str, readers: usize) -> anyhow::Result<(u64, f64)
         threads.push(tokio::task::spawn_blocking(
             move || -> anyhow::Result<i64> {
                 reader.assign(&assignment)?;
-                let mut read = 0i64;
-                while read < total {
+                let (mut read, mut ended) = (0i64, 0);
+                while ended < assignment.count() {
                     match reader.poll(Duration::from_secs(30)) {
                         Some(Ok(_)) => read += 1,
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
                         Some(Err(e)) => bail!("broker read: {e}"),
                         None => bail!("broker read stalled at {read} of {total} records"),
                     }

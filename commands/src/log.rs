@@ -1,4 +1,6 @@
-//! Appending events to the log: the Avro codec plus the idempotent producer (acks=all).
+//! The log as the commands tier sees it: the Avro codec, the idempotent producer (acks=all) of
+//! the identity outbox, and the fast channel. Room events go through each partition's own
+//! transactional appender (`writer::txn`).
 
 use std::time::Duration;
 
@@ -97,37 +99,33 @@ impl EventLog {
     }
 
     /// Encodes and enqueues one event; the returned future resolves when the broker
-    /// acknowledged it (or it failed). Records for one partition are sent in call order, and
-    /// the idempotent producer keeps that order on the broker.
+    /// acknowledged it (or it failed). For the topics outside the room writers' transactions
+    /// (the identity outbox).
     pub async fn send(
         &self,
         event: &DomainEvent,
         partition: Option<i32>,
     ) -> Result<DeliveryFuture, CommandError> {
-        Ok(self.send_keeping_payload(event, partition).await?.0)
-    }
-
-    /// [`EventLog::send`], also returning the record value (for [`EventLog::notify`]).
-    pub async fn send_keeping_payload(
-        &self,
-        event: &DomainEvent,
-        partition: Option<i32>,
-    ) -> Result<(DeliveryFuture, Vec<u8>), CommandError> {
-        let payload = self.codec.encode(event).await?;
-        let key = event
-            .key()
-            .ok_or_else(|| CommandError::Internal("event without a key".into()))?
-            .to_string();
+        let (key, payload) = self.encode(event).await?;
         let mut record = FutureRecord::to(event.topic().name())
             .key(&key)
             .payload(&payload);
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| {
-            CommandError::Unavailable(format!("cannot enqueue the event: {e}"))
-        })?;
-        Ok((delivery, payload))
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| CommandError::Unavailable(format!("cannot enqueue the event: {e}")))
+    }
+
+    /// The record of one event: its key and its value in the Confluent wire format.
+    pub async fn encode(&self, event: &DomainEvent) -> Result<(String, Vec<u8>), CommandError> {
+        let payload = self.codec.encode(event).await?;
+        let key = event
+            .key()
+            .ok_or_else(|| CommandError::Internal("event without a key".into()))?
+            .to_string();
+        Ok((key, payload))
     }
 
     /// Waits for every queued record to be acknowledged (shutdown).

@@ -320,11 +320,130 @@ async fn two_instances_share_rooms_and_one_takes_over_when_the_other_dies() -> a
     Ok(())
 }
 
-/// The broker has no producer fencing, so a writer that believes it owns a room while another
-/// does (a partitioned or paused old owner, or as here two groups) can append a second event
-/// with the same seq. It cannot be prevented here; it must be detected: every consumer applies
-/// only `seq = last + 1` per room, skips exact duplicates and counts everything else as a
-/// conflict, so all consumers keep the first event in log order and agree.
+/// A writer paused in the middle of a post stream (SIGSTOP) while the group hands its
+/// partitions to the other instance, then resumed (SIGCONT), is fenced by the broker: its late
+/// appends are refused, and the room's log stays gap-free with every acknowledged post once.
+#[tokio::test]
+async fn a_paused_owner_resumed_after_the_takeover_is_fenced() -> anyhow::Result<()> {
+    let cluster = Cluster::new()?;
+    let group = unique("g");
+    let a = cluster.instance(&group)?;
+    a.wait_ready(12).await?;
+    let b = cluster.instance(&group)?;
+    wait_for(
+        "the group split between a and b",
+        Duration::from_secs(60),
+        || async {
+            let (oa, ob) = (a.ownership().await?, b.ownership().await?);
+            let ready = |o: &Value| o["ready"].as_array().map(Vec::len);
+            (ready(&oa)? > 0 && ready(&ob)? > 0 && ready(&oa)? + ready(&ob)? == 12).then_some(())
+        },
+    )
+    .await?;
+    let (api_a, api_b) = (a.api(), b.api());
+    let user = api_b.user("pause").await?;
+    // Created through a, so on a partition a writes; the stream goes through b, which forwards.
+    let room = api_a.create_room(&user, "public").await?;
+    let partition = schemas::partition::partition_for(&room, 12) as i64;
+    let owned_by_a = a.ownership().await.unwrap_or_default();
+    assert!(
+        owned_by_a["owned"]
+            .as_array()
+            .is_some_and(|o| o.contains(&Value::from(partition))),
+        "room on a's partition: {owned_by_a}"
+    );
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (api, user, room, acked) =
+                (api_b.clone(), user.clone(), room.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut answers = BTreeMap::new();
+                for i in 0..150 {
+                    let key = format!("w{w}-{i}");
+                    let body = api
+                        .post_until_accepted(
+                            &user,
+                            &room,
+                            &key,
+                            "payload",
+                            Duration::from_secs(180),
+                        )
+                        .await?;
+                    answers.insert(key, body["seq"].as_i64().unwrap());
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(answers)
+            })
+        })
+        .collect();
+    let reached = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            wait_for(
+                &format!("{n} acknowledged posts"),
+                Duration::from_secs(120),
+                || {
+                    let acked = acked.clone();
+                    async move { (acked.load(Ordering::Relaxed) >= n).then_some(()) }
+                },
+            )
+            .await
+        }
+    };
+    reached(100).await?;
+    let pid = a.service.pid().expect("a runs");
+    test_support::signal_only(pid, "STOP")?;
+    let at_pause = acked.load(Ordering::Relaxed);
+    // b takes a's partitions once the group gives up on a (its session times out) and goes on
+    // writing the room.
+    let takeover = b.wait_ready(12).await;
+    let progress = match takeover {
+        Ok(_) => reached(at_pause + 100).await,
+        Err(e) => Err(e),
+    };
+    test_support::signal_only(pid, "CONT")?;
+    progress?;
+
+    let mut answered = BTreeMap::new();
+    for writer in writers {
+        match writer.await? {
+            Ok(answers) => answered.extend(answers),
+            Err(e) => anyhow::bail!(
+                "{e}\n--- a ---\n{}\n--- b ---\n{}",
+                a.service.output(),
+                b.service.output()
+            ),
+        }
+    }
+    assert_eq!(answered.len(), 600);
+    assert!(at_pause < 500, "the pause happened mid-stream");
+    // Resumed, a went on with the appends it had begun or been handed before the pause, and
+    // the broker refused them.
+    wait_for("a fenced", Duration::from_secs(30), || async {
+        (a.metric("commands_partitions_fenced_total").await >= 1.0).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n--- a ---\n{}", a.service.output()))?;
+
+    let events = room_events(&cluster, &room).await?;
+    let expected: Vec<i64> = (1..=events.len() as i64).collect();
+    assert_eq!(seqs(&events), expected, "gap-free, no seq used twice");
+    assert_eq!(events.len(), 601, "RoomCreated + 600 posts, none twice");
+    assert_eq!(
+        posts_by_key(&events),
+        answered,
+        "every acknowledged post is on the log once, with the seq it was answered"
+    );
+    Ok(())
+}
+
+/// Two writer groups on one log (two deployments misconfigured onto the same topics) do not
+/// fence each other: their transactional ids differ by group. Both then append to a room, and a
+/// second event with the same seq reaches the log. That must be detected: every consumer
+/// applies only `seq = last + 1` per room, skips exact duplicates and counts everything else as
+/// a conflict, so all consumers keep the first event in log order and agree.
 #[tokio::test]
 async fn two_writers_on_one_room_are_detected_as_conflicts() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
@@ -349,7 +468,7 @@ async fn two_writers_on_one_room_are_detected_as_conflicts() -> anyhow::Result<(
     assert_eq!(
         seqs(&events),
         [1, 2, 3, 3],
-        "the fencing gap: two events claim seq 3"
+        "two groups: two events claim seq 3"
     );
 
     // A consumer rebuilding from the log (a third writer here) keeps the first seq 3, counts

@@ -59,7 +59,8 @@ DATA_DIR="$CHAT_STATE_DIR/data"
 CHAT_KAFKA_BROKERS=""
 for _port in $CHAT_KAFKA_PORTS; do CHAT_KAFKA_BROKERS+="${CHAT_KAFKA_BROKERS:+,}127.0.0.1:$_port"; done
 unset _port
-export CHAT_KAFKA_BROKERS CHAT_KAFKA_REPLICATION
+# Not CHAT_KAFKA_REPLICATION: a private stack a test starts must derive it from its own nodes.
+export CHAT_KAFKA_BROKERS
 export CHAT_REGISTRY_URL="http://127.0.0.1:$CHAT_REGISTRY_PORT"
 export CHAT_PG_URL="postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_PG_DATABASE"
 export CHAT_REDIS_URL="redis://127.0.0.1:$CHAT_REDIS_PORT"

@@ -155,6 +155,9 @@ pub async fn run<P: Project>(
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let counts = loop {
+            if !batch.has_records() {
+                break Counts::default();
+            }
             let applied = tokio::select! {
                 applied = projector.apply(&batch, &dead_letter) => applied,
                 () = grace_over(&shutdown) => {

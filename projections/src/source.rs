@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::topics::Topic;
@@ -37,6 +38,15 @@ pub struct Batch {
     pub undecodable: usize,
 }
 
+impl Batch {
+    /// Whether a projector has anything to store for this batch. A batch that only moved
+    /// positions past commit markers has not: skipping it loses nothing, as the markers are
+    /// skipped again after a restart.
+    pub fn has_records(&self) -> bool {
+        !self.records.is_empty() || self.undecodable > 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub brokers: String,
@@ -46,18 +56,19 @@ pub struct SourceConfig {
     pub topics: Vec<Topic>,
     pub max_batch: usize,
     pub max_wait: Duration,
-    /// How long the broker may hold an empty fetch. The local broker waits this long even when
-    /// it has data and every fetch costs it CPU, so a read model (which tolerates tens of
-    /// milliseconds of lag) polls less often than the latency-critical fan-out.
+    /// How long the broker may hold an empty fetch (it answers at once when data arrives; the
+    /// wait only bounds how often an idle projector asks).
     pub fetch_wait_ms: u64,
 }
 
 pub struct Source {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<schemas::kafka::ReaderContext>,
     codec: Arc<EventCodec>,
     dead_letter: DeadLetter,
     config: SourceConfig,
     start: Positions,
+    /// The furthest position known per partition (records taken, ends reached).
+    seen: std::sync::Mutex<HashMap<(Topic, i32), i64>>,
 }
 
 impl Source {
@@ -69,14 +80,18 @@ impl Source {
         dead_letter: DeadLetter,
         start: &Positions,
     ) -> Result<Self, ProjectionError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<schemas::kafka::ReaderContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
             .set("queued.max.messages.kbytes", "16384")
-            .create()?;
+            .set("isolation.level", "read_committed")
+            // End-of-partition moves positions past the commit markers that end the room log
+            // (see `schemas::kafka::positions`), so "caught up" means the high watermark.
+            .set("enable.partition.eof", "true")
+            .create_with_context(schemas::kafka::ReaderContext)?;
         let metadata_timeout = Duration::from_secs(10);
         let mut assignment = TopicPartitionList::new();
         for &topic in &config.topics {
@@ -110,6 +125,7 @@ impl Source {
             dead_letter,
             config,
             start: start.clone(),
+            seen: std::sync::Mutex::new(start.iter().map(|(k, v)| (*k, *v)).collect()),
         })
     }
 
@@ -119,12 +135,19 @@ impl Source {
     }
 
     /// The next batch: waits for a first record, then takes what arrives within `max_wait`,
-    /// up to `max_batch` records.
+    /// up to `max_batch` records. A batch without records only moves positions: the reader
+    /// reached the end of a partition past commit markers (nothing to apply, nothing lost if
+    /// the projector does not store it: the markers are skipped again after a restart).
     pub async fn next_batch(&mut self) -> Result<Batch, ProjectionError> {
         let mut batch = Batch::default();
         let first = loop {
             match self.consumer.recv().await {
                 Ok(message) => break message,
+                Err(KafkaError::PartitionEOF(_)) => {
+                    if self.reached_end(&mut batch) {
+                        return Ok(batch);
+                    }
+                }
                 // The client reconnects by itself; a broker restart is not the projector's end.
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error; waiting for the broker");
@@ -141,6 +164,9 @@ impl Source {
             }
             match tokio::time::timeout(left, self.consumer.recv()).await {
                 Ok(Ok(message)) => self.take(&message, &mut batch).await?,
+                Ok(Err(KafkaError::PartitionEOF(_))) => {
+                    self.reached_end(&mut batch);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error; applying what was read");
                     break;
@@ -149,6 +175,26 @@ impl Source {
             }
         }
         Ok(batch)
+    }
+
+    /// At an end of partition: every position the consumer moved past what was handed out
+    /// (markers) goes into `batch`. Whether any did.
+    fn reached_end(&self, batch: &mut Batch) -> bool {
+        let mut moved = false;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, partition, next) in schemas::kafka::positions(&self.consumer) {
+            let Some(topic) = Topic::from_name(&topic) else {
+                continue;
+            };
+            let known = seen.entry((topic, partition)).or_insert(next);
+            if next > *known {
+                *known = next;
+                let at = batch.positions.entry((topic, partition)).or_insert(next);
+                *at = (*at).max(next);
+                moved = true;
+            }
+        }
+        moved
     }
 
     async fn take(
@@ -162,6 +208,10 @@ impl Source {
         let partition = message.partition();
         let offset = message.offset();
         batch.positions.insert((topic, partition), offset + 1);
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((topic, partition), offset + 1);
         let payload: Arc<[u8]> = Arc::from(message.payload().unwrap_or_default());
         let key = message.key().map(<[u8]>::to_vec);
         match self.codec.decode(&payload).await {

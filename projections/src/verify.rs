@@ -7,8 +7,9 @@ use futures::TryStreamExt;
 use mongodb::Database;
 use mongodb::bson::{Document, doc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use redis::aio::ConnectionManager;
 use schemas::topics::Topic;
 use schemas::{DomainEvent, EventCodec};
@@ -32,11 +33,10 @@ pub async fn read_log(
     read_log_to(brokers, codec, &ends, progress).await
 }
 
-/// The next offset to be written of every non-empty partition of `topics`.
+/// The high watermark of every non-empty partition of `topics`: the end of everything
+/// acknowledged so far (see `schemas::kafka::reader_config`).
 pub fn high_watermarks(brokers: &str, topics: &[Topic]) -> Result<Positions, ProjectionError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let consumer: BaseConsumer = schemas::kafka::watermark_config(brokers).create()?;
     let timeout = Duration::from_secs(10);
     let mut ends = Positions::new();
     for &topic in topics {
@@ -64,12 +64,13 @@ pub async fn read_log_to(
     until: &Positions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Vec<DomainEvent>, ProjectionError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "chat-verify")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
+    let consumer: BaseConsumer<schemas::kafka::ReaderContext> =
+        schemas::kafka::reader_config(brokers)
+            .set("group.id", "chat-verify")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .set("enable.partition.eof", "true")
+            .create_with_context(schemas::kafka::ReaderContext)?;
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for (&(topic, p), &end) in until {
@@ -88,6 +89,20 @@ pub async fn read_log_to(
     let mut idle = 0;
     while !ends.is_empty() {
         match consumer.poll(Duration::from_millis(500)) {
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                // Past the markers that end a transactional log (see `schemas::kafka::positions`).
+                for (topic, partition, next) in schemas::kafka::positions(&consumer) {
+                    let key = (topic, partition);
+                    if ends.get(&key).is_some_and(|end| next >= *end) {
+                        ends.remove(&key);
+                    }
+                }
+            }
+            // A broker the client knows of is gone (a node of a cluster down): librdkafka
+            // reads from the partitions' current leaders; only a reading that stops fails.
+            Some(Err(KafkaError::MessageConsumption(e))) => {
+                tracing::warn!(error = %e, "reading the log: consumer error; going on");
+            }
             Some(message) => {
                 idle = 0;
                 let message = message?;

@@ -40,8 +40,7 @@ fn groups(consumer: &BaseConsumer, known: &[String], timeout: Duration) -> Vec<S
 }
 
 pub fn lag(brokers: &str, known: &[String], timeout: Duration) -> anyhow::Result<Vec<Row>> {
-    let admin: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: BaseConsumer = schemas::kafka::watermark_config(brokers)
         .create()
         .context("cannot create a Kafka client")?;
     let mut ends = Vec::new();

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::kafka::{TopicState, ensure_topics};
 use schemas::topics::Topic;
@@ -283,8 +282,7 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
 }
 
 fn list(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = schemas::kafka::watermark_config(brokers)
         .create()
         .context("cannot create a Kafka client")?;
     println!(

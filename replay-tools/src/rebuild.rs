@@ -206,7 +206,7 @@ async fn fill<P: Project>(
             .await
             .context("the broker sent nothing for 60 s before the end of the log")??;
         let mut attempt = 0;
-        loop {
+        while batch.has_records() {
             match projector.apply(&batch, dead_letter).await {
                 Ok(_) => break,
                 Err(e) if attempt < 5 => {

@@ -42,18 +42,42 @@ fn with_debug(mut config: ClientConfig) -> ClientConfig {
     config
 }
 
-/// Manual commits, start from the beginning of the log when the group has no offset.
-pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+/// A client that sees the log as every reader of the platform does: `read_committed` (also
+/// librdkafka's default, spelled out here because the platform depends on it).
+pub fn reader_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
+        .set("isolation.level", "read_committed");
+    with_debug(config)
+}
+
+/// A client for "where does the log end": the high watermark, everything acknowledged so far.
+///
+/// It must be `read_uncommitted`: a `read_committed` client (librdkafka's default) is answered
+/// the last stable offset, which stays behind a transaction that committed until the broker
+/// has written its markers, a few milliseconds after the writer was told; a record already
+/// acknowledged can lie beyond it. A `read_committed` reader reaches the high watermark once
+/// the transactions open at that moment resolved (end-of-partition carries it past their
+/// markers, see [`positions`]).
+pub fn watermark_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("isolation.level", "read_uncommitted");
+    with_debug(config)
+}
+
+/// Manual commits, start from the beginning of the log when the group has no offset.
+pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = reader_config(brokers);
+    config
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000");
-    with_debug(config)
+    config
 }
 
 /// What [`ensure_topics`] did for one topic.
@@ -191,8 +215,8 @@ async fn check_configs(
 }
 
 /// Partition count of `topic` as the broker reports it (0 when the topic does not exist).
-pub fn partition_count(
-    consumer: &BaseConsumer,
+pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, SchemaError> {
@@ -204,3 +228,39 @@ pub fn partition_count(
         .map(|t| t.partitions().len() as i32)
         .unwrap_or(0))
 }
+
+/// Where `consumer` continues in each partition assigned to it: after the last record it handed
+/// out, or, once it reported end-of-partition (`enable.partition.eof`), past the transaction
+/// markers that end a transactional log. Markers take offsets but are never handed out, so
+/// "the last record's offset + 1" stops short of the high watermark of such a log; this does not.
+pub fn positions<C, K>(consumer: &K) -> Vec<(String, i32, i64)>
+where
+    C: rdkafka::consumer::ConsumerContext,
+    K: Consumer<C>,
+{
+    let Ok(list) = consumer.position() else {
+        return Vec::new();
+    };
+    list.elements()
+        .iter()
+        .filter_map(|e| {
+            let offset = e.offset().to_raw().filter(|o| *o >= 0)?;
+            Some((e.topic().to_string(), e.partition(), offset))
+        })
+        .collect()
+}
+
+/// The context of every consumer that asks for end-of-partition events
+/// (`enable.partition.eof`): those arrive as errors, and are the normal end of a read, not
+/// something to log at error level each time a reader catches up.
+pub struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "librdkafka");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}

@@ -4,28 +4,33 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::partition::partition_for;
 use schemas::{DomainEvent, EventCodec};
 
-/// Every event of `key`'s partition of `topic` from offset 0 to the current end whose key is
-/// `key`, in log order, decoded.
+/// Every committed event of `key`'s partition of `topic` from offset 0 to the current end whose
+/// key is `key`, in log order, decoded.
 pub async fn read_key(
     brokers: &str,
     registry_url: &str,
     topic: &str,
     key: &str,
 ) -> anyhow::Result<Vec<DomainEvent>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<schemas::kafka::ReaderContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "test-reader")
         .set("enable.auto.commit", "false")
-        .create()?;
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create_with_context(schemas::kafka::ReaderContext)?;
     let partitions = schemas::kafka::partition_count(&consumer, topic, Duration::from_secs(10))?;
     anyhow::ensure!(partitions > 0, "topic {topic} missing");
     let partition = partition_for(key, partitions);
-    let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    // Everything acknowledged so far (`schemas::kafka::watermark_config`).
+    let plain: BaseConsumer = schemas::kafka::watermark_config(brokers).create()?;
+    let (_, high) = plain.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut raw = Vec::new();
     if high > 0 {
         let mut assignment = TopicPartitionList::new();
@@ -38,12 +43,24 @@ pub async fn read_key(
                 Instant::now() < deadline,
                 "reading {topic}/{partition} timed out at {next} of {high}"
             );
-            if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-                let message = message?;
-                next = message.offset() + 1;
-                if message.key() == Some(key.as_bytes()) {
-                    raw.push(message.payload().unwrap_or_default().to_vec());
+            match consumer.poll(Duration::from_millis(500)) {
+                // The end, past any commit markers (`schemas::kafka::positions`).
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if let Some((_, _, at)) = schemas::kafka::positions(&consumer).first() {
+                        next = next.max(*at);
+                    }
+                    continue;
                 }
+                // A broker the client knows of went away (a fault test): it reconnects elsewhere.
+                Some(Err(KafkaError::MessageConsumption(_))) => continue,
+                Some(message) => {
+                    let message = message?;
+                    next = message.offset() + 1;
+                    if message.key() == Some(key.as_bytes()) {
+                        raw.push(message.payload().unwrap_or_default().to_vec());
+                    }
+                }
+                None => {}
             }
         }
     }

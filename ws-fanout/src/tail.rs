@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::{DomainEvent, EventCodec};
@@ -94,9 +95,10 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
+    /// High watermarks: everything acknowledged so far, which the tail reaches once the
+    /// transactions open at that moment resolved (`schemas::kafka::watermark_config`).
     pub fn new(brokers: &str) -> Result<Self, FanoutError> {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let client: BaseConsumer = schemas::kafka::watermark_config(brokers)
             .create()
             .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))?;
         Ok(Self {
@@ -154,7 +156,7 @@ impl Watermarks {
 }
 
 pub struct Tail {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<schemas::kafka::ReaderContext>,
     codec: Arc<EventCodec>,
     hub: Arc<Hub>,
 }
@@ -170,7 +172,7 @@ impl Tail {
         let broker =
             |e: rdkafka::error::KafkaError| FanoutError::Unavailable(format!("broker: {e}"));
         // A group id is required by the client; nothing is ever committed under it.
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<schemas::kafka::ReaderContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("chat-fanout-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
@@ -179,7 +181,11 @@ impl Tail {
             // Should a start offset ever be out of range, missing records is the one wrong answer.
             .set("auto.offset.reset", "earliest")
             .set("queued.max.messages.kbytes", "16384")
-            .create()
+            .set("isolation.level", "read_committed")
+            // End-of-partition moves the position past the commit markers that end the room
+            // log, so the node counts as caught up (`Hub::set_target`) at the high watermark.
+            .set("enable.partition.eof", "true")
+            .create_with_context(schemas::kafka::ReaderContext)
             .map_err(broker)?;
         let mut assignment = TopicPartitionList::new();
         for (p, start) in starts.iter().enumerate() {
@@ -206,6 +212,14 @@ impl Tail {
             };
             let message = match message {
                 Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => {
+                    for (_, partition, next) in schemas::kafka::positions(&self.consumer) {
+                        if next > self.hub.position(partition as usize) {
+                            self.hub.set_position(partition as usize, next);
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "log tail: consumer error; waiting for the broker");
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,6 +13,9 @@ pub struct WriterMetrics {
     pub undecodable: IntCounter,
     pub forwarded: IntCounter,
     pub rebuilds: IntCounter,
+    pub fenced: IntCounter,
+    pub transactions: prometheus::Histogram,
+    pub transaction_records: prometheus::Histogram,
 }
 
 impl WriterMetrics {
@@ -54,7 +57,29 @@ impl WriterMetrics {
             )?,
             rebuilds: IntCounter::new(
                 "commands_partition_rebuilds_total",
-                "Partition states rebuilt from the log after a failed append",
+                "Partition states rebuilt from the log after a failed append or an inconsistent decision",
+            )?,
+            transactions: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "commands_transaction_seconds",
+                    "Time from beginning a room partition's transaction to its commit",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )?,
+            transaction_records: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "commands_transaction_records",
+                    "Records per committed transaction",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+                ]),
+            )?,
+            fenced: IntCounter::new(
+                "commands_partitions_fenced_total",
+                "Partition writers stopped because another instance fenced them (took the partition over)",
             )?,
         };
         registry.register(Box::new(m.commands.clone()))?;
@@ -65,6 +90,9 @@ impl WriterMetrics {
         registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.forwarded.clone()))?;
         registry.register(Box::new(m.rebuilds.clone()))?;
+        registry.register(Box::new(m.fenced.clone()))?;
+        registry.register(Box::new(m.transactions.clone()))?;
+        registry.register(Box::new(m.transaction_records.clone()))?;
         Ok(m)
     }
 }

@@ -1,16 +1,19 @@
 //! The write path: which instance writes which rooms, and the writers themselves.
 //!
 //! Ownership follows Kafka's consumer-group assignment of `chat.room-events`: an instance
-//! writes exactly the rooms of the partitions the group assigned it. On assignment it rebuilds
-//! those rooms from the log before accepting a command for them; on revocation it stops taking
-//! commands and lets every append in flight settle before the group moves on, so the next owner
-//! catches up on a complete log. Commands for other partitions are forwarded to their owner.
+//! writes exactly the rooms of the partitions the group assigned it. On assignment it fences
+//! the partition's earlier writers through the broker (transactional ids per partition) and
+//! rebuilds those rooms from the log before accepting a command for them; on revocation it
+//! stops taking commands and lets every append in flight settle before the group moves on.
+//! An instance that missed the revocation (paused, cut off) finds itself fenced at its next
+//! append and stops. Commands for other partitions are forwarded to their owner.
 
 mod catchup;
 pub mod directory;
 pub mod metrics;
 mod ownership;
 mod partition;
+mod txn;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -59,6 +62,8 @@ struct Inner {
     metrics: WriterMetrics,
     directory: OwnerDirectory,
     partitions: i32,
+    /// The writer group: prefix of every partition's transactional ids.
+    group: String,
     owned: RwLock<HashMap<i32, Owned>>,
     command_timeout: Duration,
     runtime: tokio::runtime::Handle,
@@ -90,6 +95,7 @@ impl Writer {
                 metrics,
                 directory,
                 partitions,
+                group: group.to_string(),
                 owned: RwLock::new(HashMap::new()),
                 command_timeout,
                 runtime: tokio::runtime::Handle::current(),
@@ -259,6 +265,7 @@ impl Writer {
             let writer = PartitionWriter {
                 partition: p,
                 log: self.inner.log.clone(),
+                id_prefix: self.inner.group.clone(),
                 metrics: self.inner.metrics.clone(),
                 jobs: jobs_rx,
                 ready: ready_tx,

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use projections::model::Model;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::topics::Topic;
 use test_support::{PrivateStack, Service, env, free_port, unique_ident, wait_progressing};
@@ -84,9 +83,7 @@ impl ReadSide {
 
     /// High watermark of every non-empty partition of `topics`.
     pub fn ends(&self, topics: &[Topic]) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()?;
+        let consumer: BaseConsumer = schemas::kafka::watermark_config(&self.brokers).create()?;
         let mut ends = BTreeMap::new();
         for topic in topics {
             let count =
