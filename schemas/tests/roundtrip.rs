@@ -1,7 +1,9 @@
 //! Every event type goes through the real schema registry and the real broker: encoded by the
 //! codec, produced with the platform's producer settings, consumed back from the exact offset
 //! the broker acknowledged, decoded, and compared with what was sent. Also checks that the
-//! broker's partitioner and ours agree on where each key lives.
+//! broker's partitioner and ours agree on where each key lives, and that Confluent's own client
+//! (its Python `AvroDeserializer` and `SchemaRegistryClient`) reads the same records through the
+//! stack's registry and gets the same fields as our decoder.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -232,7 +234,7 @@ async fn every_event_round_trips_through_registry_and_broker() -> anyhow::Result
 
     let consumer: BaseConsumer =
         schemas::kafka::consumer_config(&brokers, &unique("roundtrip")).create()?;
-    for (sent, topic, partition, offset) in acknowledged {
+    for (sent, topic, partition, offset) in acknowledged.iter().cloned() {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         consumer.assign(&assignment)?;
@@ -246,7 +248,71 @@ async fn every_event_round_trips_through_registry_and_broker() -> anyhow::Result
         let decoded = codec.decode(message.payload().unwrap_or_default()).await?;
         assert_eq!(decoded, sent, "{} changed on the way", sent.kind().as_str());
     }
+
+    // The same records through Confluent's own client and registry client.
+    let read_by_confluent = confluent_read(&brokers, &acknowledged)?;
+    assert_eq!(read_by_confluent.len(), acknowledged.len());
+    for ((sent, topic, partition, offset), theirs) in acknowledged.iter().zip(read_by_confluent) {
+        assert_eq!(
+            (
+                theirs["topic"].as_str(),
+                theirs["partition"].as_i64(),
+                theirs["offset"].as_i64()
+            ),
+            (Some(*topic), Some(i64::from(*partition)), Some(*offset))
+        );
+        let mut ours = serde_json::to_value(sent)?;
+        ours.as_object_mut().map(|o| o.remove("kind"));
+        assert_eq!(
+            theirs["value"],
+            ours,
+            "{}: Confluent's deserializer and ours disagree",
+            sent.kind().as_str()
+        );
+    }
     Ok(())
+}
+
+/// Runs `tests/confluent/read.py` with the Python that has Confluent's client
+/// (`CHAT_CONFLUENT_PYTHON`, set up by `deploy/local/test`) over `records`' positions.
+fn confluent_read(
+    brokers: &str,
+    records: &[(DomainEvent, &str, i32, i64)],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use std::io::Write;
+    let python = std::env::var("CHAT_CONFLUENT_PYTHON").map_err(|_| {
+        anyhow::anyhow!(
+            "CHAT_CONFLUENT_PYTHON is not set: run the tests through deploy/local/test, which installs Confluent's client"
+        )
+    })?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/confluent/read.py");
+    let positions: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(_, topic, partition, offset)| serde_json::json!([topic, partition, offset]))
+        .collect();
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .arg(brokers)
+        .arg(env::registry_url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(serde_json::to_string(&positions)?.as_bytes())?;
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "read.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
 }
 
 #[tokio::test]
