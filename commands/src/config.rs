@@ -14,7 +14,7 @@ pub struct Config {
     pub advertise_url: String,
     /// `CHAT_KAFKA_BROKERS`, default `127.0.0.1:9092`.
     pub brokers: String,
-    /// `CHAT_REGISTRY_URL`, default `http://127.0.0.1:8081`.
+    /// `CHAT_REGISTRY_URL`, default [`schemas::DEFAULT_REGISTRY_URL`].
     pub registry_url: String,
     /// `CHAT_PG_URL`, default `postgres://postgres@127.0.0.1:5432/chat`.
     pub pg_url: String,
@@ -73,7 +73,7 @@ impl Config {
             listen,
             advertise_url: env_string("CHAT_COMMANDS_ADVERTISE_URL", &format!("http://{listen}")),
             brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
-            registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
+            registry_url: env_string("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL),
             pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
             pg_schema: env_string("CHAT_COMMANDS_PG_SCHEMA", "identity"),
             redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),

@@ -39,6 +39,7 @@ fi
 : "${CHAT_MONGO_PORT:=27017}"
 : "${CHAT_FERRETDB_PG_DATABASE:=${CHAT_PG_DATABASE}_ferretdb}"   # FerretDB's own database
 : "${CHAT_FERRETDB_POOL:=40}"                # FerretDB's PostgreSQL connections
+: "${CHAT_REGISTRY_PG_DATABASE:=${CHAT_PG_DATABASE}_registry}"   # Apicurio's own database
 : "${CHAT_CLICKHOUSE_HTTP_PORT:=8123}"
 : "${CHAT_CLICKHOUSE_TCP_PORT:=9000}"
 : "${CHAT_CLICKHOUSE_INTERSERVER_PORT:=9009}"
@@ -61,7 +62,7 @@ for _port in $CHAT_KAFKA_PORTS; do CHAT_KAFKA_BROKERS+="${CHAT_KAFKA_BROKERS:+,}
 unset _port
 # Not CHAT_KAFKA_REPLICATION: a private stack a test starts must derive it from its own nodes.
 export CHAT_KAFKA_BROKERS
-export CHAT_REGISTRY_URL="http://127.0.0.1:$CHAT_REGISTRY_PORT"
+export CHAT_REGISTRY_URL="http://127.0.0.1:$CHAT_REGISTRY_PORT/apis/ccompat/v7"
 export CHAT_PG_URL="postgres://postgres@127.0.0.1:$CHAT_PG_PORT/$CHAT_PG_DATABASE"
 export CHAT_REDIS_URL="redis://127.0.0.1:$CHAT_REDIS_PORT"
 export CHAT_MONGO_URL="mongodb://127.0.0.1:$CHAT_MONGO_PORT/?directConnection=true"
@@ -190,7 +191,7 @@ stop_service() {
     rm -f "$(pid_file "$name")"
 }
 
-# Directory holding the workspace binaries (schema-registry, replay-tools, ...).
+# Directory holding the workspace binaries (replay-tools, commands, ...).
 bin_dir() {
     if [ -n "$CHAT_BIN_DIR" ]; then echo "$CHAT_BIN_DIR"; return; fi
     local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"

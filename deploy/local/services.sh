@@ -1,6 +1,6 @@
 # Install and start functions, one pair per service. Sourced by `up`, `down` and `status`.
 
-# ---------- PostgreSQL (identity, outbox, schema registry store) ----------
+# ---------- PostgreSQL (identity, outbox; stores FerretDB and the schema registry too) ----------
 
 pg_ready() { pg_isready -q -h 127.0.0.1 -p "$CHAT_PG_PORT"; }
 
@@ -26,13 +26,18 @@ start_postgres() {
         mkdir -p "$RUN_DIR" && echo "$version" >"$RUN_DIR/postgres.started"
         wait_until postgres 60 pg_ready
     fi
+    ensure_pg_database "$CHAT_PG_DATABASE"
+}
+
+# Creates database $1 unless it exists (concurrent creators race harmlessly), then opens it.
+ensure_pg_database() {
     if ! psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres -tAc \
-        "SELECT 1 FROM pg_database WHERE datname = '$CHAT_PG_DATABASE'" | grep -q 1; then
+        "SELECT 1 FROM pg_database WHERE datname = '$1'" | grep -q 1; then
         psql -q -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres \
-            -c "CREATE DATABASE \"$CHAT_PG_DATABASE\"" 2>/dev/null || true
+            -c "CREATE DATABASE \"$1\"" 2>/dev/null || true
     fi
-    psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d "$CHAT_PG_DATABASE" -tAc "SELECT 1" >/dev/null \
-        || die "postgres: cannot open database $CHAT_PG_DATABASE as user postgres on port $CHAT_PG_PORT"
+    psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d "$1" -tAc "SELECT 1" >/dev/null \
+        || die "postgres: cannot open database $1 as user postgres on port $CHAT_PG_PORT"
 }
 
 stop_postgres() {
@@ -193,22 +198,80 @@ stop_broker() {
     done
 }
 
-# ---------- Schema registry (ours, Confluent-compatible, stored in PostgreSQL) ----------
+# ---------- Schema registry: Apicurio Registry 3 (Confluent-compatible API) on PostgreSQL ----------
+#
+# Its Quarkus distribution is resolved once by Maven (deploy/local/apicurio/pom.xml) and unpacked
+# into $CHAT_CACHE_DIR/apicurio/<pom hash>; it runs on a JDK >= 21 (Apicurio 3 is built for
+# Java 21; the machines carry a second, newer JDK beside the system's 17) and stores in a
+# PostgreSQL database of its own, $CHAT_REGISTRY_PG_DATABASE. Clients use its Confluent API,
+# CHAT_REGISTRY_URL = http://127.0.0.1:$CHAT_REGISTRY_PORT/apis/ccompat/v7.
 
+registry_home() { echo "$CHAT_CACHE_DIR/apicurio/$(sha256sum "$DEPLOY_DIR/apicurio/pom.xml" | cut -c1-12)"; }
+registry_version() { sed -n 's|.*<apicurio.version>\(.*\)</apicurio.version>.*|\1|p' "$DEPLOY_DIR/apicurio/pom.xml"; }
 registry_ready() { curl -fsS -o /dev/null "$CHAT_REGISTRY_URL/subjects"; }
 
+java_major() { "$1" -version 2>&1 | sed -n '1s/.*version "\([0-9]*\).*/\1/p'; }
+
+# The first java of major version >= 21: CHAT_REGISTRY_JAVA, JAVA_HOME, the PATH, /usr/lib/jvm.
+registry_java() {
+    local candidate major
+    for candidate in ${CHAT_REGISTRY_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} "$(command -v java || true)" \
+        $(ls -d /usr/lib/jvm/*/bin/java 2>/dev/null | sort -rV); do
+        [ -x "$candidate" ] || continue
+        major=$(java_major "$candidate")
+        [ -n "$major" ] && [ "$major" -ge 21 ] && { echo "$candidate"; return 0; }
+    done
+    return 1
+}
+
+install_registry() {
+    # Debian 12 packages no JDK 21; the machines come with a Temurin JDK beside it.
+    registry_java >/dev/null \
+        || die "registry: Apicurio Registry 3 needs a JDK >= 21 and none was found (set CHAT_REGISTRY_JAVA to its java)"
+    local home; home=$(registry_home)
+    [ -f "$home/.complete" ] && return 0
+    command -v mvn >/dev/null 2>&1 || ensure_apt maven
+    log "resolving Apicurio Registry $(registry_version) from Maven Central into $home (once)"
+    rm -rf "$home.partial"
+    mkdir -p "$home.partial"
+    (cd "$home.partial" && mvn -q -B -f "$DEPLOY_DIR/apicurio/pom.xml" \
+        -Dmaven.repo.local="$CHAT_CACHE_DIR/maven" \
+        dependency:unpack-dependencies -DexcludeTransitive=true -DoutputDirectory="$home.partial" \
+        -DmarkersDirectory="$home.partial/.markers") \
+        >"$CHAT_CACHE_DIR/apicurio-resolve.log" 2>&1 \
+        || die "resolving Apicurio Registry failed; see $CHAT_CACHE_DIR/apicurio-resolve.log"
+    [ -f "$home.partial/quarkus-run.jar" ] || die "registry: no quarkus-run.jar in the unpacked Apicurio distribution"
+    touch "$home.partial/.complete"
+    rm -rf "$home"
+    mv "$home.partial" "$home"
+}
+
 start_registry() {
-    local binary; binary="$(bin_dir)/schema-registry"
-    restart_if_rebuilt registry "$binary"
     if ! running_pid registry >/dev/null; then
+        pg_ready || die "registry: Apicurio stores in PostgreSQL, which does not answer on port $CHAT_PG_PORT (start postgres first)"
+        ensure_pg_database "$CHAT_REGISTRY_PG_DATABASE"
         wait_port_free registry "$CHAT_REGISTRY_PORT" CHAT_REGISTRY_PORT
+        mkdir -p "$DATA_DIR/registry"
+        # Registrations are rare; a small heap and pool leave the machine to the platform. Its
+        # management interface (health, metrics; enabled at build time) would take port 9000,
+        # ClickHouse's: it gets a free loopback port instead.
         start_bg registry "$DATA_DIR/registry" env \
-            CHAT_REGISTRY_LISTEN="127.0.0.1:$CHAT_REGISTRY_PORT" \
-            CHAT_REGISTRY_DATABASE_URL="$CHAT_PG_URL" \
-            "$binary"
-        record_binary registry
+            APICURIO_STORAGE_KIND=sql APICURIO_STORAGE_SQL_KIND=postgresql \
+            APICURIO_DATASOURCE_URL="jdbc:postgresql://127.0.0.1:$CHAT_PG_PORT/$CHAT_REGISTRY_PG_DATABASE" \
+            APICURIO_DATASOURCE_USERNAME=postgres APICURIO_DATASOURCE_PASSWORD=unused \
+            APICURIO_DATASOURCE_JDBC_INITIAL_SIZE=1 APICURIO_DATASOURCE_JDBC_MIN_SIZE=1 \
+            APICURIO_DATASOURCE_JDBC_MAX_SIZE=5 \
+            QUARKUS_HTTP_HOST=127.0.0.1 QUARKUS_HTTP_PORT="$CHAT_REGISTRY_PORT" \
+            QUARKUS_MANAGEMENT_HOST=127.0.0.1 QUARKUS_MANAGEMENT_PORT=0 \
+            "$(registry_java)" -Xms64m -Xmx384m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+            -jar "$(registry_home)/quarkus-run.jar"
     fi
-    wait_until registry 30 registry_ready
+    wait_until registry 90 registry_ready
+    # Confluent's default rule, which our schema evolution is checked against (Apicurio's
+    # default is no rule at all).
+    curl -fsS -o /dev/null -X PUT -H 'content-type: application/json' \
+        -d '{"compatibility":"BACKWARD"}' "$CHAT_REGISTRY_URL/config" \
+        || die "registry: cannot set the global BACKWARD compatibility rule"
 }
 
 # ---------- MongoDB wire protocol: FerretDB 1.24 on PostgreSQL ----------
@@ -242,11 +305,7 @@ install_mongo() {
 start_mongo() {
     if ! running_pid mongo >/dev/null; then
         pg_ready || die "mongo: FerretDB stores in PostgreSQL, which does not answer on port $CHAT_PG_PORT (start postgres first)"
-        if ! psql -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres -tAc \
-            "SELECT 1 FROM pg_database WHERE datname = '$CHAT_FERRETDB_PG_DATABASE'" | grep -q 1; then
-            psql -q -h 127.0.0.1 -p "$CHAT_PG_PORT" -U postgres -d postgres \
-                -c "CREATE DATABASE \"$CHAT_FERRETDB_PG_DATABASE\"" 2>/dev/null || true
-        fi
+        ensure_pg_database "$CHAT_FERRETDB_PG_DATABASE"
         # The read models are rebuilt from the log at will, so their store need not wait for
         # each commit's WAL flush (an OS crash may lose the last moment of writes, data and
         # checkpoints together, which the projectors re-apply; a process crash loses nothing).
@@ -398,7 +457,7 @@ endpoint_of() {
         postgres) echo "$CHAT_PG_URL" ;;
         redis) echo "$CHAT_REDIS_URL" ;;
         broker) echo "$CHAT_KAFKA_BROKERS (Apache Kafka $(kafka_version), $CHAT_KAFKA_NODES node(s))" ;;
-        registry) echo "$CHAT_REGISTRY_URL" ;;
+        registry) echo "$CHAT_REGISTRY_URL (Apicurio Registry $(registry_version), PostgreSQL database $CHAT_REGISTRY_PG_DATABASE)" ;;
         mongo) echo "$CHAT_MONGO_URL (FerretDB on PostgreSQL database $CHAT_FERRETDB_PG_DATABASE)" ;;
         clickhouse) echo "$CHAT_CLICKHOUSE_URL (native 127.0.0.1:$CHAT_CLICKHOUSE_TCP_PORT)" ;;
         commands) echo "$CHAT_COMMANDS_URL" ;;

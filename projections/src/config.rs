@@ -51,7 +51,7 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .collect(),
             brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
-            registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
+            registry_url: env_string("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL),
             mongo_url: env_string("CHAT_MONGO_URL", platform::config::LOCAL_MONGO_URL),
             mongo_db: env_string("CHAT_MONGO_DB", "chat"),
             clickhouse_url: env_string("CHAT_CLICKHOUSE_URL", "http://127.0.0.1:8123"),

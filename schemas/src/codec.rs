@@ -29,7 +29,7 @@ pub struct EventCodec {
 }
 
 impl EventCodec {
-    /// `registry_url`: base URL of a Confluent-compatible registry, e.g. `http://127.0.0.1:8081`.
+    /// `registry_url`: base URL of a Confluent-compatible registry, e.g. [`DEFAULT_REGISTRY_URL`].
     pub fn new(registry_url: &str) -> Result<Self, SchemaError> {
         let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_string())
             .no_proxy()

@@ -20,3 +20,7 @@ pub use catalog::{DomainEvent, EventKind};
 pub use codec::EventCodec;
 pub use envelope::Envelope;
 pub use error::SchemaError;
+
+/// Where the local stack's registry answers (Apicurio's Confluent-compatible API), for services
+/// started without `CHAT_REGISTRY_URL`.
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081/apis/ccompat/v7";

@@ -32,7 +32,7 @@ pub mod env {
         var("CHAT_KAFKA_BROKERS", "127.0.0.1:9092")
     }
     pub fn registry_url() -> String {
-        var("CHAT_REGISTRY_URL", "http://127.0.0.1:8081")
+        var("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL)
     }
     pub fn pg_url() -> String {
         var("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat")

@@ -10,7 +10,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `CHAT_KAFKA_BROKERS`, default `127.0.0.1:9092`.
     pub brokers: String,
-    /// `CHAT_REGISTRY_URL`, default `http://127.0.0.1:8081`.
+    /// `CHAT_REGISTRY_URL`, default [`schemas::DEFAULT_REGISTRY_URL`].
     pub registry_url: String,
     /// `CHAT_REDIS_URL` / `CHAT_REDIS_PREFIX`: token revocation marks and the presence
     /// projector's room heads (the snapshot the log tail starts from).
@@ -56,7 +56,7 @@ impl Config {
         Ok(Self {
             listen: env_or("CHAT_WS_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8092)))?,
             brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
-            registry_url: env_string("CHAT_REGISTRY_URL", "http://127.0.0.1:8081"),
+            registry_url: env_string("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL),
             redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
             jwks_url: env_string("CHAT_JWKS_URL", "http://127.0.0.1:8090/v1/auth/jwks"),

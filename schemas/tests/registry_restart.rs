@@ -1,6 +1,7 @@
-//! Ids survive restarts of the registry, graceful or not. Uses a private registry (own port,
-//! own PostgreSQL schema) started and restarted by the same `deploy/local` scripts as the
-//! shared stack, so restarting it disturbs no other test.
+//! Ids survive restarts of the registry, graceful or not: the ids are in every stored record,
+//! so a registry that renumbered after a restart would make the whole log unreadable. Uses a
+//! private registry (own port, own PostgreSQL database) started and restarted by the same
+//! `deploy/local` scripts as the shared stack, so restarting it disturbs no other test.
 
 use std::time::Duration;
 
@@ -28,12 +29,13 @@ fn schema(name: &str) -> String {
 #[tokio::test]
 async fn ids_are_stable_across_restarts() -> anyhow::Result<()> {
     let port = free_port();
+    let database = DropDatabase(unique_ident("registry_test"));
     let stack = PrivateStack::new(&[
         ("CHAT_REGISTRY_PORT", port.to_string()),
-        ("CHAT_REGISTRY_PG_SCHEMA", unique_ident("registry_test")),
+        ("CHAT_REGISTRY_PG_DATABASE", database.0.clone()),
     ])?;
     stack.up(&["registry"])?;
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
     // No pooled connections: a kept-alive connection to the stopped process would fail the
     // first request after each restart, which is the client's problem, not the registry's.
     let http = reqwest::Client::builder()
@@ -86,9 +88,9 @@ async fn ids_are_stable_across_restarts() -> anyhow::Result<()> {
     let fresh = register(&http, &base, &unique("restart-new"), &schema("Fresh")).await;
     assert!(ids.iter().all(|&id| fresh > id), "{fresh} vs {ids:?}");
 
-    // The registry answers its health check until the stack is dropped (which stops it).
-    wait_for("healthz", Duration::from_secs(5), || async {
-        http.get(format!("{base}/healthz"))
+    // It still answers after all that, until the stack is dropped (which stops it).
+    wait_for("subjects", Duration::from_secs(5), || async {
+        http.get(format!("{base}/subjects"))
             .send()
             .await
             .ok()
@@ -96,4 +98,19 @@ async fn ids_are_stable_across_restarts() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// Drops the private registry's database once the test is over, pass or fail. Declared before
+/// the stack, so it is dropped after the stack has stopped the registry.
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let pg_url = test_support::env::pg_url();
+        let server = pg_url.rsplit_once('/').map_or(pg_url.as_str(), |(s, _)| s);
+        let _ = std::process::Command::new("psql")
+            .args(["-q", "-d", &format!("{server}/postgres"), "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0))
+            .status();
+    }
 }

@@ -1,5 +1,8 @@
-//! The registry's HTTP contract against the running registry of the local stack (its store is
-//! the real PostgreSQL). Every test uses its own subjects, so tests run in parallel.
+//! What the platform relies on from the stack's registry (Apicurio, through its
+//! Confluent-compatible API; its store is the real PostgreSQL): one id per schema whatever its
+//! formatting, BACKWARD checks that refuse a breaking change, the Confluent error codes our codec
+//! and Confluent's clients act on, and one version for concurrent registrations. Every test uses
+//! its own subjects, so tests run in parallel.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -136,16 +139,10 @@ async fn backward_compatibility_is_enforced() {
     let subject = unique("compat");
     let id1 = c.register(&subject, &v1()).await.1["id"].as_i64().unwrap();
 
+    // The stack sets the global level to BACKWARD (Confluent's default; Apicurio has none).
+    assert_eq!(c.get("/config").await.1["compatibilityLevel"], "BACKWARD");
     let incompatible = c.register(&subject, &v2_incompatible()).await;
     assert_error(&incompatible, 409, 409);
-    assert!(
-        incompatible.1["message"]
-            .as_str()
-            .unwrap()
-            .contains("BACKWARD"),
-        "{}",
-        incompatible.1
-    );
 
     let (status, check) = c
         .call(
@@ -205,6 +202,8 @@ async fn backward_compatibility_is_enforced() {
     assert_error(&bad_level, 422, 42203);
 }
 
+/// The codes Confluent's clients branch on (40401 unknown subject, 40402 unknown version,
+/// 40403 unknown schema, 42201 invalid schema), and a registry that keeps serving after garbage.
 #[tokio::test]
 async fn bad_requests_get_confluent_errors_and_the_registry_keeps_serving() {
     let c = Client::new();
@@ -212,37 +211,19 @@ async fn bad_requests_get_confluent_errors_and_the_registry_keeps_serving() {
     let path = format!("/subjects/{subject}/versions");
     let post = |body: &str| c.call(reqwest::Method::POST, &path, Some(body.to_string()));
 
-    assert_error(&post("{not json").await, 400, 400);
-    assert_error(&post("").await, 400, 400);
+    // Not JSON at all: refused (Apicurio answers it in plain text, not Confluent's JSON).
+    assert_eq!(post("{not json").await.0, StatusCode::BAD_REQUEST);
     assert_error(&post(r#"{"schema": 42}"#).await, 422, 42201);
-    assert_error(&post(r#"{"nothing": "here"}"#).await, 422, 42201);
-    assert_error(
-        &post(&json!({"schema": "{\"type\":\"record\",\"name\":\"X\"}"}).to_string()).await,
-        422,
-        42201,
-    );
     assert_error(
         &post(&json!({"schema": "not even json"}).to_string()).await,
         422,
         42201,
     );
     assert_error(
-        &post(&json!({"schema": "\"string\"", "schemaType": "PROTOBUF"}).to_string()).await,
+        &post(&json!({"schema": "{\"type\":\"record\",\"name\":\"X\"}"}).to_string()).await,
         422,
         42201,
     );
-    assert_error(
-        &post(
-            &json!({"schema": v1(), "references": [{"name": "x", "subject": "y", "version": 1}]})
-                .to_string(),
-        )
-        .await,
-        422,
-        42201,
-    );
-    let huge = json!({"schema": "x".repeat(2 << 20)}).to_string();
-    let (status, _) = post(&huge).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     assert_error(
         &c.get(&format!("/subjects/{subject}/versions")).await,
@@ -254,24 +235,13 @@ async fn bad_requests_get_confluent_errors_and_the_registry_keeps_serving() {
         404,
         40401,
     );
-    c.register(&subject, &v1()).await;
+    assert_eq!(c.register(&subject, &v1()).await.0, StatusCode::OK);
     assert_error(
         &c.get(&format!("/subjects/{subject}/versions/7")).await,
         404,
         40402,
     );
-    assert_error(
-        &c.get(&format!("/subjects/{subject}/versions/abc")).await,
-        422,
-        42202,
-    );
-    assert_error(
-        &c.get(&format!("/subjects/{subject}/versions/0")).await,
-        422,
-        42202,
-    );
     assert_error(&c.get("/schemas/ids/2147483000").await, 404, 40403);
-    assert_error(&c.get("/schemas/ids/banana").await, 404, 40403);
     let lookup_missing = c
         .call(
             reqwest::Method::POST,
@@ -280,17 +250,12 @@ async fn bad_requests_get_confluent_errors_and_the_registry_keeps_serving() {
         )
         .await;
     assert_error(&lookup_missing, 404, 40403);
-    assert_error(&c.get("/no/such/path").await, 404, 404);
 
-    // Still healthy, and still registering.
-    assert_eq!(c.get("/healthz").await.0, StatusCode::OK);
-    assert_eq!(c.get("/readyz").await.0, StatusCode::OK);
+    // Still registering.
     assert_eq!(
         c.register(&subject, &v2_compatible()).await.0,
         StatusCode::OK
     );
-    let (_, metrics) = c.get("/metrics").await;
-    assert!(metrics.as_str().unwrap().contains("http_requests_total"));
 }
 
 #[tokio::test]
