@@ -6,6 +6,7 @@ mod commands;
 mod delivery;
 mod floor;
 mod frames;
+mod history;
 mod load;
 mod peer;
 mod receivers;
@@ -33,6 +34,8 @@ enum Command {
     Commands(commands::Args),
     /// Rebuild rate of each read model from the log (`replay-tools rebuild`), 100k to 1M events.
     Replay(replay::Args),
+    /// History pages and searches on one room of 1,000,000 messages, through query-api.
+    History(history::Args),
     /// Post-to-socket delivery latency as the rate climbs, beside the broker's own floor.
     Delivery(delivery::Args),
     /// The scenarios (seed, burst, soak, moonshot, replay) against ours and the Socket.io
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Commands(args) => commands::run(args, &cli.results).await,
         Command::Replay(args) => replay::run(args, &cli.results).await,
         Command::Delivery(args) => delivery::run(args, &cli.results).await,
+        Command::History(args) => history::run(args, &cli.results).await,
         Command::Scenarios(args) => scenario::run(args, &cli.results).await,
         Command::Summary => summary::write(&cli.results, true),
         Command::Sockets(args) => sockets::run(args, &cli.results).await,

@@ -178,7 +178,7 @@ async fn mongo_ceiling(url: &str) -> anyhow::Result<MongoCeiling> {
                 doc! {
                     "_id": format!("m{n}"), "room_id": format!("r{}", n % 100), "seq": n as i64,
                     "user_id": format!("u{}", n % 50), "content": &content,
-                    "tokens": projections::text::tokens(&content),
+                    "tokens": read_model::text::tokens(&content),
                     "timestamp": mongodb::bson::DateTime::from_millis(n as i64),
                     "reactions": [], "attachments": [], "deleted": false,
                 }

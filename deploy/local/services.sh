@@ -88,18 +88,26 @@ kafka_controller_port() { local ports=($CHAT_KAFKA_CONTROLLER_PORTS); echo "${po
 
 install_broker() {
     command -v java >/dev/null 2>&1 || ensure_apt openjdk-17-jre-headless
-    local home; home=$(kafka_home)
+    maven_resolve kafka "Apache Kafka $(kafka_version)" "$(kafka_home)" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=@HOME@/lib
+}
+
+# maven_resolve NAME WHAT HOME GOAL [ARGS...]: runs the Maven GOAL on deploy/local/NAME/pom.xml
+# once, into HOME (@HOME@ in ARGS stands for the directory being filled), with the project's own
+# directory for Maven's download cache (nothing lands in ~/.m2). HOME/.complete marks it done.
+maven_resolve() {
+    local name=$1 what=$2 home=$3 arg args=()
+    shift 3
     [ -f "$home/.complete" ] && return 0
     command -v mvn >/dev/null 2>&1 || ensure_apt maven
-    log "resolving Apache Kafka $(kafka_version) from Maven Central into $home (once)"
+    log "resolving $what from Maven Central into $home (once)"
     rm -rf "$home.partial"
     mkdir -p "$home.partial"
-    # The project's own directory for Maven's download cache too: nothing lands in ~/.m2.
-    (cd "$home.partial" && mvn -q -B -f "$DEPLOY_DIR/kafka/pom.xml" \
-        -Dmaven.repo.local="$CHAT_CACHE_DIR/maven" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$home.partial/lib") \
-        >"$CHAT_CACHE_DIR/kafka-resolve.log" 2>&1 \
-        || die "resolving Kafka failed; see $CHAT_CACHE_DIR/kafka-resolve.log"
+    for arg in "$@"; do args+=("${arg//@HOME@/$home.partial}"); done
+    (cd "$home.partial" && mvn -q -B -f "$DEPLOY_DIR/$name/pom.xml" \
+        -Dmaven.repo.local="$CHAT_CACHE_DIR/maven" "${args[@]}") \
+        >"$CHAT_CACHE_DIR/$name-resolve.log" 2>&1 \
+        || die "resolving $what failed; see $CHAT_CACHE_DIR/$name-resolve.log"
     touch "$home.partial/.complete"
     rm -rf "$home"
     mv "$home.partial" "$home"
@@ -228,22 +236,10 @@ install_registry() {
     # Debian 12 packages no JDK 21; the machines come with a Temurin JDK beside it.
     registry_java >/dev/null \
         || die "registry: Apicurio Registry 3 needs a JDK >= 21 and none was found (set CHAT_REGISTRY_JAVA to its java)"
-    local home; home=$(registry_home)
-    [ -f "$home/.complete" ] && return 0
-    command -v mvn >/dev/null 2>&1 || ensure_apt maven
-    log "resolving Apicurio Registry $(registry_version) from Maven Central into $home (once)"
-    rm -rf "$home.partial"
-    mkdir -p "$home.partial"
-    (cd "$home.partial" && mvn -q -B -f "$DEPLOY_DIR/apicurio/pom.xml" \
-        -Dmaven.repo.local="$CHAT_CACHE_DIR/maven" \
-        dependency:unpack-dependencies -DexcludeTransitive=true -DoutputDirectory="$home.partial" \
-        -DmarkersDirectory="$home.partial/.markers") \
-        >"$CHAT_CACHE_DIR/apicurio-resolve.log" 2>&1 \
-        || die "resolving Apicurio Registry failed; see $CHAT_CACHE_DIR/apicurio-resolve.log"
-    [ -f "$home.partial/quarkus-run.jar" ] || die "registry: no quarkus-run.jar in the unpacked Apicurio distribution"
-    touch "$home.partial/.complete"
-    rm -rf "$home"
-    mv "$home.partial" "$home"
+    maven_resolve apicurio "Apicurio Registry $(registry_version)" "$(registry_home)" \
+        dependency:unpack-dependencies -DexcludeTransitive=true -DoutputDirectory=@HOME@ \
+        -DmarkersDirectory=@HOME@/.markers
+    [ -f "$(registry_home)/quarkus-run.jar" ] || die "registry: no quarkus-run.jar in $(registry_home)"
 }
 
 start_registry() {

@@ -15,7 +15,6 @@ pub mod mongo;
 pub mod presence;
 pub mod runner;
 pub mod source;
-pub mod text;
 pub mod verify;
 
 pub use error::ProjectionError;

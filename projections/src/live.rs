@@ -34,26 +34,14 @@ pub fn new_generation_suffix() -> String {
     format!("g{secs}")
 }
 
-// ---------- MongoDB ----------
-
-/// The MongoDB pointer is kept in Redis (`<CHAT_REDIS_PREFIX>live:mongo:<CHAT_MONGO_DB>`): the
-/// local MongoDB stand-in wedges when a client polling it every second is killed mid-query,
-/// and Redis answers the poll in microseconds.
-fn mongo_pointer(redis_prefix: &str, base: &str) -> String {
-    format!("{redis_prefix}live:mongo:{base}")
-}
+// ---------- MongoDB and Redis pointers (their format and reads are the read-model contract) ----------
 
 pub async fn mongo_live(
     redis: &ConnectionManager,
     redis_prefix: &str,
     base: &str,
 ) -> Result<String, ProjectionError> {
-    let mut redis = redis.clone();
-    let db: Option<String> = redis::cmd("GET")
-        .arg(mongo_pointer(redis_prefix, base))
-        .query_async(&mut redis)
-        .await?;
-    Ok(db.unwrap_or_else(|| base.to_string()))
+    Ok(read_model::live::mongo_live(redis, redis_prefix, base).await?)
 }
 
 pub async fn mongo_switch(
@@ -62,28 +50,16 @@ pub async fn mongo_switch(
     base: &str,
     to: &str,
 ) -> Result<(), ProjectionError> {
-    let mut redis = redis.clone();
-    let _: () = redis::cmd("SET")
-        .arg(mongo_pointer(redis_prefix, base))
-        .arg(to)
-        .query_async(&mut redis)
-        .await?;
-    Ok(())
-}
-
-// ---------- Redis ----------
-
-fn redis_pointer(base: &str) -> String {
-    format!("{base}live:redis")
+    set_pointer(
+        redis,
+        &read_model::live::mongo_pointer(redis_prefix, base),
+        to,
+    )
+    .await
 }
 
 pub async fn redis_live(redis: &ConnectionManager, base: &str) -> Result<String, ProjectionError> {
-    let mut redis = redis.clone();
-    let prefix: Option<String> = redis::cmd("GET")
-        .arg(redis_pointer(base))
-        .query_async(&mut redis)
-        .await?;
-    Ok(prefix.unwrap_or_else(|| base.to_string()))
+    Ok(read_model::live::redis_live(redis, base).await?)
 }
 
 pub async fn redis_switch(
@@ -91,9 +67,17 @@ pub async fn redis_switch(
     base: &str,
     to: &str,
 ) -> Result<(), ProjectionError> {
+    set_pointer(redis, &read_model::live::redis_pointer(base), to).await
+}
+
+async fn set_pointer(
+    redis: &ConnectionManager,
+    pointer: &str,
+    to: &str,
+) -> Result<(), ProjectionError> {
     let mut redis = redis.clone();
     let _: () = redis::cmd("SET")
-        .arg(redis_pointer(base))
+        .arg(pointer)
         .arg(to)
         .query_async(&mut redis)
         .await?;

@@ -1,22 +1,13 @@
-//! The MongoDB read model: message history, rooms, memberships, shared files.
+//! The MongoDB read model: message history, rooms, memberships, shared files. The layout is
+//! the read-model contract (`read_model`, which documents each collection); this module writes it.
 //!
-//! Collections (database `CHAT_MONGO_DB`, default `chat`):
-//! - `messages`: the seed's message document plus `seq`, `deleted`, `tokens` (search) and
-//!   `last_seq` (the seq of the last event applied to it); edits, deletes and reactions are
-//!   applied in place.
-//! - `rooms`: name, visibility, topic, owner, `member_count`, `last_activity` and `last_seq`,
-//!   which is also this projector's progress for the room.
-//! - `memberships`: one document per (room, user): role, status (member, invited, banned,
-//!   left) and read marker; it answers "may this user read this room" for query-api.
-//! - `files`: files shared into rooms (AttachmentUploaded), for download authorization.
-//! - `projection_progress`: the projector's partition checkpoints.
-//!
-//! Exactly-once without transactions (the local server has none): each batch writes effects
-//! first, then one update per touched room that moves `last_seq` and applies the room's counters,
-//! guarded by the room's previous `last_seq`, then the partition checkpoints. A crash anywhere
-//! replays from the checkpoint; the rooms' `last_seq` skips what was fully applied, inserts are
-//! keyed by message id, message updates are guarded by the message's `last_seq`, and everything
-//! else is replayed in order from the room's progress point, so the end state is the same.
+//! Exactly-once without transactions (FerretDB has none): each batch writes effects first, then
+//! one update per touched room that moves `last_seq` and applies the room's counters, guarded by
+//! the room's previous `last_seq`, then the partition checkpoints. A crash anywhere replays from
+//! the checkpoint; the rooms' `last_seq` skips what was fully applied, inserts are keyed by
+//! message id, message updates are guarded by the message's `last_seq`, history buckets are set
+//! field by field (the same values again on a replay), and everything else is replayed in order
+//! from the room's progress point, so the end state is the same.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,13 +23,9 @@ use crate::error::ProjectionError;
 use crate::gate::{Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
-use crate::text;
-
-pub const MESSAGES: &str = "messages";
-pub const ROOMS: &str = "rooms";
-pub const MEMBERSHIPS: &str = "memberships";
-pub const FILES: &str = "files";
-pub const PROGRESS: &str = "projection_progress";
+use read_model::history::{self, HISTORY};
+use read_model::text;
+pub use read_model::{FILES, MEMBERSHIPS, MESSAGES, PROGRESS, ROOMS, membership_id};
 
 /// Documents per `insert_many` (see `flush_inserts`).
 const INSERT_SLICE: usize = 500;
@@ -50,7 +37,11 @@ pub struct MongoProjector {
     memberships: Collection<Document>,
     files: Collection<Document>,
     progress: Collection<Document>,
+    history: Collection<Document>,
     gate: Gate,
+    /// Each known room's newest history bucket (-1: none yet), loaded with the gate's cursor
+    /// and cleared with it, so after a failed batch both restart from what the store holds.
+    heads: HashMap<String, i64>,
     /// Redis, its prefix and the base name whose live pointer this projector follows (`crate::live`).
     pointer: Option<(redis::aio::ConnectionManager, String, String)>,
 }
@@ -112,8 +103,10 @@ impl MongoProjector {
             memberships: db.collection(MEMBERSHIPS),
             files: db.collection(FILES),
             progress: db.collection(PROGRESS),
+            history: db.collection(HISTORY),
             db,
             gate: Gate::default(),
+            heads: HashMap::new(),
             pointer: None,
         }
     }
@@ -125,7 +118,7 @@ impl MongoProjector {
         redis: redis::aio::ConnectionManager,
         redis_prefix: &str,
     ) -> Result<Self, ProjectionError> {
-        let live = crate::live::mongo_live(&redis, redis_prefix, base).await?;
+        let live = read_model::live::mongo_live(&redis, redis_prefix, base).await?;
         let mut projector = Self::open(client.database(&live)).await?;
         projector.pointer = Some((redis, redis_prefix.to_string(), base.to_string()));
         Ok(projector)
@@ -177,6 +170,10 @@ impl MongoProjector {
         let mut found = HashMap::new();
         for room in &unknown {
             if let Some(d) = self.rooms.find_one(doc! {"_id": room}).await? {
+                self.heads.insert(
+                    room.clone(),
+                    history::integer(&d, "history_head").unwrap_or(-1),
+                );
                 found.insert(
                     room.clone(),
                     RoomCursor::restored(
@@ -187,6 +184,7 @@ impl MongoProjector {
             }
         }
         for room in unknown {
+            self.heads.entry(room.clone()).or_insert(-1);
             let cursor = found.remove(&room).unwrap_or_default();
             self.gate.restore(&room, cursor);
         }
@@ -203,6 +201,7 @@ impl MongoProjector {
         // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
         let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
         let mut pending_inserts: Vec<Document> = Vec::new();
+        let mut pending_history = PendingHistory::default();
         let mut membership_status: HashMap<(String, String), String> = HashMap::new();
         for record in &batch.records {
             let envelope = record.event.envelope();
@@ -234,7 +233,7 @@ impl MongoProjector {
                         .iter()
                         .map(|a| doc! {"file_id": &a.file_id, "filename": &a.filename, "url": &a.url, "size": a.size, "mime_type": &a.mime_type})
                         .collect();
-                    pending_inserts.push(doc! {
+                    let message = doc! {
                         "_id": &e.message_id,
                         "room_id": &room,
                         "seq": seq,
@@ -249,16 +248,21 @@ impl MongoProjector {
                         "deleted": false,
                         "tokens": text::tokens(&e.content),
                         "last_seq": seq,
-                    });
+                    };
+                    let head = self.heads.entry(room.clone()).or_insert(-1);
+                    pending_history.add(&room, head, seq, message.clone());
+                    delta.head = Some(*head);
+                    pending_inserts.push(message);
                     delta.messages += 1;
                     continue;
                 }
-                // These update messages that may still be waiting in the insert list.
+                // These update messages that may still be waiting in the insert lists.
                 E::MessageEdited(_)
                 | E::MessageDeleted(_)
                 | E::ReactionAdded(_)
                 | E::ReactionRemoved(_) => {
                     self.flush_inserts(&mut pending_inserts).await?;
+                    self.flush_history(&mut pending_history).await?;
                 }
                 _ => {}
             }
@@ -346,47 +350,48 @@ impl MongoProjector {
                         .await?;
                 }
                 E::MessageEdited(e) => {
-                    self.update_message(&e.message_id, seq, doc! {"$set": {"content": &e.content, "tokens": text::tokens(&e.content), "edited_at": at, "last_seq": seq}})
-                        .await?;
+                    self.update_message(&e.message_id, seq, |m| {
+                        m.insert("content", &e.content);
+                        m.insert("tokens", text::tokens(&e.content));
+                        m.insert("edited_at", at);
+                    })
+                    .await?;
                 }
                 E::MessageDeleted(e) => {
                     // Deleted content leaves the read model: only the tombstone stays.
-                    self.update_message(
-                        &e.message_id,
-                        seq,
-                        doc! {"$set": {"deleted": true, "content": "", "tokens": [], "reactions": [], "attachments": [], "last_seq": seq}},
-                    )
+                    self.update_message(&e.message_id, seq, |m| {
+                        m.insert("deleted", true);
+                        m.insert("content", "");
+                        for list in ["tokens", "reactions", "attachments"] {
+                            m.insert(list, Bson::Array(Vec::new()));
+                        }
+                    })
                     .await?;
                 }
                 E::ReactionAdded(e) => {
-                    self.update_message(
-                        &e.message_id,
-                        seq,
-                        doc! {"$set": {"last_seq": seq}, "$push": {"reactions": {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at}}},
-                    )
+                    self.update_message(&e.message_id, seq, |m| {
+                        let reaction =
+                            doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
+                        match m.get_array_mut("reactions") {
+                            Ok(list) => list.push(reaction.into()),
+                            Err(_) => {
+                                m.insert("reactions", vec![Bson::Document(reaction)]);
+                            }
+                        }
+                    })
                     .await?;
                 }
                 E::ReactionRemoved(e) => {
-                    // The remaining reactions are computed here and set, not `$pull`ed by a
-                    // condition: FerretDB pulls only elements equal to the whole condition
-                    // document, MongoDB those matching it; `$set` means the same to both.
-                    self.update_message_with(&e.message_id, seq, |current| {
-                        let kept: Vec<Bson> = current
-                            .get_array("reactions")
-                            .map(|list| {
-                                list.iter()
-                                    .filter(|r| {
-                                        let r = r.as_document();
-                                        r.and_then(|r| r.get_str("user_id").ok())
-                                            != Some(e.member_id.as_str())
-                                            || r.and_then(|r| r.get_str("emoji").ok())
-                                                != Some(e.emoji.as_str())
-                                    })
-                                    .cloned()
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        doc! {"$set": {"last_seq": seq, "reactions": kept}}
+                    self.update_message(&e.message_id, seq, |m| {
+                        if let Ok(list) = m.get_array_mut("reactions") {
+                            list.retain(|r| {
+                                let r = r.as_document();
+                                r.and_then(|r| r.get_str("user_id").ok())
+                                    != Some(e.member_id.as_str())
+                                    || r.and_then(|r| r.get_str("emoji").ok())
+                                        != Some(e.emoji.as_str())
+                            });
+                        }
                     })
                     .await?;
                 }
@@ -422,6 +427,7 @@ impl MongoProjector {
             }
         }
         self.flush_inserts(&mut pending_inserts).await?;
+        self.flush_history(&mut pending_history).await?;
 
         // Progress per room, exactly once per batch: applied only while the room still stands
         // where this batch started (a retried batch finds it moved and leaves it).
@@ -430,15 +436,14 @@ impl MongoProjector {
             if stored.as_ref().and_then(|d| d.get_i64("last_seq").ok()) != Some(delta.before) {
                 continue;
             }
-            self.rooms
-                .update_one(
-                    doc! {"_id": room},
-                    doc! {
-                        "$set": {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)},
-                        "$inc": {"member_count": delta.members, "message_count": delta.messages},
-                    },
-                )
-                .await?;
+            let mut update = doc! {
+                "$set": {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)},
+                "$inc": {"member_count": delta.members, "message_count": delta.messages},
+            };
+            if let Some(head) = delta.head {
+                update.insert("$max", doc! {"history_head": head});
+            }
+            self.rooms.update_one(doc! {"_id": room}, update).await?;
         }
         let mut by_topic: BTreeMap<Topic, Document> = BTreeMap::new();
         for ((topic, partition), next) in &batch.positions {
@@ -486,38 +491,61 @@ impl MongoProjector {
         Ok(())
     }
 
-    /// Applies `update` to the message unless an event at or after `seq` was applied to it.
-    /// Read, compare, write by `_id` (not one filtered update): the local server answers `_id`
-    /// equality from its key and scans the collection for any other filter. Safe because this
-    /// projector is the only writer of its rooms' documents.
+    /// Changes the message with `change` unless an event at or after `seq` was applied to it,
+    /// in both its document and its history bucket. Read, compute, replace by `_id` (not one
+    /// filtered update): FerretDB answers `_id` equality from its key and scans the collection
+    /// for any other filter. Safe because this projector is the only writer of its rooms'
+    /// documents.
     async fn update_message(
         &self,
         message_id: &str,
         seq: i64,
-        update: Document,
+        change: impl FnOnce(&mut Document),
     ) -> Result<(), ProjectionError> {
-        self.update_message_with(message_id, seq, |_| update).await
-    }
-
-    /// [`Self::update_message`] with an update computed from the message as stored.
-    async fn update_message_with(
-        &self,
-        message_id: &str,
-        seq: i64,
-        update: impl FnOnce(&Document) -> Document,
-    ) -> Result<(), ProjectionError> {
-        let Some(current) = self.messages.find_one(doc! {"_id": message_id}).await? else {
+        let Some(mut message) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(());
         };
         // Applied already, or the message is gone (nothing changes a deleted message).
-        if current.get_i64("last_seq").unwrap_or(0) >= seq
-            || current.get_bool("deleted").unwrap_or(false)
+        if history::integer(&message, "last_seq").unwrap_or(0) >= seq
+            || message.get_bool("deleted").unwrap_or(false)
         {
             return Ok(());
         }
+        change(&mut message);
+        message.insert("last_seq", seq);
         self.messages
-            .update_one(doc! {"_id": message_id}, update(&current))
+            .replace_one(doc! {"_id": message_id}, &message)
             .await?;
+        if let (Ok(room), Some(posted)) = (
+            message.get_str("room_id"),
+            history::integer(&message, "seq"),
+        ) {
+            let bucket = history::bucket_id(room, history::bucket_of(posted));
+            self.history
+                .update_one(
+                    doc! {"_id": bucket},
+                    doc! {"$set": {history::message_field(posted): &message}},
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending bucket changes, one update per bucket, oldest bucket first (so a
+    /// bucket's `prev` exists before a reader can reach it from `history_head`).
+    async fn flush_history(&self, pending: &mut PendingHistory) -> Result<(), ProjectionError> {
+        for ((room, bucket), set) in std::mem::take(&mut pending.buckets) {
+            let mut set = set;
+            set.insert("room_id", &room);
+            set.insert("b", bucket);
+            self.history
+                .update_one(
+                    doc! {"_id": history::bucket_id(&room, bucket)},
+                    doc! {"$set": set},
+                )
+                .upsert(true)
+                .await?;
+        }
         Ok(())
     }
 
@@ -561,10 +589,36 @@ struct RoomDelta {
     last_activity: i64,
     members: i64,
     messages: i64,
+    /// The room's newest history bucket after the batch, when the batch posted messages.
+    head: Option<i64>,
 }
 
-pub fn membership_id(room: &str, user: &str) -> String {
-    format!("{room}:{user}")
+/// Bucket fields to set, per (room, bucket number), in bucket order.
+#[derive(Default)]
+struct PendingHistory {
+    buckets: BTreeMap<(String, i64), Document>,
+}
+
+impl PendingHistory {
+    /// Adds message `seq` of `room` to its bucket; a bucket beyond the room's `head` becomes
+    /// the new head, linked both ways to the previous one.
+    fn add(&mut self, room: &str, head: &mut i64, seq: i64, message: Document) {
+        let bucket = history::bucket_of(seq);
+        if bucket > *head {
+            let fresh = self.fields(room, bucket);
+            fresh.insert("prev", *head);
+            if *head >= 0 {
+                self.fields(room, *head).insert("next", bucket);
+            }
+            *head = bucket;
+        }
+        self.fields(room, bucket)
+            .insert(history::message_field(seq), message);
+    }
+
+    fn fields(&mut self, room: &str, bucket: i64) -> &mut Document {
+        self.buckets.entry((room.to_string(), bucket)).or_default()
+    }
 }
 
 fn opt(value: &Option<String>) -> Bson {
@@ -607,12 +661,13 @@ impl Project for MongoProjector {
 
     fn reset(&mut self) {
         self.gate.clear();
+        self.heads.clear();
     }
 
     async fn is_live(&self) -> Result<bool, ProjectionError> {
         match &self.pointer {
             Some((redis, prefix, base)) => {
-                Ok(crate::live::mongo_live(redis, prefix, base).await? == self.db.name())
+                Ok(read_model::live::mongo_live(redis, prefix, base).await? == self.db.name())
             }
             None => Ok(true),
         }

@@ -16,9 +16,10 @@ use schemas::{DomainEvent, EventCodec};
 use serde::Deserialize;
 
 use crate::error::ProjectionError;
-use crate::model::Model;
-use crate::mongo::{MEMBERSHIPS, MESSAGES, ROOMS};
+use crate::model::{MessageModel, Model};
 use crate::source::Positions;
+use read_model::history::{Start, Walk};
+use read_model::{MEMBERSHIPS, MESSAGES, ROOMS};
 
 /// Every decodable event of `topics` from offset 0 to the current end, partition by partition
 /// (log order within each partition, which is all the model needs). `progress` is called with
@@ -143,6 +144,49 @@ fn int(d: &Document, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Differences between a stored message document and the log's view of it.
+fn message_diffs(diffs: &mut Vec<String>, what: &str, d: &Document, expected: &MessageModel) {
+    let reactions: BTreeSet<(String, String)> = d
+        .get_array("reactions")
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_document())
+                .filter_map(|r| {
+                    Some((
+                        r.get_str("user_id").ok()?.to_string(),
+                        r.get_str("emoji").ok()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let actual = (
+        d.get_str("room_id").unwrap_or_default(),
+        int(d, "seq"),
+        d.get_str("user_id").unwrap_or_default(),
+        d.get_str("content").unwrap_or_default(),
+        d.get_bool("deleted").unwrap_or(false),
+        d.get_datetime("edited_at").is_ok(),
+    );
+    let wanted = (
+        expected.room_id.as_str(),
+        expected.seq,
+        expected.user_id.as_str(),
+        expected.content.as_str(),
+        expected.deleted,
+        expected.edited,
+    );
+    if actual != wanted {
+        diffs.push(format!("{what}: stored {actual:?}, log says {wanted:?}"));
+    }
+    if reactions != expected.reactions {
+        diffs.push(format!(
+            "{what}: reactions {reactions:?}, log says {:?}",
+            expected.reactions
+        ));
+    }
+}
+
 pub async fn verify_mongo(db: &Database, model: &Model) -> Result<Vec<String>, ProjectionError> {
     let mut diffs = Vec::new();
     let mut stored: BTreeMap<String, Document> = BTreeMap::new();
@@ -157,50 +201,54 @@ pub async fn verify_mongo(db: &Database, model: &Model) -> Result<Vec<String>, P
             diffs.push(format!("message {id}: missing"));
             continue;
         };
-        let reactions: BTreeSet<(String, String)> = d
-            .get_array("reactions")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.as_document())
-                    .filter_map(|r| {
-                        Some((
-                            r.get_str("user_id").ok()?.to_string(),
-                            r.get_str("emoji").ok()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let actual = (
-            d.get_str("room_id").unwrap_or_default(),
-            int(&d, "seq"),
-            d.get_str("user_id").unwrap_or_default(),
-            d.get_str("content").unwrap_or_default(),
-            d.get_bool("deleted").unwrap_or(false),
-            d.get_datetime("edited_at").is_ok(),
-        );
-        let wanted = (
-            expected.room_id.as_str(),
-            expected.seq,
-            expected.user_id.as_str(),
-            expected.content.as_str(),
-            expected.deleted,
-            expected.edited,
-        );
-        if actual != wanted {
-            diffs.push(format!(
-                "message {id}: stored {actual:?}, log says {wanted:?}"
-            ));
-        }
-        if reactions != expected.reactions {
-            diffs.push(format!(
-                "message {id}: reactions {reactions:?}, log says {:?}",
-                expected.reactions
-            ));
-        }
+        message_diffs(&mut diffs, &format!("message {id}"), &d, expected);
     }
     for id in stored.keys() {
         diffs.push(format!("message {id}: stored but not in the log"));
+    }
+    // The history as readers page it: each room's buckets walked from its head along the
+    // links hold exactly the log's messages, newest first, as they are now.
+    let mut by_room: BTreeMap<&str, Vec<(i64, &String)>> = BTreeMap::new();
+    for (id, m) in &model.messages {
+        by_room
+            .entry(m.room_id.as_str())
+            .or_default()
+            .push((m.seq, id));
+    }
+    for room_id in model.rooms.keys() {
+        let mut expected = by_room.remove(room_id.as_str()).unwrap_or_default();
+        expected.sort_by(|a, b| b.cmp(a));
+        let mut walked = Vec::new();
+        let mut walk = Walk::new(db, room_id, Start::Newest).await?;
+        while let Some(messages) = walk.next_bucket().await? {
+            walked.extend(messages);
+        }
+        let walked_ids: Vec<&str> = walked
+            .iter()
+            .map(|d| d.get_str("_id").unwrap_or_default())
+            .collect();
+        let expected_ids: Vec<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
+        if walked_ids != expected_ids {
+            diffs.push(format!(
+                "room {room_id}: history holds {} messages {:?}..., log says {} {:?}...",
+                walked_ids.len(),
+                &walked_ids[..walked_ids.len().min(3)],
+                expected_ids.len(),
+                &expected_ids[..expected_ids.len().min(3)]
+            ));
+            continue;
+        }
+        for d in &walked {
+            let id = d.get_str("_id").unwrap_or_default();
+            if let Some(expected) = model.messages.get(id) {
+                message_diffs(
+                    &mut diffs,
+                    &format!("history of {room_id}, message {id}"),
+                    d,
+                    expected,
+                );
+            }
+        }
     }
     for (room_id, expected) in &model.rooms {
         match db

@@ -129,6 +129,44 @@ async fn the_subset_the_read_models_use() -> anyhow::Result<()> {
         (Some(2), 7)
     );
 
+    // History buckets: upserted by `_id` with dotted `$set`s of numeric message fields, set
+    // again on a replay, read back by `_id`; a message replaced whole.
+    let history = db.collection::<Document>("history");
+    for _ in 0..2 {
+        history
+            .update_one(
+                doc! {"_id": "r:0"},
+                doc! {"$set": {"room_id": "r", "b": 0_i64, "prev": -1_i64, "m.5": {"_id": "m5", "seq": 5_i64}, "m.7": {"_id": "m7", "seq": 7_i64}}},
+            )
+            .upsert(true)
+            .await?;
+    }
+    history
+        .update_one(
+            doc! {"_id": "r:0"},
+            doc! {"$set": {"m.5": {"_id": "m5", "seq": 5_i64, "content": "edited"}, "next": 3_i64}},
+        )
+        .await?;
+    let bucket = history.find_one(doc! {"_id": "r:0"}).await?.unwrap();
+    let m = bucket.get_document("m")?;
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["5", "7"]);
+    assert_eq!(m.get_document("5")?.get_str("content")?, "edited");
+    assert_eq!(bucket.get_i64("next")?, 3);
+    messages
+        .replace_one(
+            doc! {"_id": "m1"},
+            doc! {"_id": "m1", "room_id": "r", "seq": 1_i64, "content": "whole"},
+        )
+        .await?;
+    assert_eq!(
+        messages
+            .find_one(doc! {"_id": "m1"})
+            .await?
+            .unwrap()
+            .get_str("content")?,
+        "whole"
+    );
+
     // distinct.
     let distinct = messages.distinct("room_id", doc! {}).await?;
     assert_eq!(distinct.len(), 1);

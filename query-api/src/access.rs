@@ -3,7 +3,7 @@
 
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
-use projections::mongo::{MEMBERSHIPS, ROOMS, membership_id};
+use read_model::{MEMBERSHIPS, ROOMS, membership_id};
 
 use crate::app::App;
 use crate::error::QueryError;

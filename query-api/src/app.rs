@@ -15,7 +15,7 @@ use crate::{files, messages, openapi, rooms};
 
 pub struct App {
     pub config: Config,
-    /// The live generation of the history (follows `projections::live`; see `follow_live`).
+    /// The live generation of the history (follows `read_model::live`; see `follow_live`).
     pub db: std::sync::RwLock<Database>,
     /// The live key prefix of the Redis read model.
     pub presence_prefix: std::sync::RwLock<String>,
@@ -45,7 +45,7 @@ impl App {
     /// Re-reads which generation of each read model is live, so a rebuild's switch-over
     /// reaches this process within a second.
     pub async fn follow_live(&self) {
-        match projections::live::mongo_live(
+        match read_model::live::mongo_live(
             &self.redis,
             &self.config.redis_prefix,
             &self.config.mongo_db,
@@ -61,7 +61,7 @@ impl App {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the live history generation"),
         }
-        match projections::live::redis_live(&self.redis, &self.config.redis_prefix).await {
+        match read_model::live::redis_live(&self.redis, &self.config.redis_prefix).await {
             Ok(prefix) if prefix != self.presence_prefix() => {
                 if let Ok(mut p) = self.presence_prefix.write() {
                     *p = prefix;

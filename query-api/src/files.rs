@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use mongodb::bson::{Document, doc};
-use projections::mongo::{FILES, MEMBERSHIPS};
+use read_model::{FILES, MEMBERSHIPS};
 use tokio_util::io::ReaderStream;
 
 use crate::app::AppState;

@@ -8,7 +8,8 @@ use axum::http::HeaderMap;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::FindOptions;
-use projections::mongo::MESSAGES;
+use read_model::MESSAGES;
+use read_model::history::{self, Start};
 use serde_json::{Value, json};
 
 use crate::access::{member_rooms, readable_room};
@@ -79,35 +80,20 @@ pub async fn history(
     if before.is_some() && after.is_some() {
         return Err(QueryError::invalid("use either before or after, not both"));
     }
-    let (filter, sort) = match (before, after) {
-        (_, Some(after)) => (doc! {"room_id": &room_id, "seq": {"$gt": after}}, 1),
-        (Some(before), None) => (doc! {"room_id": &room_id, "seq": {"$lt": before}}, -1),
-        (None, None) => (doc! {"room_id": &room_id}, -1),
+    let start = match (before, after) {
+        (_, Some(after)) => Start::After(after),
+        (Some(before), None) => Start::Before(before),
+        (None, None) => Start::Newest,
     };
-    // One more than asked tells whether there is a next page.
-    let docs: Vec<Document> = app
-        .db()
-        .collection::<Document>(MESSAGES)
-        .find(filter)
-        .with_options(
-            FindOptions::builder()
-                .sort(doc! {"seq": sort})
-                .limit(limit + 1)
-                .build(),
-        )
-        .await?
-        .try_collect()
-        .await?;
-    let more = docs.len() as i64 > limit;
-    let page: Vec<&Document> = docs.iter().take(limit as usize).collect();
-    let mut body = json!({"messages": page.iter().map(|m| message_json(m)).collect::<Vec<_>>()});
+    let (page, more) = history::page(&app.db(), &room_id, start, limit as usize).await?;
+    let mut body = json!({"messages": page.iter().map(message_json).collect::<Vec<_>>()});
     if more {
-        let edge = page.last().and_then(|m| m.get_i64("seq").ok());
-        body[if sort == 1 {
-            "next_after"
-        } else {
-            "next_before"
-        }] = json!(edge);
+        let edge = page.last().and_then(|m| history::integer(m, "seq"));
+        let cursor = match start {
+            Start::After(_) => "next_after",
+            _ => "next_before",
+        };
+        body[cursor] = json!(edge);
     }
     Ok(Json(body))
 }
@@ -128,7 +114,7 @@ pub async fn search(
     if q.chars().count() > 200 {
         return Err(QueryError::invalid("q must be at most 200 characters"));
     }
-    let tokens = projections::text::query_tokens(q);
+    let tokens = read_model::text::query_tokens(q);
     if tokens.is_empty() {
         return Err(QueryError::invalid("q has no searchable words"));
     }

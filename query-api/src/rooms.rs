@@ -8,7 +8,8 @@ use axum::http::HeaderMap;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::FindOptions;
-use projections::mongo::{MEMBERSHIPS, MESSAGES, ROOMS, membership_id};
+use read_model::history::{Start, Walk};
+use read_model::{MEMBERSHIPS, ROOMS, membership_id};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -196,8 +197,8 @@ pub async fn unread(
         .await?
         .try_collect()
         .await?;
-    let memberships = app.db().collection::<Document>(MEMBERSHIPS);
-    let messages = app.db().collection::<Document>(MESSAGES);
+    let db = app.db();
+    let memberships = db.collection::<Document>(MEMBERSHIPS);
     let mut out = Vec::with_capacity(rooms.len());
     for room in &rooms {
         let room_id = room.get_str("_id").unwrap_or_default();
@@ -206,10 +207,19 @@ pub async fn unread(
             .await?
             .map(|m| int(&m, "read_seq"))
             .unwrap_or(0);
-        let unread = messages
-            .count_documents(doc! {"room_id": room_id, "seq": {"$gt": read_seq}, "deleted": false, "user_id": {"$ne": me}})
-            .limit(UNREAD_CAP)
-            .await?;
+        // Newest first through the history buckets, until the read marker or the cap.
+        let mut unread = 0_u64;
+        let mut walk = Walk::new(&db, room_id, Start::Newest).await?;
+        'walk: while let Some(messages) = walk.next_bucket().await? {
+            for m in messages {
+                if int(&m, "seq") <= read_seq || unread >= UNREAD_CAP {
+                    break 'walk;
+                }
+                if !m.get_bool("deleted").unwrap_or(false) && m.get_str("user_id") != Ok(me) {
+                    unread += 1;
+                }
+            }
+        }
         out.push(json!({"room_id": room_id, "unread": unread, "last_seq": int(room, "last_seq"), "read_seq": read_seq}));
     }
     Ok(Json(json!(out)))

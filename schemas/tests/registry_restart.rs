@@ -110,7 +110,10 @@ impl Drop for DropDatabase {
         let server = pg_url.rsplit_once('/').map_or(pg_url.as_str(), |(s, _)| s);
         let _ = std::process::Command::new("psql")
             .args(["-q", "-d", &format!("{server}/postgres"), "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0))
+            .arg(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.0
+            ))
             .status();
     }
 }

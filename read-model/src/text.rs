@@ -1,5 +1,5 @@
-//! Search tokens: the local MongoDB stand-in has no `$text`, so each message carries a
-//! normalized `tokens` array (multikey-indexed) and a search is `$all` over the query's tokens.
+//! Search tokens: FerretDB has no `$text` (and real MongoDB's does not fold CJK), so each
+//! message carries a normalized `tokens` array and a search matches every query token.
 //!
 //! Normalization: Unicode NFKD with combining marks dropped (so "Crème" finds "creme"), then
 //! lowercase; words split at anything that is not a letter or digit. Scripts written without
