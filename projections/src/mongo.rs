@@ -24,11 +24,16 @@ use crate::gate::{Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
 use read_model::history::{self, HISTORY};
+use read_model::search::{self, SEARCH};
 use read_model::text;
 pub use read_model::{FILES, MEMBERSHIPS, MESSAGES, PROGRESS, ROOMS, membership_id};
 
 /// Documents per `insert_many` (see `flush_inserts`).
-const INSERT_SLICE: usize = 500;
+const INSERT_SLICE: usize = 1000;
+
+/// (room, token, block)s remembered as having a directory entry; beyond this many the memory
+/// is dropped and entries are written again (duplicates the store refuses).
+const SEEN_BLOCKS_MAX: usize = 500_000;
 
 pub struct MongoProjector {
     db: Database,
@@ -38,10 +43,13 @@ pub struct MongoProjector {
     files: Collection<Document>,
     progress: Collection<Document>,
     history: Collection<Document>,
+    search: Collection<Document>,
     gate: Gate,
     /// Each known room's newest history bucket (-1: none yet), loaded with the gate's cursor
     /// and cleared with it, so after a failed batch both restart from what the store holds.
     heads: HashMap<String, i64>,
+    /// Block keys (`read_model::search::block_key`) whose directory entry this process wrote.
+    seen_blocks: std::collections::HashSet<String>,
     /// Redis, its prefix and the base name whose live pointer this projector follows (`crate::live`).
     pointer: Option<(redis::aio::ConnectionManager, String, String)>,
 }
@@ -56,14 +64,14 @@ pub async fn ensure_indexes(db: &Database) -> Result<(), ProjectionError> {
             .options(IndexOptions::builder().unique(false).build())
             .build()
     };
-    // The seed's indexes, plus paging by seq and the search token index. None unique: messages
-    // are identified by _id, and the local server's unique compound indexes report false
-    // duplicates.
+    // Only what equality lookups use: history is read by `_id` (buckets) and search by the
+    // postings' keys (see `read_model`). The seed's range indexes on messages (room_id or
+    // user_id with timestamp) are left out: no read here ranges over messages, and on FerretDB
+    // each index costs every insert a PostgreSQL index entry and a GIN entry
+    // (deploy/local/ferretdb/equality-indexes.sql).
     let wanted = [
-        (MESSAGES, doc! {"room_id": 1, "timestamp": -1}),
-        (MESSAGES, doc! {"user_id": 1, "timestamp": -1}),
-        (MESSAGES, doc! {"room_id": 1, "seq": -1}),
-        (MESSAGES, doc! {"tokens": 1}),
+        (SEARCH, doc! {search::INDEXED[0]: 1}),
+        (SEARCH, doc! {search::INDEXED[1]: 1}),
         (MEMBERSHIPS, doc! {"user_id": 1, "status": 1}),
         (MEMBERSHIPS, doc! {"room_id": 1, "status": 1}),
         (ROOMS, doc! {"visibility": 1, "last_activity": -1}),
@@ -104,9 +112,11 @@ impl MongoProjector {
             files: db.collection(FILES),
             progress: db.collection(PROGRESS),
             history: db.collection(HISTORY),
+            search: db.collection(SEARCH),
             db,
             gate: Gate::default(),
             heads: HashMap::new(),
+            seen_blocks: Default::default(),
             pointer: None,
         }
     }
@@ -202,6 +212,7 @@ impl MongoProjector {
         let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
         let mut pending_inserts: Vec<Document> = Vec::new();
         let mut pending_history = PendingHistory::default();
+        let mut postings = Postings::default();
         let mut membership_status: HashMap<(String, String), String> = HashMap::new();
         for record in &batch.records {
             let envelope = record.event.envelope();
@@ -233,6 +244,8 @@ impl MongoProjector {
                         .iter()
                         .map(|a| doc! {"file_id": &a.file_id, "filename": &a.filename, "url": &a.url, "size": a.size, "mime_type": &a.mime_type})
                         .collect();
+                    let tokens = text::tokens(&e.content);
+                    postings.add(&room, &tokens, seq, seq);
                     let message = doc! {
                         "_id": &e.message_id,
                         "room_id": &room,
@@ -246,7 +259,7 @@ impl MongoProjector {
                         "reactions": [],
                         "attachments": attachments,
                         "deleted": false,
-                        "tokens": text::tokens(&e.content),
+                        "tokens": tokens,
                         "last_seq": seq,
                     };
                     let head = self.heads.entry(room.clone()).or_insert(-1);
@@ -350,12 +363,18 @@ impl MongoProjector {
                         .await?;
                 }
                 E::MessageEdited(e) => {
-                    self.update_message(&e.message_id, seq, |m| {
-                        m.insert("content", &e.content);
-                        m.insert("tokens", text::tokens(&e.content));
-                        m.insert("edited_at", at);
-                    })
-                    .await?;
+                    let tokens = text::tokens(&e.content);
+                    let edited = self
+                        .update_message(&e.message_id, seq, |m| {
+                            m.insert("content", &e.content);
+                            m.insert("tokens", tokens.clone());
+                            m.insert("edited_at", at);
+                        })
+                        .await?;
+                    // The new words find the message where it stands in the room.
+                    if let Some(posted) = edited {
+                        postings.add(&room, &tokens, posted, seq);
+                    }
                 }
                 E::MessageDeleted(e) => {
                     // Deleted content leaves the read model: only the tombstone stays.
@@ -428,6 +447,7 @@ impl MongoProjector {
         }
         self.flush_inserts(&mut pending_inserts).await?;
         self.flush_history(&mut pending_history).await?;
+        self.flush_postings(postings).await?;
 
         // Progress per room, exactly once per batch: applied only while the room still stands
         // where this batch started (a retried batch finds it moved and leaves it).
@@ -467,28 +487,7 @@ impl MongoProjector {
     }
 
     async fn flush_inserts(&self, pending: &mut Vec<Document>) -> Result<(), ProjectionError> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let docs = std::mem::take(pending);
-        // In slices: the local server gives up on any command after 60 s and inserts a few
-        // hundred indexed documents a second, so a replay's 5,000-event batch in one command
-        // would never finish. The checkpoint moves only after every slice went in.
-        for slice in docs.chunks(INSERT_SLICE) {
-            let result = self
-                .messages
-                .insert_many(slice)
-                .with_options(InsertManyOptions::builder().ordered(false).build())
-                .await;
-            match result {
-                Ok(_) => {}
-                // A replay re-inserts messages that are already there: keyed by message id, the
-                // duplicates are refused and the rest goes in.
-                Err(e) if is_duplicate_only(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        insert_refusing_duplicates(&self.messages, std::mem::take(pending)).await
     }
 
     /// Changes the message with `change` unless an event at or after `seq` was applied to it,
@@ -496,20 +495,21 @@ impl MongoProjector {
     /// filtered update): FerretDB answers `_id` equality from its key and scans the collection
     /// for any other filter. Safe because this projector is the only writer of its rooms'
     /// documents.
+    /// Returns the message's own `seq` when it changed it.
     async fn update_message(
         &self,
         message_id: &str,
         seq: i64,
         change: impl FnOnce(&mut Document),
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<Option<i64>, ProjectionError> {
         let Some(mut message) = self.messages.find_one(doc! {"_id": message_id}).await? else {
-            return Ok(());
+            return Ok(None);
         };
         // Applied already, or the message is gone (nothing changes a deleted message).
         if history::integer(&message, "last_seq").unwrap_or(0) >= seq
             || message.get_bool("deleted").unwrap_or(false)
         {
-            return Ok(());
+            return Ok(None);
         }
         change(&mut message);
         message.insert("last_seq", seq);
@@ -527,8 +527,34 @@ impl MongoProjector {
                     doc! {"$set": {history::message_field(posted): &message}},
                 )
                 .await?;
+            return Ok(Some(posted));
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Inserts the batch's postings (chunks, and directory entries for blocks this process has
+    /// not written one for), refusing duplicates of a replay.
+    async fn flush_postings(&mut self, postings: Postings) -> Result<(), ProjectionError> {
+        if self.seen_blocks.len() > SEEN_BLOCKS_MAX {
+            self.seen_blocks.clear();
+        }
+        let mut docs = Vec::new();
+        for ((room, token, block), chunk) in postings.chunks {
+            let key = search::block_key(&room, &token, block);
+            let seqs: Vec<i64> = chunk.seqs.iter().copied().collect();
+            let id = search::chunk_id(&room, &token, block, &chunk.id);
+            let mut posting = doc! {"_id": id, "p": &key, "b": block, "s": seqs};
+            if self.seen_blocks.insert(key.clone()) {
+                let directory = search::directory_key(&room, &token);
+                if chunk.seqs.len() <= search::INLINE_DIRECTORY_MAX {
+                    posting.insert("k", directory);
+                } else {
+                    docs.push(doc! {"_id": &key, "k": directory, "b": block});
+                }
+            }
+            docs.push(posting);
+        }
+        insert_refusing_duplicates(&self.search, docs).await
     }
 
     /// Writes the pending bucket changes, one update per bucket, oldest bucket first (so a
@@ -591,6 +617,60 @@ struct RoomDelta {
     messages: i64,
     /// The room's newest history bucket after the batch, when the batch posted messages.
     head: Option<i64>,
+}
+
+/// Inserts `docs` in slices, unordered: a replay inserts documents that are already there
+/// (keyed by message id or posting chunk), which are refused while the rest goes in. The
+/// checkpoint moves only after every slice went in.
+async fn insert_refusing_duplicates(
+    collection: &Collection<Document>,
+    docs: Vec<Document>,
+) -> Result<(), ProjectionError> {
+    for slice in docs.chunks(INSERT_SLICE) {
+        let result = collection
+            .insert_many(slice)
+            .with_options(InsertManyOptions::builder().ordered(false).build())
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_duplicate_only(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The batch's search postings, per (room, token, block).
+#[derive(Default)]
+struct Postings {
+    chunks: BTreeMap<(String, String, i64), Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    seqs: std::collections::BTreeSet<i64>,
+    /// What makes the chunk's `_id` unique and the same on a replay of the same events: the
+    /// first and last event seq that added to it.
+    id: String,
+}
+
+impl Postings {
+    /// Message `posted` holds `tokens`, as event `event_seq` says (its post or an edit).
+    fn add(&mut self, room: &str, tokens: &[String], posted: i64, event_seq: i64) {
+        let block = search::block_of(posted);
+        for token in tokens {
+            let chunk = self
+                .chunks
+                .entry((room.to_string(), token.clone(), block))
+                .or_default();
+            chunk.seqs.insert(posted);
+            let first = chunk
+                .id
+                .split_once('-')
+                .map_or(event_seq, |(f, _)| f.parse().unwrap_or(event_seq));
+            chunk.id = format!("{first}-{event_seq}");
+        }
+    }
 }
 
 /// Bucket fields to set, per (room, bucket number), in bucket order.
@@ -662,6 +742,7 @@ impl Project for MongoProjector {
     fn reset(&mut self) {
         self.gate.clear();
         self.heads.clear();
+        self.seen_blocks.clear();
     }
 
     async fn is_live(&self) -> Result<bool, ProjectionError> {

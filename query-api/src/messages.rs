@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
-use mongodb::options::FindOptions;
 use read_model::MESSAGES;
 use read_model::history::{self, Start};
+use read_model::search::{self, Below};
 use serde_json::{Value, json};
 
 use crate::access::{member_rooms, readable_room};
@@ -100,8 +99,9 @@ pub async fn history(
 
 /// `GET /v1/search?q=...&room_id=&limit=&before=` — messages containing every word of `q`
 /// (case and accents folded, CJK by character pairs) in rooms the caller is a member of (or
-/// the one public room given by `room_id`), newest first. `before` (a message id, from
-/// `next_before`) pages further back: message ids are UUID v7, so they sort by time.
+/// the one public room given by `room_id`), newest first, from the postings of each room
+/// (`read_model::search`). `before` (a message id, from `next_before`) pages further back:
+/// message ids are UUID v7, so they sort by time.
 pub async fn search(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -131,28 +131,38 @@ pub async fn search(
         }
         None => member_rooms(&app, &claims.sub).await?,
     };
-    let mut filter =
-        doc! {"tokens": {"$all": &tokens}, "room_id": {"$in": &rooms}, "deleted": false};
-    if let Some(before) = before {
-        filter.insert("_id", doc! {"$lt": before});
+    let db = app.db();
+    // The cursor's own message tells its room where to continue by seq; the other rooms
+    // continue below it in message-id (time) order.
+    let cursor = match &before {
+        Some(id) => Some(
+            db.collection::<Document>(MESSAGES)
+                .find_one(doc! {"_id": id})
+                .await?
+                .ok_or_else(|| QueryError::invalid("before is not a message id"))?,
+        ),
+        None => None,
+    };
+    let mut hits: Vec<Document> = Vec::new();
+    for room in &rooms {
+        let below = Below {
+            seq: cursor
+                .as_ref()
+                .filter(|c| c.get_str("room_id") == Ok(room.as_str()))
+                .and_then(|c| history::integer(c, "seq")),
+            message_id: before.as_deref(),
+        };
+        hits.extend(search::search_room(&db, room, &tokens, below, limit as usize + 1).await?);
     }
-    let docs: Vec<Document> = app
-        .db()
-        .collection::<Document>(MESSAGES)
-        .find(filter)
-        .with_options(
-            FindOptions::builder()
-                .sort(doc! {"_id": -1})
-                .limit(limit + 1)
-                .build(),
-        )
-        .await?
-        .try_collect()
-        .await?;
-    let more = docs.len() as i64 > limit;
-    let page: Vec<&Document> = docs.iter().take(limit as usize).collect();
-    let mut body = json!({"messages": page.iter().map(|m| message_json(m)).collect::<Vec<_>>()});
-    if more && let Some(last) = page.last() {
+    hits.sort_by(|a, b| {
+        b.get_str("_id")
+            .unwrap_or_default()
+            .cmp(a.get_str("_id").unwrap_or_default())
+    });
+    let more = hits.len() as i64 > limit;
+    hits.truncate(limit as usize);
+    let mut body = json!({"messages": hits.iter().map(message_json).collect::<Vec<_>>()});
+    if more && let Some(last) = hits.last() {
         body["next_before"] = json!(last.get_str("_id").unwrap_or_default());
     }
     Ok(Json(body))

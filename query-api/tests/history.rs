@@ -303,6 +303,39 @@ async fn history_and_search_match_what_was_written() -> anyhow::Result<()> {
         hits.iter().all(|m| m["room_id"] == private.id.as_str()
             && m["content"].as_str().unwrap().contains("Crème"))
     );
+    // Paging by next_before walks the same hits, newest first, none twice.
+    let mut paged: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = format!(
+            "/v1/search?q=creme%20brulee&limit=7{}",
+            cursor
+                .as_ref()
+                .map(|c| format!("&before={c}"))
+                .unwrap_or_default()
+        );
+        let page = query
+            .call(Method::GET, &path, Some(&insider.access_token), None)
+            .await?;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        paged.extend(
+            page.body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["message_id"].as_str().unwrap().to_string()),
+        );
+        match page.body["next_before"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(paged.len() <= hits.len(), "paging did not end");
+    }
+    let all: Vec<String> = hits
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paged, all);
     let cjk = search(insider, "東京").await?;
     assert!(!cjk.body["messages"].as_array().unwrap().is_empty());
     assert!(

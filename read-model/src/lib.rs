@@ -7,6 +7,7 @@
 //!   to it). Edits, deletes and reactions are applied to it in place.
 //! - [`history::HISTORY`]: the same messages again, grouped into buckets of consecutive `seq`s
 //!   per room, for paging by equality lookups (see [`history`]).
+//! - [`search::SEARCH`]: the token postings search reads (see [`search`]).
 //! - [`ROOMS`]: name, visibility, topic, owner, `member_count`, `message_count`,
 //!   `last_activity`, `last_seq` (the projector's progress for the room) and `history_head`.
 //! - [`MEMBERSHIPS`]: one document per (room, user), `_id` = [`membership_id`]: role, status
@@ -16,6 +17,7 @@
 
 pub mod history;
 pub mod live;
+pub mod search;
 pub mod text;
 
 pub const MESSAGES: &str = "messages";

@@ -1,0 +1,172 @@
+//! Search postings shaped for equality lookups and insert-only writes.
+//!
+//! FerretDB answers equality on an indexed field from PostgreSQL but evaluates `$all` over a
+//! token array, ranges and sorts in its own process over every candidate document, and it
+//! updates a few hundred documents a second while it inserts thousands. So the token index is
+//! a collection of small documents that are only ever inserted (a replay inserts the same `_id`s
+//! again and the duplicates are refused), looked up by equality:
+//!
+//! - a **chunk**: `{_id: "<room>:<token>:<block>:<first>-<last>", p: "<room>:<token>:<block>",
+//!   b: <block>, s: [seq, ...]}`: the `seq`s of one projector batch's messages in `block`
+//!   (`seq / BLOCK_SEQS`) that contain `token`, named by the first and last event of the batch
+//!   that added to it (a replay of other batch boundaries adds overlapping chunks; a search
+//!   reads the union);
+//! - a **directory entry** saying that a block holds the token: `k: "<room>:<token>"` on a
+//!   small chunk, or a document of its own `{_id: "<room>:<token>:<block>", k, b}` when the
+//!   chunk is large, written when the projector first sees the (room, token, block).
+//!
+//! A search in a room looks up each query token's directory (`k`), walks the blocks that hold
+//! every token from the newest, intersects the tokens' chunks (`p`) in each, and reads the
+//! candidates from the history buckets, where it checks them against the message as it is now
+//! (an edit or a delete leaves stale postings behind; the message decides).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+use mongodb::Database;
+use mongodb::bson::{Bson, Document, doc};
+
+use crate::history::{self, HISTORY};
+
+pub const SEARCH: &str = "search";
+
+/// `seq`s per block: a room of 1,000,000 events has 245 blocks, so even a token in every block
+/// has a short directory, and a block's chunks of a common token are a few documents.
+pub const BLOCK_SEQS: i64 = 4096;
+
+/// A first chunk this small carries the directory key itself (most rare tokens' only chunk);
+/// a larger one gets a directory document, so directories stay small to read.
+pub const INLINE_DIRECTORY_MAX: usize = 16;
+
+pub fn block_of(seq: i64) -> i64 {
+    seq.max(0) / BLOCK_SEQS
+}
+
+pub fn directory_key(room: &str, token: &str) -> String {
+    format!("{room}:{token}")
+}
+
+pub fn block_key(room: &str, token: &str, block: i64) -> String {
+    format!("{room}:{token}:{block}")
+}
+
+/// `events`: "<first>-<last>", the event seqs that added to the chunk.
+pub fn chunk_id(room: &str, token: &str, block: i64, events: &str) -> String {
+    format!("{room}:{token}:{block}:{events}")
+}
+
+/// The indexed fields (besides `_id`).
+pub const INDEXED: [&str; 2] = ["k", "p"];
+
+/// Where a search page starts: below a `seq` of the room, and/or below a message id (UUID v7,
+/// so in time order across rooms).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Below<'a> {
+    pub seq: Option<i64>,
+    pub message_id: Option<&'a str>,
+}
+
+/// Up to `want` messages of `room` containing every token, newest first, below `below`;
+/// deleted messages and stale postings are left out.
+pub async fn search_room(
+    db: &Database,
+    room: &str,
+    tokens: &[String],
+    below: Below<'_>,
+    want: usize,
+) -> mongodb::error::Result<Vec<Document>> {
+    let below_seq = below.seq;
+    let postings = db.collection::<Document>(SEARCH);
+    // Blocks holding each token; only blocks holding all of them can match.
+    let mut common: Option<BTreeSet<i64>> = None;
+    for token in tokens {
+        let mut blocks = BTreeSet::new();
+        let mut cursor = postings
+            .find(doc! {"k": directory_key(room, token)})
+            .projection(doc! {"b": 1})
+            .await?;
+        while let Some(d) = cursor.try_next().await? {
+            if let Some(b) = history::integer(&d, "b") {
+                blocks.insert(b);
+            }
+        }
+        common = Some(match common {
+            None => blocks,
+            Some(c) => c.intersection(&blocks).copied().collect(),
+        });
+    }
+    let limit_block = below_seq.map(block_of).unwrap_or(i64::MAX);
+    let mut found = Vec::new();
+    let mut buckets: BTreeMap<i64, Option<Document>> = BTreeMap::new();
+    for block in common.unwrap_or_default().into_iter().rev() {
+        if block > limit_block {
+            continue;
+        }
+        let mut seqs: Option<BTreeSet<i64>> = None;
+        for token in tokens {
+            let mut these = BTreeSet::new();
+            let mut cursor = postings
+                .find(doc! {"p": block_key(room, token, block)})
+                .await?;
+            while let Some(d) = cursor.try_next().await? {
+                if let Ok(list) = d.get_array("s") {
+                    these.extend(list.iter().filter_map(as_i64));
+                }
+            }
+            seqs = Some(match seqs {
+                None => these,
+                Some(s) => s.intersection(&these).copied().collect(),
+            });
+        }
+        for seq in seqs.unwrap_or_default().into_iter().rev() {
+            if below_seq.is_some_and(|below| seq >= below) {
+                continue;
+            }
+            let bucket = history::bucket_of(seq);
+            if let std::collections::btree_map::Entry::Vacant(entry) = buckets.entry(bucket) {
+                let stored = db
+                    .collection::<Document>(HISTORY)
+                    .find_one(doc! {"_id": history::bucket_id(room, bucket)})
+                    .await?;
+                entry.insert(stored);
+            }
+            let message = buckets[&bucket]
+                .as_ref()
+                .and_then(|b| b.get_document("m").ok())
+                .and_then(|m| m.get_document(seq.to_string()).ok());
+            let older = |m: &&Document| {
+                below
+                    .message_id
+                    .is_none_or(|id| m.get_str("_id").is_ok_and(|own| own < id))
+            };
+            if let Some(message) = message.filter(|m| matches(m, tokens)).filter(older) {
+                found.push(message.clone());
+                if found.len() >= want {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the message, as it is now, is live and holds every token.
+fn matches(message: &Document, tokens: &[String]) -> bool {
+    if message.get_bool("deleted").unwrap_or(false) {
+        return false;
+    }
+    let Ok(held) = message.get_array("tokens") else {
+        return false;
+    };
+    tokens
+        .iter()
+        .all(|t| held.iter().any(|h| h.as_str() == Some(t.as_str())))
+}
+
+fn as_i64(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int64(v) => Some(*v),
+        Bson::Int32(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
