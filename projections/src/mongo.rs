@@ -263,7 +263,7 @@ impl MongoProjector {
                         "last_seq": seq,
                     };
                     let head = self.heads.entry(room.clone()).or_insert(-1);
-                    pending_history.add(&room, head, seq, message.clone());
+                    pending_history.add(&room, head, seq, history::stored_form(&message));
                     delta.head = Some(*head);
                     pending_inserts.push(message);
                     delta.messages += 1;
@@ -371,9 +371,14 @@ impl MongoProjector {
                             m.insert("edited_at", at);
                         })
                         .await?;
-                    // The new words find the message where it stands in the room.
-                    if let Some(posted) = edited {
-                        postings.add(&room, &tokens, posted, seq);
+                    // The words the message now holds find it where it stands in the room
+                    // (on a replay too: the postings of the first attempt may not have been
+                    // written before it stopped).
+                    if let Some((posted, message)) = edited
+                        && !message.get_bool("deleted").unwrap_or(false)
+                    {
+                        let now = text::tokens(message.get_str("content").unwrap_or_default());
+                        postings.add(&room, &now, posted, seq);
                     }
                 }
                 E::MessageDeleted(e) => {
@@ -445,9 +450,14 @@ impl MongoProjector {
                 | E::PresenceChanged(_) => {}
             }
         }
-        self.flush_inserts(&mut pending_inserts).await?;
-        self.flush_history(&mut pending_history).await?;
-        self.flush_postings(postings).await?;
+        // Independent writes, all done before the rooms' progress moves: at once, so FerretDB
+        // and PostgreSQL work on them side by side.
+        let posting_docs = self.posting_docs(postings);
+        tokio::try_join!(
+            self.flush_inserts(&mut pending_inserts),
+            self.flush_history(&mut pending_history),
+            insert_refusing_duplicates(&self.search, posting_docs),
+        )?;
 
         // Progress per room, exactly once per batch: applied only while the room still stands
         // where this batch started (a retried batch finds it moved and leaves it).
@@ -495,46 +505,48 @@ impl MongoProjector {
     /// filtered update): FerretDB answers `_id` equality from its key and scans the collection
     /// for any other filter. Safe because this projector is the only writer of its rooms'
     /// documents.
-    /// Returns the message's own `seq` when it changed it.
+    /// Returns the message's own `seq` and the message as it now stands, when it exists.
     async fn update_message(
         &self,
         message_id: &str,
         seq: i64,
         change: impl FnOnce(&mut Document),
-    ) -> Result<Option<i64>, ProjectionError> {
+    ) -> Result<Option<(i64, Document)>, ProjectionError> {
         let Some(mut message) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(None);
         };
-        // Applied already, or the message is gone (nothing changes a deleted message).
-        if history::integer(&message, "last_seq").unwrap_or(0) >= seq
-            || message.get_bool("deleted").unwrap_or(false)
-        {
-            return Ok(None);
+        // Applied already, or the message is gone (nothing changes a deleted message). The
+        // bucket copy is written again all the same: a replay of the message's post (after a
+        // crash between a batch's writes and its progress) set it back to the posted text,
+        // while the message document, inserted only if absent, kept what later events made it.
+        let changed = history::integer(&message, "last_seq").unwrap_or(0) < seq
+            && !message.get_bool("deleted").unwrap_or(false);
+        if changed {
+            change(&mut message);
+            message.insert("last_seq", seq);
+            self.messages
+                .replace_one(doc! {"_id": message_id}, &message)
+                .await?;
         }
-        change(&mut message);
-        message.insert("last_seq", seq);
-        self.messages
-            .replace_one(doc! {"_id": message_id}, &message)
-            .await?;
-        if let (Ok(room), Some(posted)) = (
+        let (Ok(room), Some(posted)) = (
             message.get_str("room_id"),
             history::integer(&message, "seq"),
-        ) {
-            let bucket = history::bucket_id(room, history::bucket_of(posted));
-            self.history
-                .update_one(
-                    doc! {"_id": bucket},
-                    doc! {"$set": {history::message_field(posted): &message}},
-                )
-                .await?;
-            return Ok(Some(posted));
-        }
-        Ok(None)
+        ) else {
+            return Ok(None);
+        };
+        let bucket = history::bucket_id(room, history::bucket_of(posted));
+        self.history
+            .update_one(
+                doc! {"_id": bucket},
+                doc! {"$set": {history::message_field(posted): history::stored_form(&message)}},
+            )
+            .await?;
+        Ok(Some((posted, message)))
     }
 
-    /// Inserts the batch's postings (chunks, and directory entries for blocks this process has
-    /// not written one for), refusing duplicates of a replay.
-    async fn flush_postings(&mut self, postings: Postings) -> Result<(), ProjectionError> {
+    /// The batch's posting documents: chunks, and directory entries for blocks this process has
+    /// not written one for (inserted refusing the duplicates of a replay).
+    fn posting_docs(&mut self, postings: Postings) -> Vec<Document> {
         if self.seen_blocks.len() > SEEN_BLOCKS_MAX {
             self.seen_blocks.clear();
         }
@@ -554,7 +566,7 @@ impl MongoProjector {
             }
             docs.push(posting);
         }
-        insert_refusing_duplicates(&self.search, docs).await
+        docs
     }
 
     /// Writes the pending bucket changes, one update per bucket, oldest bucket first (so a
@@ -682,7 +694,7 @@ struct PendingHistory {
 impl PendingHistory {
     /// Adds message `seq` of `room` to its bucket; a bucket beyond the room's `head` becomes
     /// the new head, linked both ways to the previous one.
-    fn add(&mut self, room: &str, head: &mut i64, seq: i64, message: Document) {
+    fn add(&mut self, room: &str, head: &mut i64, seq: i64, message: String) {
         let bucket = history::bucket_of(seq);
         if bucket > *head {
             let fresh = self.fields(room, bucket);
@@ -752,5 +764,56 @@ impl Project for MongoProjector {
             }
             None => Ok(true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_buckets_link_both_ways_and_move_the_head() {
+        let mut pending = PendingHistory::default();
+        let mut head = 3;
+        pending.add("r", &mut head, 3 * 128 + 5, "a".into());
+        assert_eq!(head, 3, "a message in the head bucket adds no link");
+        pending.add("r", &mut head, 7 * 128, "b".into());
+        pending.add("r", &mut head, 7 * 128 + 1, "c".into());
+        assert_eq!(head, 7);
+        let old = &pending.buckets[&("r".to_string(), 3)];
+        assert_eq!(old.get_i64("next").unwrap(), 7);
+        assert!(!old.contains_key("prev"));
+        let new = &pending.buckets[&("r".to_string(), 7)];
+        assert_eq!(new.get_i64("prev").unwrap(), 3);
+        assert_eq!(
+            new.keys().filter(|k| k.starts_with("m.")).count(),
+            2,
+            "{new:?}"
+        );
+        // A room's first bucket has no predecessor.
+        let mut fresh = -1;
+        pending.add("s", &mut fresh, 10, "d".into());
+        assert_eq!(
+            pending.buckets[&("s".to_string(), 0)]
+                .get_i64("prev")
+                .unwrap(),
+            -1
+        );
+    }
+
+    #[test]
+    fn chunks_are_named_by_the_events_that_filled_them() {
+        let mut postings = Postings::default();
+        let tokens = ["hello".to_string(), "world".to_string()];
+        postings.add("r", &tokens, 10, 10);
+        postings.add("r", &tokens[..1], 12, 12);
+        // An edit of message 11 adds its new word where the message stands.
+        postings.add("r", &tokens[1..], 11, 40);
+        let hello = &postings.chunks[&("r".to_string(), "hello".to_string(), 0)];
+        assert_eq!(hello.id, "10-12");
+        assert_eq!(hello.seqs.iter().copied().collect::<Vec<_>>(), [10, 12]);
+        let world = &postings.chunks[&("r".to_string(), "world".to_string(), 0)];
+        assert_eq!(world.id, "10-40");
+        assert_eq!(world.seqs.iter().copied().collect::<Vec<_>>(), [10, 11]);
     }
 }

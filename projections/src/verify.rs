@@ -144,29 +144,40 @@ fn int(d: &Document, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Differences between a stored message document and the log's view of it.
-fn message_diffs(diffs: &mut Vec<String>, what: &str, d: &Document, expected: &MessageModel) {
-    let reactions: BTreeSet<(String, String)> = d
-        .get_array("reactions")
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.as_document())
-                .filter_map(|r| {
-                    Some((
-                        r.get_str("user_id").ok()?.to_string(),
-                        r.get_str("emoji").ok()?.to_string(),
-                    ))
+/// Live messages per room whose words verify looks up in the search postings.
+const SEARCH_SAMPLE: usize = 20;
+
+/// Differences between a message as the history shows it (API JSON) and the log's view of it.
+fn shown_diffs(
+    diffs: &mut Vec<String>,
+    what: &str,
+    m: &serde_json::Value,
+    expected: &MessageModel,
+) {
+    let reactions: BTreeSet<(String, String)> = m["reactions"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .flat_map(|g| {
+                    let emoji = g["emoji"].as_str().unwrap_or_default().to_string();
+                    g["user_ids"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|u| u.as_str())
+                        .map(move |u| (u.to_string(), emoji.clone()))
                 })
                 .collect()
         })
         .unwrap_or_default();
     let actual = (
-        d.get_str("room_id").unwrap_or_default(),
-        int(d, "seq"),
-        d.get_str("user_id").unwrap_or_default(),
-        d.get_str("content").unwrap_or_default(),
-        d.get_bool("deleted").unwrap_or(false),
-        d.get_datetime("edited_at").is_ok(),
+        m["room_id"].as_str().unwrap_or_default(),
+        m["seq"].as_i64().unwrap_or_default(),
+        m["user_id"].as_str().unwrap_or_default(),
+        m["content"].as_str().unwrap_or_default(),
+        m["deleted"].as_bool().unwrap_or(false),
+        !m["edited_at"].is_null(),
     );
     let wanted = (
         expected.room_id.as_str(),
@@ -177,7 +188,7 @@ fn message_diffs(diffs: &mut Vec<String>, what: &str, d: &Document, expected: &M
         expected.edited,
     );
     if actual != wanted {
-        diffs.push(format!("{what}: stored {actual:?}, log says {wanted:?}"));
+        diffs.push(format!("{what}: shown {actual:?}, log says {wanted:?}"));
     }
     if reactions != expected.reactions {
         diffs.push(format!(
@@ -201,7 +212,8 @@ pub async fn verify_mongo(db: &Database, model: &Model) -> Result<Vec<String>, P
             diffs.push(format!("message {id}: missing"));
             continue;
         };
-        message_diffs(&mut diffs, &format!("message {id}"), &d, expected);
+        let shown = read_model::history::message_json(&d);
+        shown_diffs(&mut diffs, &format!("message {id}"), &shown, expected);
     }
     for id in stored.keys() {
         diffs.push(format!("message {id}: stored but not in the log"));
@@ -225,7 +237,7 @@ pub async fn verify_mongo(db: &Database, model: &Model) -> Result<Vec<String>, P
         }
         let walked_ids: Vec<&str> = walked
             .iter()
-            .map(|d| d.get_str("_id").unwrap_or_default())
+            .map(|m| m["message_id"].as_str().unwrap_or_default())
             .collect();
         let expected_ids: Vec<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
         if walked_ids != expected_ids {
@@ -238,15 +250,37 @@ pub async fn verify_mongo(db: &Database, model: &Model) -> Result<Vec<String>, P
             ));
             continue;
         }
-        for d in &walked {
-            let id = d.get_str("_id").unwrap_or_default();
+        for m in &walked {
+            let id = m["message_id"].as_str().unwrap_or_default();
             if let Some(expected) = model.messages.get(id) {
-                message_diffs(
+                shown_diffs(
                     &mut diffs,
                     &format!("history of {room_id}, message {id}"),
-                    d,
+                    m,
                     expected,
                 );
+            }
+        }
+        // Search finds live messages by their words as they are now (a sample per room: every
+        // one would cost a lookup per word of the whole history).
+        let live = expected
+            .iter()
+            .filter(|(_, id)| model.messages.get(*id).is_some_and(|m| !m.deleted));
+        for (seq, id) in live.step_by(7).take(SEARCH_SAMPLE) {
+            let words = read_model::text::tokens(&model.messages[*id].content);
+            let Some(word) = words.last() else { continue };
+            let below = read_model::search::Below {
+                seq: Some(seq + 1),
+                message_id: None,
+            };
+            let found =
+                read_model::search::search_room(db, room_id, std::slice::from_ref(word), below, 1)
+                    .await?;
+            if found.first().and_then(|m| m["message_id"].as_str()) != Some(id.as_str()) {
+                diffs.push(format!(
+                    "room {room_id}: search for {word:?} below seq {} does not find message {id}",
+                    seq + 1
+                ));
             }
         }
     }

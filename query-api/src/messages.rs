@@ -1,7 +1,5 @@
 //! History paging and search.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -16,52 +14,6 @@ use crate::app::AppState;
 use crate::error::QueryError;
 use crate::params::Params;
 
-/// The message as API.md shows it: reactions grouped by emoji.
-pub fn message_json(m: &Document) -> Value {
-    let mut reactions: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    if let Ok(list) = m.get_array("reactions") {
-        for r in list.iter().filter_map(|r| r.as_document()) {
-            if let (Ok(emoji), Ok(user)) = (r.get_str("emoji"), r.get_str("user_id")) {
-                reactions
-                    .entry(emoji.to_string())
-                    .or_default()
-                    .push(user.to_string());
-            }
-        }
-    }
-    let attachments: Vec<Value> = m
-        .get_array("attachments")
-        .map(|list| {
-            list.iter()
-                .filter_map(|a| a.as_document())
-                .map(|a| {
-                    json!({
-                        "file_id": a.get_str("file_id").unwrap_or_default(),
-                        "filename": a.get_str("filename").unwrap_or_default(),
-                        "size": a.get_i64("size").unwrap_or_default(),
-                        "mime_type": a.get_str("mime_type").unwrap_or_default(),
-                        "url": a.get_str("url").unwrap_or_default(),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "message_id": m.get_str("_id").unwrap_or_default(),
-        "room_id": m.get_str("room_id").unwrap_or_default(),
-        "seq": m.get_i64("seq").unwrap_or_default(),
-        "user_id": m.get_str("user_id").unwrap_or_default(),
-        "content": m.get_str("content").unwrap_or_default(),
-        "message_type": m.get_str("message_type").unwrap_or("text"),
-        "timestamp": m.get_datetime("timestamp").map(|t| t.timestamp_millis()).unwrap_or_default(),
-        "edited_at": m.get_datetime("edited_at").ok().map(|t| t.timestamp_millis()),
-        "deleted": m.get_bool("deleted").unwrap_or(false),
-        "reply_to": m.get_str("reply_to").ok(),
-        "reactions": reactions.into_iter().map(|(emoji, user_ids)| json!({"emoji": emoji, "user_ids": user_ids})).collect::<Vec<_>>(),
-        "attachments": attachments,
-    })
-}
-
 /// `GET /v1/rooms/{room_id}/messages?before=SEQ|after=SEQ&limit=N` (1-200, default 50).
 /// Without a cursor: the newest messages. `before`: older ones, newest first; `after`: newer
 /// ones, oldest first. `next_before` / `next_after` continue the walk when there is more.
@@ -72,7 +24,7 @@ pub async fn history(
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
     let claims = app.authenticate(&headers).await?;
-    readable_room(&app, &room_id, &claims.sub).await?;
+    let (room, _) = readable_room(&app, &room_id, &claims.sub).await?;
     let limit = params.int("limit", 50, 1..=200)?;
     let before = params.opt_int("before", 1..=i64::MAX)?;
     let after = params.opt_int("after", 0..=i64::MAX)?;
@@ -84,10 +36,10 @@ pub async fn history(
         (Some(before), None) => Start::Before(before),
         (None, None) => Start::Newest,
     };
-    let (page, more) = history::page(&app.db(), &room_id, start, limit as usize).await?;
-    let mut body = json!({"messages": page.iter().map(message_json).collect::<Vec<_>>()});
+    let (page, more) = history::page(&app.db(), &room_id, &room, start, limit as usize).await?;
+    let mut body = json!({"messages": page});
     if more {
-        let edge = page.last().and_then(|m| history::integer(m, "seq"));
+        let edge = page.last().map(|m| m["seq"].clone());
         let cursor = match start {
             Start::After(_) => "next_after",
             _ => "next_before",
@@ -143,7 +95,7 @@ pub async fn search(
         ),
         None => None,
     };
-    let mut hits: Vec<Document> = Vec::new();
+    let mut hits: Vec<Value> = Vec::new();
     for room in &rooms {
         let below = Below {
             seq: cursor
@@ -154,16 +106,14 @@ pub async fn search(
         };
         hits.extend(search::search_room(&db, room, &tokens, below, limit as usize + 1).await?);
     }
-    hits.sort_by(|a, b| {
-        b.get_str("_id")
-            .unwrap_or_default()
-            .cmp(a.get_str("_id").unwrap_or_default())
-    });
+    let id = |m: &Value| m["message_id"].as_str().unwrap_or_default().to_string();
+    hits.sort_by_key(|m| std::cmp::Reverse(id(m)));
     let more = hits.len() as i64 > limit;
     hits.truncate(limit as usize);
-    let mut body = json!({"messages": hits.iter().map(message_json).collect::<Vec<_>>()});
-    if more && let Some(last) = hits.last() {
-        body["next_before"] = json!(last.get_str("_id").unwrap_or_default());
+    let next = hits.last().map(id).filter(|_| more);
+    let mut body = json!({"messages": hits});
+    if let Some(next) = next {
+        body["next_before"] = json!(next);
     }
     Ok(Json(body))
 }

@@ -209,13 +209,13 @@ pub async fn unread(
             .unwrap_or(0);
         // Newest first through the history buckets, until the read marker or the cap.
         let mut unread = 0_u64;
-        let mut walk = Walk::new(&db, room_id, Start::Newest).await?;
+        let mut walk = Walk::from_room(&db, room_id, Some(room), Start::Newest);
         'walk: while let Some(messages) = walk.next_bucket().await? {
             for m in messages {
-                if int(&m, "seq") <= read_seq || unread >= UNREAD_CAP {
+                if m["seq"].as_i64().unwrap_or(0) <= read_seq || unread >= UNREAD_CAP {
                     break 'walk;
                 }
-                if !m.get_bool("deleted").unwrap_or(false) && m.get_str("user_id") != Ok(me) {
+                if m["deleted"] != true && m["user_id"] != me {
                     unread += 1;
                 }
             }

@@ -18,7 +18,7 @@
 //! A search in a room looks up each query token's directory (`k`), walks the blocks that hold
 //! every token from the newest, intersects the tokens' chunks (`p`) in each, and reads the
 //! candidates from the history buckets, where it checks them against the message as it is now
-//! (an edit or a delete leaves stale postings behind; the message decides).
+//! (its content's tokens; an edit or a delete leaves stale postings behind, the message decides).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,7 +26,10 @@ use futures::TryStreamExt;
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 
+use serde_json::Value;
+
 use crate::history::{self, HISTORY};
+use crate::text;
 
 pub const SEARCH: &str = "search";
 
@@ -74,7 +77,7 @@ pub async fn search_room(
     tokens: &[String],
     below: Below<'_>,
     want: usize,
-) -> mongodb::error::Result<Vec<Document>> {
+) -> mongodb::error::Result<Vec<Value>> {
     let below_seq = below.seq;
     let postings = db.collection::<Document>(SEARCH);
     // Blocks holding each token; only blocks holding all of them can match.
@@ -97,7 +100,7 @@ pub async fn search_room(
     }
     let limit_block = below_seq.map(block_of).unwrap_or(i64::MAX);
     let mut found = Vec::new();
-    let mut buckets: BTreeMap<i64, Option<Document>> = BTreeMap::new();
+    let mut buckets: BTreeMap<i64, BTreeMap<i64, Value>> = BTreeMap::new();
     for block in common.unwrap_or_default().into_iter().rev() {
         if block > limit_block {
             continue;
@@ -128,18 +131,19 @@ pub async fn search_room(
                     .collection::<Document>(HISTORY)
                     .find_one(doc! {"_id": history::bucket_id(room, bucket)})
                     .await?;
-                entry.insert(stored);
+                entry.insert(
+                    stored
+                        .map(|b| history::stored_messages(&b).into_iter().collect())
+                        .unwrap_or_default(),
+                );
             }
-            let message = buckets[&bucket]
-                .as_ref()
-                .and_then(|b| b.get_document("m").ok())
-                .and_then(|m| m.get_document(seq.to_string()).ok());
-            let older = |m: &&Document| {
-                below
-                    .message_id
-                    .is_none_or(|id| m.get_str("_id").is_ok_and(|own| own < id))
+            let Some(message) = buckets[&bucket].get(&seq) else {
+                continue;
             };
-            if let Some(message) = message.filter(|m| matches(m, tokens)).filter(older) {
+            let older = below
+                .message_id
+                .is_none_or(|id| message["message_id"].as_str().is_some_and(|own| own < id));
+            if older && matches(message, tokens) {
                 found.push(message.clone());
                 if found.len() >= want {
                     return Ok(found);
@@ -151,16 +155,12 @@ pub async fn search_room(
 }
 
 /// Whether the message, as it is now, is live and holds every token.
-fn matches(message: &Document, tokens: &[String]) -> bool {
-    if message.get_bool("deleted").unwrap_or(false) {
+fn matches(message: &Value, tokens: &[String]) -> bool {
+    if message["deleted"].as_bool().unwrap_or(false) {
         return false;
     }
-    let Ok(held) = message.get_array("tokens") else {
-        return false;
-    };
-    tokens
-        .iter()
-        .all(|t| held.iter().any(|h| h.as_str() == Some(t.as_str())))
+    let held = text::tokens(message["content"].as_str().unwrap_or_default());
+    tokens.iter().all(|t| held.contains(t))
 }
 
 fn as_i64(value: &Bson) -> Option<i64> {
