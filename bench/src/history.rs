@@ -244,6 +244,9 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         by_kind.push((kind, h));
     }
 
+    // A client dropped with the runtime panics in the driver's pool (mongodb 3.9); closed here.
+    drop(db);
+    mongo.shutdown().await;
     report::write(
         results,
         "history",

@@ -39,6 +39,7 @@ fi
 : "${CHAT_MONGO_PORT:=27017}"
 : "${CHAT_FERRETDB_PG_DATABASE:=${CHAT_PG_DATABASE}_ferretdb}"   # FerretDB's own database
 : "${CHAT_FERRETDB_POOL:=40}"                # FerretDB's PostgreSQL connections
+: "${CHAT_FERRETDB_GOGC:=400}"              # FerretDB's Go GC target (Go's default: 100)
 : "${CHAT_REGISTRY_PG_DATABASE:=${CHAT_PG_DATABASE}_registry}"   # Apicurio's own database
 : "${CHAT_CLICKHOUSE_HTTP_PORT:=8123}"
 : "${CHAT_CLICKHOUSE_TCP_PORT:=9000}"

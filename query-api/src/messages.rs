@@ -4,9 +4,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use mongodb::bson::{Document, doc};
-use read_model::MESSAGES;
 use read_model::history::{self, Start};
 use read_model::search::{self, Below};
+use read_model::{MESSAGES, ROOMS};
 use serde_json::{Value, json};
 
 use crate::access::{member_rooms, readable_room};
@@ -76,14 +76,29 @@ pub async fn search(
         .map(|b| uuid::Uuid::parse_str(b).map(|u| u.to_string()))
         .transpose()
         .map_err(|_| QueryError::invalid("before must be a message id"))?;
-    let rooms: Vec<String> = match params.get("room_id") {
-        Some(room_id) => {
-            readable_room(&app, room_id, &claims.sub).await?;
-            vec![room_id.to_string()]
-        }
-        None => member_rooms(&app, &claims.sub).await?,
-    };
     let db = app.db();
+    // Each room with its last seq, where its search starts.
+    let rooms: Vec<(String, i64)> = match params.get("room_id") {
+        Some(room_id) => {
+            let (room, _) = readable_room(&app, room_id, &claims.sub).await?;
+            vec![(
+                room_id.to_string(),
+                history::integer(&room, "last_seq").unwrap_or(0),
+            )]
+        }
+        None => {
+            let mut rooms = Vec::new();
+            for room_id in member_rooms(&app, &claims.sub).await? {
+                let room = db
+                    .collection::<Document>(ROOMS)
+                    .find_one(doc! {"_id": &room_id})
+                    .await?;
+                let last_seq = room.and_then(|r| history::integer(&r, "last_seq"));
+                rooms.push((room_id, last_seq.unwrap_or(0)));
+            }
+            rooms
+        }
+    };
     // The cursor's own message tells its room where to continue by seq; the other rooms
     // continue below it in message-id (time) order.
     let cursor = match &before {
@@ -96,7 +111,7 @@ pub async fn search(
         None => None,
     };
     let mut hits: Vec<Value> = Vec::new();
-    for room in &rooms {
+    for (room, last_seq) in &rooms {
         let below = Below {
             seq: cursor
                 .as_ref()
@@ -104,7 +119,8 @@ pub async fn search(
                 .and_then(|c| history::integer(c, "seq")),
             message_id: before.as_deref(),
         };
-        hits.extend(search::search_room(&db, room, &tokens, below, limit as usize + 1).await?);
+        let want = limit as usize + 1;
+        hits.extend(search::search_room(&db, room, *last_seq, &tokens, below, want).await?);
     }
     let id = |m: &Value| m["message_id"].as_str().unwrap_or_default().to_string();
     hits.sort_by_key(|m| std::cmp::Reverse(id(m)));

@@ -15,9 +15,9 @@
 //!   small chunk, or a document of its own `{_id: "<room>:<token>:<block>", k, b}` when the
 //!   chunk is large, written when the projector first sees the (room, token, block).
 //!
-//! A search in a room looks up each query token's directory (`k`), walks the blocks that hold
-//! every token from the newest, intersects the tokens' chunks (`p`) in each, and reads the
-//! candidates from the history buckets, where it checks them against the message as it is now
+//! A search in a room reads the newest few blocks' chunks (`p`) directly, then looks up each
+//! query token's directory (`k`) and walks on through the blocks that hold every token,
+//! intersecting the tokens' chunks in each, and reads the candidates from the history buckets, where it checks them against the message as it is now
 //! (its content's tokens; an edit or a delete leaves stale postings behind, the message decides).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,27 +69,55 @@ pub struct Below<'a> {
     pub message_id: Option<&'a str>,
 }
 
+/// Blocks below the top that a search reads directly before it consults the directories: a
+/// common word fills a page from the newest block, and skipping its directory (hundreds of
+/// entries in a busy room) is most of that search's time.
+const PROBE_BLOCKS: i64 = 4;
+
 /// Up to `want` messages of `room` containing every token, newest first, below `below`;
-/// deleted messages and stale postings are left out.
+/// deleted messages and stale postings are left out. `newest_seq`: the room's last `seq`
+/// (its document's `last_seq`), where the walk starts.
 pub async fn search_room(
     db: &Database,
     room: &str,
+    newest_seq: i64,
     tokens: &[String],
     below: Below<'_>,
     want: usize,
 ) -> mongodb::error::Result<Vec<Value>> {
-    let below_seq = below.seq;
-    let postings = db.collection::<Document>(SEARCH);
-    // Blocks holding each token; only blocks holding all of them can match.
+    let mut search = Search {
+        db,
+        room,
+        tokens,
+        below,
+        want,
+        found: Vec::new(),
+        buckets: BTreeMap::new(),
+    };
+    let top = below
+        .seq
+        .map_or(i64::MAX, block_of)
+        .min(block_of(newest_seq));
+    let probed = (top - PROBE_BLOCKS + 1).max(0);
+    for block in (probed..=top).rev() {
+        if search.block(block).await? {
+            return Ok(search.found);
+        }
+    }
+    if probed == 0 {
+        return Ok(search.found);
+    }
+    // Further back, only the blocks that hold every token.
     let mut common: Option<BTreeSet<i64>> = None;
     for token in tokens {
         let mut blocks = BTreeSet::new();
-        let mut cursor = postings
+        let mut cursor = db
+            .collection::<Document>(SEARCH)
             .find(doc! {"k": directory_key(room, token)})
             .projection(doc! {"b": 1})
             .await?;
         while let Some(d) = cursor.try_next().await? {
-            if let Some(b) = history::integer(&d, "b") {
+            if let Some(b) = history::integer(&d, "b").filter(|&b| b < probed) {
                 blocks.insert(b);
             }
         }
@@ -98,38 +126,59 @@ pub async fn search_room(
             Some(c) => c.intersection(&blocks).copied().collect(),
         });
     }
-    let limit_block = below_seq.map(block_of).unwrap_or(i64::MAX);
-    let mut found = Vec::new();
-    let mut buckets: BTreeMap<i64, BTreeMap<i64, Value>> = BTreeMap::new();
     for block in common.unwrap_or_default().into_iter().rev() {
-        if block > limit_block {
-            continue;
+        if search.block(block).await? {
+            break;
         }
+    }
+    Ok(search.found)
+}
+
+struct Search<'a> {
+    db: &'a Database,
+    room: &'a str,
+    tokens: &'a [String],
+    below: Below<'a>,
+    want: usize,
+    found: Vec<Value>,
+    /// Buckets read so far: their messages by seq.
+    buckets: BTreeMap<i64, BTreeMap<i64, Value>>,
+}
+
+impl Search<'_> {
+    /// Adds the block's matches, newest first; true once `want` are found.
+    async fn block(&mut self, block: i64) -> mongodb::error::Result<bool> {
+        let postings = self.db.collection::<Document>(SEARCH);
         let mut seqs: Option<BTreeSet<i64>> = None;
-        for token in tokens {
+        for token in self.tokens {
             let mut these = BTreeSet::new();
             let mut cursor = postings
-                .find(doc! {"p": block_key(room, token, block)})
+                .find(doc! {"p": block_key(self.room, token, block)})
                 .await?;
             while let Some(d) = cursor.try_next().await? {
                 if let Ok(list) = d.get_array("s") {
                     these.extend(list.iter().filter_map(as_i64));
                 }
             }
-            seqs = Some(match seqs {
+            let both: BTreeSet<i64> = match seqs {
                 None => these,
                 Some(s) => s.intersection(&these).copied().collect(),
-            });
+            };
+            if both.is_empty() {
+                return Ok(false);
+            }
+            seqs = Some(both);
         }
         for seq in seqs.unwrap_or_default().into_iter().rev() {
-            if below_seq.is_some_and(|below| seq >= below) {
+            if self.below.seq.is_some_and(|below| seq >= below) {
                 continue;
             }
             let bucket = history::bucket_of(seq);
-            if let std::collections::btree_map::Entry::Vacant(entry) = buckets.entry(bucket) {
-                let stored = db
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.buckets.entry(bucket) {
+                let stored = self
+                    .db
                     .collection::<Document>(HISTORY)
-                    .find_one(doc! {"_id": history::bucket_id(room, bucket)})
+                    .find_one(doc! {"_id": history::bucket_id(self.room, bucket)})
                     .await?;
                 entry.insert(
                     stored
@@ -137,21 +186,22 @@ pub async fn search_room(
                         .unwrap_or_default(),
                 );
             }
-            let Some(message) = buckets[&bucket].get(&seq) else {
+            let Some(message) = self.buckets[&bucket].get(&seq) else {
                 continue;
             };
-            let older = below
+            let older = self
+                .below
                 .message_id
                 .is_none_or(|id| message["message_id"].as_str().is_some_and(|own| own < id));
-            if older && matches(message, tokens) {
-                found.push(message.clone());
-                if found.len() >= want {
-                    return Ok(found);
+            if older && matches(message, self.tokens) {
+                self.found.push(message.clone());
+                if self.found.len() >= self.want {
+                    return Ok(true);
                 }
             }
         }
+        Ok(false)
     }
-    Ok(found)
 }
 
 /// Whether the message, as it is now, is live and holds every token.
