@@ -210,7 +210,7 @@ impl MongoProjector {
         let mut stats = Counts::default();
         // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
         let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
-        let mut pending_inserts: Vec<Document> = Vec::new();
+        let mut posted = PostedInBatch::default();
         let mut pending_history = PendingHistory::default();
         let mut postings = Postings::default();
         let mut membership_status: HashMap<(String, String), String> = HashMap::new();
@@ -265,21 +265,9 @@ impl MongoProjector {
                     let head = self.heads.entry(room.clone()).or_insert(-1);
                     pending_history.add(&room, head, seq, history::stored_form(&message));
                     delta.head = Some(*head);
-                    pending_inserts.push(message);
+                    posted.push(message);
                     delta.messages += 1;
-                    continue;
                 }
-                // These update messages that may still be waiting in the insert lists.
-                E::MessageEdited(_)
-                | E::MessageDeleted(_)
-                | E::ReactionAdded(_)
-                | E::ReactionRemoved(_) => {
-                    self.flush_inserts(&mut pending_inserts).await?;
-                    self.flush_history(&mut pending_history).await?;
-                }
-                _ => {}
-            }
-            match &record.event {
                 E::RoomCreated(e) => {
                     self.rooms
                         .update_one(
@@ -365,11 +353,17 @@ impl MongoProjector {
                 E::MessageEdited(e) => {
                     let tokens = text::tokens(&e.content);
                     let edited = self
-                        .update_message(&e.message_id, seq, |m| {
-                            m.insert("content", &e.content);
-                            m.insert("tokens", tokens.clone());
-                            m.insert("edited_at", at);
-                        })
+                        .update_message(
+                            &mut posted,
+                            &mut pending_history,
+                            &e.message_id,
+                            seq,
+                            |m| {
+                                m.insert("content", &e.content);
+                                m.insert("tokens", tokens.clone());
+                                m.insert("edited_at", at);
+                            },
+                        )
                         .await?;
                     // The words the message now holds find it where it stands in the room
                     // (on a replay too: the postings of the first attempt may not have been
@@ -383,40 +377,58 @@ impl MongoProjector {
                 }
                 E::MessageDeleted(e) => {
                     // Deleted content leaves the read model: only the tombstone stays.
-                    self.update_message(&e.message_id, seq, |m| {
-                        m.insert("deleted", true);
-                        m.insert("content", "");
-                        for list in ["tokens", "reactions", "attachments"] {
-                            m.insert(list, Bson::Array(Vec::new()));
-                        }
-                    })
+                    self.update_message(
+                        &mut posted,
+                        &mut pending_history,
+                        &e.message_id,
+                        seq,
+                        |m| {
+                            m.insert("deleted", true);
+                            m.insert("content", "");
+                            for list in ["tokens", "reactions", "attachments"] {
+                                m.insert(list, Bson::Array(Vec::new()));
+                            }
+                        },
+                    )
                     .await?;
                 }
                 E::ReactionAdded(e) => {
-                    self.update_message(&e.message_id, seq, |m| {
-                        let reaction =
-                            doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
-                        match m.get_array_mut("reactions") {
-                            Ok(list) => list.push(reaction.into()),
-                            Err(_) => {
-                                m.insert("reactions", vec![Bson::Document(reaction)]);
+                    self.update_message(
+                        &mut posted,
+                        &mut pending_history,
+                        &e.message_id,
+                        seq,
+                        |m| {
+                            let reaction =
+                                doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
+                            match m.get_array_mut("reactions") {
+                                Ok(list) => list.push(reaction.into()),
+                                Err(_) => {
+                                    m.insert("reactions", vec![Bson::Document(reaction)]);
+                                }
                             }
-                        }
-                    })
+                        },
+                    )
                     .await?;
                 }
                 E::ReactionRemoved(e) => {
-                    self.update_message(&e.message_id, seq, |m| {
-                        if let Ok(list) = m.get_array_mut("reactions") {
-                            list.retain(|r| {
-                                let r = r.as_document();
-                                r.and_then(|r| r.get_str("user_id").ok())
-                                    != Some(e.member_id.as_str())
-                                    || r.and_then(|r| r.get_str("emoji").ok())
-                                        != Some(e.emoji.as_str())
-                            });
-                        }
-                    })
+                    self.update_message(
+                        &mut posted,
+                        &mut pending_history,
+                        &e.message_id,
+                        seq,
+                        |m| {
+                            if let Ok(list) = m.get_array_mut("reactions") {
+                                list.retain(|r| {
+                                    let r = r.as_document();
+                                    r.and_then(|r| r.get_str("user_id").ok())
+                                        != Some(e.member_id.as_str())
+                                        || r.and_then(|r| r.get_str("emoji").ok())
+                                            != Some(e.emoji.as_str())
+                                });
+                            }
+                        },
+                    )
                     .await?;
                 }
                 E::ReadMarkerSet(e) => {
@@ -439,8 +451,7 @@ impl MongoProjector {
                         .upsert(true)
                         .await?;
                 }
-                E::MessagePosted(_)
-                | E::CallStarted(_)
+                E::CallStarted(_)
                 | E::CallJoined(_)
                 | E::CallLeft(_)
                 | E::CallEnded(_)
@@ -454,9 +465,9 @@ impl MongoProjector {
         // and PostgreSQL work on them side by side.
         let posting_docs = self.posting_docs(postings);
         tokio::try_join!(
-            self.flush_inserts(&mut pending_inserts),
+            self.flush_posted(posted),
             self.flush_history(&mut pending_history),
-            insert_refusing_duplicates(&self.search, posting_docs),
+            insert_refusing_duplicates(&self.search, &posting_docs),
         )?;
 
         // Progress per room, exactly once per batch: applied only while the room still stands
@@ -496,8 +507,21 @@ impl MongoProjector {
         Ok(stats)
     }
 
-    async fn flush_inserts(&self, pending: &mut Vec<Document>) -> Result<(), ProjectionError> {
-        insert_refusing_duplicates(&self.messages, std::mem::take(pending)).await
+    /// Inserts the batch's posted messages as the batch left them. A message the store already
+    /// holds (a replay) keeps its stored form, unless this batch changed it after posting it:
+    /// then the batch saw its whole history up to here and replaces it.
+    async fn flush_posted(&self, posted: PostedInBatch) -> Result<(), ProjectionError> {
+        let refused = insert_refusing_duplicates(&self.messages, &posted.docs).await?;
+        for i in refused.into_iter().filter(|i| posted.changed.contains(i)) {
+            let message = &posted.docs[i];
+            self.messages
+                .replace_one(
+                    doc! {"_id": message.get_str("_id").unwrap_or_default()},
+                    message,
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Changes the message with `change` unless an event at or after `seq` was applied to it,
@@ -506,12 +530,30 @@ impl MongoProjector {
     /// for any other filter. Safe because this projector is the only writer of its rooms'
     /// documents.
     /// Returns the message's own `seq` and the message as it now stands, when it exists.
+    /// A message posted in the same batch is changed where it waits to be inserted, with its
+    /// bucket copy: most reactions and edits follow their post closely, and cost no round trip.
     async fn update_message(
         &self,
+        posted: &mut PostedInBatch,
+        history_sets: &mut PendingHistory,
         message_id: &str,
         seq: i64,
         change: impl FnOnce(&mut Document),
     ) -> Result<Option<(i64, Document)>, ProjectionError> {
+        if let Some(&i) = posted.index.get(message_id) {
+            let message = &mut posted.docs[i];
+            if history::integer(message, "last_seq").unwrap_or(0) < seq
+                && !message.get_bool("deleted").unwrap_or(false)
+            {
+                change(message);
+                message.insert("last_seq", seq);
+                posted.changed.insert(i);
+            }
+            let room = message.get_str("room_id").unwrap_or_default().to_string();
+            let at = history::integer(message, "seq").unwrap_or_default();
+            history_sets.set_message(&room, at, history::stored_form(message));
+            return Ok(Some((at, message.clone())));
+        }
         let Some(mut message) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(None);
         };
@@ -632,24 +674,48 @@ struct RoomDelta {
 }
 
 /// Inserts `docs` in slices, unordered: a replay inserts documents that are already there
-/// (keyed by message id or posting chunk), which are refused while the rest goes in. The
-/// checkpoint moves only after every slice went in.
+/// (keyed by message id or posting chunk), which are refused while the rest goes in. Returns
+/// the indexes of the refused ones. The checkpoint moves only after every slice went in.
 async fn insert_refusing_duplicates(
     collection: &Collection<Document>,
-    docs: Vec<Document>,
-) -> Result<(), ProjectionError> {
-    for slice in docs.chunks(INSERT_SLICE) {
+    docs: &[Document],
+) -> Result<Vec<usize>, ProjectionError> {
+    let mut refused = Vec::new();
+    for (n, slice) in docs.chunks(INSERT_SLICE).enumerate() {
         let result = collection
             .insert_many(slice)
             .with_options(InsertManyOptions::builder().ordered(false).build())
             .await;
         match result {
             Ok(_) => {}
-            Err(e) if is_duplicate_only(&e) => {}
+            Err(e) if is_duplicate_only(&e) => {
+                if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
+                    let errors = failure.write_errors.iter().flatten();
+                    refused.extend(errors.map(|w| n * INSERT_SLICE + w.index));
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(refused)
+}
+
+/// Messages posted in the batch, waiting to be inserted.
+#[derive(Default)]
+struct PostedInBatch {
+    docs: Vec<Document>,
+    /// Message id to its place in `docs`.
+    index: HashMap<String, usize>,
+    /// Places of the messages changed after their post in this batch.
+    changed: std::collections::HashSet<usize>,
+}
+
+impl PostedInBatch {
+    fn push(&mut self, message: Document) {
+        let id = message.get_str("_id").unwrap_or_default().to_string();
+        self.index.insert(id, self.docs.len());
+        self.docs.push(message);
+    }
 }
 
 /// The batch's search postings, per (room, token, block).
@@ -705,6 +771,12 @@ impl PendingHistory {
             *head = bucket;
         }
         self.fields(room, bucket)
+            .insert(history::message_field(seq), message);
+    }
+
+    /// The message's bucket copy, as it now stands.
+    fn set_message(&mut self, room: &str, seq: i64, message: String) {
+        self.fields(room, history::bucket_of(seq))
             .insert(history::message_field(seq), message);
     }
 
