@@ -210,8 +210,7 @@ impl MongoProjector {
         let mut stats = Counts::default();
         // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
         let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
-        let mut posted = PostedInBatch::default();
-        let mut pending_history = PendingHistory::default();
+        let mut pending = Pending::default();
         let mut postings = Postings::default();
         let mut membership_status: HashMap<(String, String), String> = HashMap::new();
         for record in &batch.records {
@@ -259,13 +258,14 @@ impl MongoProjector {
                         "reactions": [],
                         "attachments": attachments,
                         "deleted": false,
-                        "tokens": tokens,
                         "last_seq": seq,
                     };
                     let head = self.heads.entry(room.clone()).or_insert(-1);
-                    pending_history.add(&room, head, seq, history::stored_form(&message));
+                    pending
+                        .history
+                        .add(&room, head, seq, history::stored_form(&message));
                     delta.head = Some(*head);
-                    posted.push(message);
+                    pending.posted.push(message);
                     delta.messages += 1;
                 }
                 E::RoomCreated(e) => {
@@ -351,19 +351,11 @@ impl MongoProjector {
                         .await?;
                 }
                 E::MessageEdited(e) => {
-                    let tokens = text::tokens(&e.content);
                     let edited = self
-                        .update_message(
-                            &mut posted,
-                            &mut pending_history,
-                            &e.message_id,
-                            seq,
-                            |m| {
-                                m.insert("content", &e.content);
-                                m.insert("tokens", tokens.clone());
-                                m.insert("edited_at", at);
-                            },
-                        )
+                        .update_message(&mut pending, &e.message_id, seq, |m| {
+                            m.insert("content", &e.content);
+                            m.insert("edited_at", at);
+                        })
                         .await?;
                     // The words the message now holds find it where it stands in the room
                     // (on a replay too: the postings of the first attempt may not have been
@@ -377,58 +369,40 @@ impl MongoProjector {
                 }
                 E::MessageDeleted(e) => {
                     // Deleted content leaves the read model: only the tombstone stays.
-                    self.update_message(
-                        &mut posted,
-                        &mut pending_history,
-                        &e.message_id,
-                        seq,
-                        |m| {
-                            m.insert("deleted", true);
-                            m.insert("content", "");
-                            for list in ["tokens", "reactions", "attachments"] {
-                                m.insert(list, Bson::Array(Vec::new()));
-                            }
-                        },
-                    )
+                    self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        m.insert("deleted", true);
+                        m.insert("content", "");
+                        for list in ["reactions", "attachments"] {
+                            m.insert(list, Bson::Array(Vec::new()));
+                        }
+                    })
                     .await?;
                 }
                 E::ReactionAdded(e) => {
-                    self.update_message(
-                        &mut posted,
-                        &mut pending_history,
-                        &e.message_id,
-                        seq,
-                        |m| {
-                            let reaction =
-                                doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
-                            match m.get_array_mut("reactions") {
-                                Ok(list) => list.push(reaction.into()),
-                                Err(_) => {
-                                    m.insert("reactions", vec![Bson::Document(reaction)]);
-                                }
+                    self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        let reaction =
+                            doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
+                        match m.get_array_mut("reactions") {
+                            Ok(list) => list.push(reaction.into()),
+                            Err(_) => {
+                                m.insert("reactions", vec![Bson::Document(reaction)]);
                             }
-                        },
-                    )
+                        }
+                    })
                     .await?;
                 }
                 E::ReactionRemoved(e) => {
-                    self.update_message(
-                        &mut posted,
-                        &mut pending_history,
-                        &e.message_id,
-                        seq,
-                        |m| {
-                            if let Ok(list) = m.get_array_mut("reactions") {
-                                list.retain(|r| {
-                                    let r = r.as_document();
-                                    r.and_then(|r| r.get_str("user_id").ok())
-                                        != Some(e.member_id.as_str())
-                                        || r.and_then(|r| r.get_str("emoji").ok())
-                                            != Some(e.emoji.as_str())
-                                });
-                            }
-                        },
-                    )
+                    self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        if let Ok(list) = m.get_array_mut("reactions") {
+                            list.retain(|r| {
+                                let r = r.as_document();
+                                r.and_then(|r| r.get_str("user_id").ok())
+                                    != Some(e.member_id.as_str())
+                                    || r.and_then(|r| r.get_str("emoji").ok())
+                                        != Some(e.emoji.as_str())
+                            });
+                        }
+                    })
                     .await?;
                 }
                 E::ReadMarkerSet(e) => {
@@ -465,8 +439,8 @@ impl MongoProjector {
         // and PostgreSQL work on them side by side.
         let posting_docs = self.posting_docs(postings);
         tokio::try_join!(
-            self.flush_posted(posted),
-            self.flush_history(&mut pending_history),
+            self.flush_posted(pending.posted),
+            self.flush_history(pending.history),
             insert_refusing_duplicates(&self.search, &posting_docs),
         )?;
 
@@ -534,25 +508,26 @@ impl MongoProjector {
     /// bucket copy: most reactions and edits follow their post closely, and cost no round trip.
     async fn update_message(
         &self,
-        posted: &mut PostedInBatch,
-        history_sets: &mut PendingHistory,
+        pending: &mut Pending,
         message_id: &str,
         seq: i64,
         change: impl FnOnce(&mut Document),
     ) -> Result<Option<(i64, Document)>, ProjectionError> {
-        if let Some(&i) = posted.index.get(message_id) {
-            let message = &mut posted.docs[i];
+        if let Some(&i) = pending.posted.index.get(message_id) {
+            let message = &mut pending.posted.docs[i];
             if history::integer(message, "last_seq").unwrap_or(0) < seq
                 && !message.get_bool("deleted").unwrap_or(false)
             {
                 change(message);
                 message.insert("last_seq", seq);
-                posted.changed.insert(i);
+                pending.posted.changed.insert(i);
             }
             let room = message.get_str("room_id").unwrap_or_default().to_string();
             let at = history::integer(message, "seq").unwrap_or_default();
-            history_sets.set_message(&room, at, history::stored_form(message));
-            return Ok(Some((at, message.clone())));
+            let shown = history::stored_form(message);
+            let message = message.clone();
+            pending.history.set_message(&room, at, shown);
+            return Ok(Some((at, message)));
         }
         let Some(mut message) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(None);
@@ -613,8 +588,8 @@ impl MongoProjector {
 
     /// Writes the pending bucket changes, one update per bucket, oldest bucket first (so a
     /// bucket's `prev` exists before a reader can reach it from `history_head`).
-    async fn flush_history(&self, pending: &mut PendingHistory) -> Result<(), ProjectionError> {
-        for ((room, bucket), set) in std::mem::take(&mut pending.buckets) {
+    async fn flush_history(&self, pending: PendingHistory) -> Result<(), ProjectionError> {
+        for ((room, bucket), set) in pending.buckets {
             let mut set = set;
             set.insert("room_id", &room);
             set.insert("b", bucket);
@@ -698,6 +673,13 @@ async fn insert_refusing_duplicates(
         }
     }
     Ok(refused)
+}
+
+/// What a batch writes at its end.
+#[derive(Default)]
+struct Pending {
+    posted: PostedInBatch,
+    history: PendingHistory,
 }
 
 /// Messages posted in the batch, waiting to be inserted.
