@@ -74,12 +74,31 @@ pub async fn measure(
     let consumer: BaseConsumer =
         schemas::kafka::consumer_config(brokers, &format!("bench-floor-{}", uuid::Uuid::now_v7()))
             .create()?;
-    let count = schemas::kafka::partition_count(&consumer, TOPIC, Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..count {
-        let (_, high) = consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
-        assignment.add_partition_offset(TOPIC, p, Offset::Offset(high))?;
-    }
+    // A topic just created has no leaders for a moment on Kafka (NotLeaderForPartition): the
+    // ends are asked again until every partition answers.
+    let started = Instant::now();
+    let assignment = loop {
+        let ends = || -> anyhow::Result<TopicPartitionList> {
+            let count = schemas::kafka::partition_count(&consumer, TOPIC, Duration::from_secs(10))?;
+            anyhow::ensure!(
+                count == partitions,
+                "{count} of {partitions} partitions known"
+            );
+            let mut assignment = TopicPartitionList::new();
+            for p in 0..count {
+                let (_, high) = consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
+                assignment.add_partition_offset(TOPIC, p, Offset::Offset(high))?;
+            }
+            Ok(assignment)
+        };
+        match ends() {
+            Ok(assignment) => break assignment,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.context("the floor topic never became ready")),
+        }
+    };
     consumer.assign(&assignment)?;
 
     let base = Instant::now();
