@@ -54,9 +54,9 @@ pub struct MongoProjector {
     pointer: Option<(redis::aio::ConnectionManager, String, String)>,
 }
 
-/// Creates the collections' indexes (idempotent). The local server answers "database is
-/// busy" (WriteConflict, 112) when another client changes indexes at the same time, so each
-/// creation is retried for a while.
+/// Creates the collections' indexes (idempotent). A server may answer WriteConflict (112) when
+/// another client changes the same collection's indexes at the same time (projectors and
+/// rebuilds start together), so each creation is retried for a while.
 pub async fn ensure_indexes(db: &Database) -> Result<(), ProjectionError> {
     let index = |keys: Document| {
         IndexModel::builder()
@@ -175,8 +175,8 @@ impl MongoProjector {
         if unknown.is_empty() {
             return Ok(());
         }
-        // One lookup by _id per room: the local server answers those from its primary key,
-        // while an $in over several ids scans the collection.
+        // One lookup by _id per room: FerretDB answers those from its index, while an $in over
+        // several ids is not pushed down to PostgreSQL and scans the collection.
         let mut found = HashMap::new();
         for room in &unknown {
             if let Some(d) = self.rooms.find_one(doc! {"_id": room}).await? {
