@@ -287,7 +287,7 @@ impl MongoProjector {
                     )
                     .await?;
                     membership_status.insert((room.clone(), e.owner_id.clone()), "member".into());
-                    delta.members += 1;
+                    delta.membership_changed = true;
                 }
                 E::RoomUpdated(e) => {
                     self.rooms
@@ -295,40 +295,25 @@ impl MongoProjector {
                         .await?;
                 }
                 E::MemberJoined(e) => {
-                    let was = self
-                        .status(&mut membership_status, &room, &e.member_id)
-                        .await?;
                     self.set_membership(
                         &room,
                         &e.member_id,
                         doc! {"status": "member", "role": enum_str(&e.role), "joined_at": at},
                     )
                     .await?;
-                    if was.as_deref() != Some("member") {
-                        delta.members += 1;
-                    }
+                    delta.membership_changed = true;
                     membership_status.insert((room.clone(), e.member_id.clone()), "member".into());
                 }
                 E::MemberLeft(e) => {
-                    let was = self
-                        .status(&mut membership_status, &room, &e.member_id)
-                        .await?;
                     self.set_membership(&room, &e.member_id, doc! {"status": "left"})
                         .await?;
-                    if was.as_deref() == Some("member") {
-                        delta.members -= 1;
-                    }
+                    delta.membership_changed = true;
                     membership_status.insert((room.clone(), e.member_id.clone()), "left".into());
                 }
                 E::MemberBanned(e) => {
-                    let was = self
-                        .status(&mut membership_status, &room, &e.member_id)
-                        .await?;
                     self.set_membership(&room, &e.member_id, doc! {"status": "banned"})
                         .await?;
-                    if was.as_deref() == Some("member") {
-                        delta.members -= 1;
-                    }
+                    delta.membership_changed = true;
                     membership_status.insert((room.clone(), e.member_id.clone()), "banned".into());
                 }
                 E::MemberInvited(e) => {
@@ -451,10 +436,18 @@ impl MongoProjector {
             if stored.as_ref().and_then(|d| d.get_i64("last_seq").ok()) != Some(delta.before) {
                 continue;
             }
-            let mut update = doc! {
-                "$set": {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)},
-                "$inc": {"member_count": delta.members, "message_count": delta.messages},
-            };
+            let mut set = doc! {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)};
+            // Counted, not added up: a batch retried after a crash finds its membership writes
+            // already made, so a delta taken from the stored statuses would miss them. (A count
+            // may see a later batch's joins a crashed attempt already wrote; that batch recounts.)
+            if delta.membership_changed {
+                let members = self
+                    .memberships
+                    .count_documents(doc! {"room_id": room, "status": "member"})
+                    .await?;
+                set.insert("member_count", members as i64);
+            }
+            let mut update = doc! {"$set": set, "$inc": {"message_count": delta.messages}};
             if let Some(head) = delta.head {
                 update.insert("$max", doc! {"history_head": head});
             }
@@ -642,7 +635,9 @@ struct RoomDelta {
     last_seq: i64,
     last_event_id: String,
     last_activity: i64,
-    members: i64,
+    /// Whether the batch joined, removed or banned anyone: the room's member count is then
+    /// recounted from the memberships.
+    membership_changed: bool,
     messages: i64,
     /// The room's newest history bucket after the batch, when the batch posted messages.
     head: Option<i64>,

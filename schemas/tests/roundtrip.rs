@@ -188,9 +188,13 @@ fn samples(room: &str, user: &str) -> Vec<DomainEvent> {
 
 #[tokio::test]
 async fn every_event_round_trips_through_registry_and_broker() -> anyhow::Result<()> {
+    // Where the time went, printed with the test's output if it fails or times out.
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>7.1} s  {what}", started.elapsed().as_secs_f64());
     let brokers = env::kafka_brokers();
     let codec = EventCodec::new(&env::registry_url())?;
     let ids = codec.register_all().await?;
+    step("schemas registered");
     assert_eq!(ids.len(), EventKind::ALL.len());
 
     let room = unique("room");
@@ -231,6 +235,7 @@ async fn every_event_round_trips_through_registry_and_broker() -> anyhow::Result
         );
         acknowledged.push((event.clone(), topic, delivery.partition, delivery.offset));
     }
+    step("every event acknowledged by the broker");
 
     let consumer: BaseConsumer =
         schemas::kafka::consumer_config(&brokers, &unique("roundtrip")).create()?;
@@ -248,9 +253,11 @@ async fn every_event_round_trips_through_registry_and_broker() -> anyhow::Result
         let decoded = codec.decode(message.payload().unwrap_or_default()).await?;
         assert_eq!(decoded, sent, "{} changed on the way", sent.kind().as_str());
     }
+    step("every event read back and decoded by us");
 
     // The same records through Confluent's own client and registry client.
     let read_by_confluent = confluent_read(&brokers, &acknowledged)?;
+    step("every event read by Confluent's client");
     assert_eq!(read_by_confluent.len(), acknowledged.len());
     for ((sent, topic, partition, offset), theirs) in acknowledged.iter().zip(read_by_confluent) {
         assert_eq!(
@@ -303,6 +310,20 @@ fn confluent_read(
         .take()
         .expect("piped stdin")
         .write_all(serde_json::to_string(&positions)?.as_bytes())?;
+    // Bounded: a client that hangs fails the test with what it printed so far.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            let output = child.wait_with_output()?;
+            anyhow::bail!(
+                "read.py still running after 120 s; it printed {} records; stderr: {}",
+                output.stdout.split(|b| *b == b'\n').count() - 1,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let output = child.wait_with_output()?;
     anyhow::ensure!(
         output.status.success(),

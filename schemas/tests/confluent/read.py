@@ -62,7 +62,8 @@ def main() -> int:
                         "value": value,
                     },
                     default=plain,
-                )
+                ),
+                flush=True,
             )
     finally:
         consumer.close()
