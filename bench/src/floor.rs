@@ -19,6 +19,61 @@ use serde_json::{Value, json};
 
 use crate::report;
 
+#[derive(clap::Args)]
+pub struct Args {
+    /// Record rates (records/s), lowest first.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000,5000")]
+    rates: Vec<u64>,
+    /// Measured seconds per rate, after the warm-up.
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    #[arg(long, default_value_t = 3)]
+    warmup_secs: u64,
+    /// Record size (the send timestamp plus padding), as a chat message's.
+    #[arg(long, default_value_t = 200)]
+    bytes: usize,
+}
+
+/// The floor alone at each rate, without sockets or the platform's tiers in the way
+/// (`bench/run floor`); writes `floor.json`.
+pub async fn run(args: Args, results: &std::path::Path) -> anyhow::Result<()> {
+    let brokers = report::stack_env("CHAT_KAFKA_BROKERS")?;
+    let partitions = std::env::var("CHAT_ROOM_PARTITIONS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(12);
+    let mut steps = Vec::new();
+    println!(
+        "broker floor (produce-to-consume), {partitions} partitions, {} B records:",
+        args.bytes
+    );
+    for rate in &args.rates {
+        let floor = measure(
+            &brokers,
+            partitions,
+            *rate as f64,
+            Duration::from_secs(args.warmup_secs),
+            Duration::from_secs(args.secs),
+            args.bytes,
+        )
+        .await?;
+        println!(
+            "  {rate:>6}/s  sent {} acked {} consumed {}  produce-to-consume {}  ack {}",
+            floor.sent,
+            floor.acked,
+            floor.consumed,
+            crate::load::summary(&floor.produce_to_consume_ms),
+            crate::load::summary(&floor.produce_ack_ms),
+        );
+        steps.push(floor.json());
+    }
+    report::write(
+        results,
+        "floor",
+        &json!({"machine": report::machine(), "partitions": partitions, "steps": steps}),
+    )
+}
+
 pub const TOPIC: &str = "bench.floor";
 
 pub struct Floor {

@@ -104,6 +104,8 @@ impl Target {
                         "query-api",
                         "mongo",
                         "clickhouse",
+                        "registry",
+                        "nginx",
                     ]
                     .iter()
                     .map(|p| (p.to_string(), report::stack_pid(p))),
@@ -692,22 +694,49 @@ async fn sample(
     for window in windows {
         tokio::time::sleep_until(at(window.start).into()).await;
         let before = read();
+        let (postgres_before, machine_before) = (
+            report::proc_group_stats("postgres"),
+            report::machine_busy_seconds(),
+        );
         tokio::time::sleep_until(at(window.end).into()).await;
         let after = read();
-        let seconds = (window.end - window.start) as f64 / 1e6;
-        usage.push(
-            before
-                .iter()
-                .zip(&after)
-                .filter_map(|((name, b), (_, a))| {
-                    Some((name.clone(), report::usage(*b, *a, seconds)?))
-                })
-                .collect::<serde_json::Map<_, _>>()
-                .into(),
+        let (postgres_after, machine_after) = (
+            report::proc_group_stats("postgres"),
+            report::machine_busy_seconds(),
         );
+        let seconds = (window.end - window.start) as f64 / 1e6;
+        let mut phase: serde_json::Map<_, _> = before
+            .iter()
+            .zip(&after)
+            .filter_map(|((name, b), (_, a))| Some((name.clone(), report::usage(*b, *a, seconds)?)))
+            .collect();
+        // PostgreSQL's backends that lived through the window, summed (the peer uses none).
+        let (mut b, mut a) = ((0.0, 0), (0.0, 0));
+        for (pid, before) in &postgres_before {
+            if let Some(after) = postgres_after.get(pid) {
+                b = (b.0 + before.0, b.1 + before.1);
+                a = (a.0 + after.0, a.1 + after.1);
+            }
+        }
+        if b.1 > 0
+            && let Some(v) = report::usage(Some(b), Some(a), seconds)
+        {
+            phase.insert("postgres".into(), v);
+        }
+        // The whole machine, every process (% of one core: 200 is both cores busy).
+        if let (Some(b), Some(a)) = (machine_before, machine_after) {
+            phase.insert(
+                MACHINE.into(),
+                json!({"cpu_percent": ((a - b) / seconds * 1000.0).round() / 10.0}),
+            );
+        }
+        usage.push(phase.into());
     }
     usage
 }
+
+/// The entry of a phase's processes that is the whole machine, not one process.
+pub const MACHINE: &str = "machine";
 
 /// Waits until every delivery of `steps` (the receivers' `windows`) arrived, or none arrived
 /// for 10 s.

@@ -36,6 +36,8 @@ enum Command {
     Replay(replay::Args),
     /// History pages and searches on one room of 1,000,000 messages, through query-api.
     History(history::Args),
+    /// The broker's own produce-to-consume latency at 200, 1K and 5K records/s.
+    Floor(floor::Args),
     /// Post-to-socket delivery latency as the rate climbs, beside the broker's own floor.
     Delivery(delivery::Args),
     /// The scenarios (seed, burst, soak, moonshot, replay) against ours and the Socket.io
@@ -59,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Commands(args) => commands::run(args, &cli.results).await,
         Command::Replay(args) => replay::run(args, &cli.results).await,
+        Command::Floor(args) => floor::run(args, &cli.results).await,
         Command::Delivery(args) => delivery::run(args, &cli.results).await,
         Command::History(args) => history::run(args, &cli.results).await,
         Command::Scenarios(args) => scenario::run(args, &cli.results).await,

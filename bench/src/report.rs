@@ -55,6 +55,37 @@ pub fn proc_stats(pid: u32) -> Option<(f64, u64)> {
     Some((ticks / 100.0, rss))
 }
 
+/// CPU seconds and RSS (KiB) of every process whose name (`comm`) is `name`, by pid: the
+/// PostgreSQL behind FerretDB, the registry and the platform works in one backend process per
+/// connection, none of which `proc_stats` of the postmaster counts.
+pub fn proc_group_stats(name: &str) -> std::collections::HashMap<u32, (f64, u64)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == name).then_some(())?;
+            Some((pid, proc_stats(pid)?))
+        })
+        .collect()
+}
+
+/// Busy CPU seconds of the whole machine, all cores (everything but idle and iowait).
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
+    Some((ticks.iter().take(8).sum::<f64>() - idle - iowait) / 100.0)
+}
+
 /// The pid `deploy/local/up` recorded for a service of the stack in `CHAT_STATE_DIR`.
 pub fn stack_pid(service: &str) -> Option<u32> {
     let state = std::env::var("CHAT_STATE_DIR").ok()?;

@@ -65,6 +65,7 @@ struct Usage {
     fanout_rss: f64,
     servers_cpu: f64,
     generator_cpu: f64,
+    machine_cpu: f64,
 }
 
 fn usage(processes: &Value) -> Usage {
@@ -73,11 +74,16 @@ fn usage(processes: &Value) -> Usage {
         fanout_rss: 0.0,
         servers_cpu: 0.0,
         generator_cpu: f64::NAN,
+        machine_cpu: f64::NAN,
     };
     for (name, p) in processes.as_object().into_iter().flatten() {
         let cpu = p["cpu_percent"].as_f64().unwrap_or(0.0);
         if name == "load-generator" {
             u.generator_cpu = cpu;
+            continue;
+        }
+        if name == crate::load::MACHINE {
+            u.machine_cpu = cpu;
             continue;
         }
         u.servers_cpu += cpu;
@@ -92,7 +98,7 @@ fn usage(processes: &Value) -> Usage {
 /// The markdown table of every scenario file present.
 pub fn table(results: &Path) -> String {
     let mut out = String::from(
-        "| scenario | phase | side | messages/min offered | accepted/s | deliveries/s (missing) | delivery p50 / p95 / p99 / max ms | broker floor p50 / p99 ms | fan-out tier CPU % / RSS MiB | all server CPU % | generator CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | phase | side | messages/min offered | accepted/s | deliveries/s (missing) | delivery p50 / p95 / p99 / max ms | broker floor p50 / p99 ms | fan-out tier CPU % / RSS MiB | all server CPU % | generator CPU % | machine CPU % (of 200) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for name in DELIVERY {
         let Some(file) = report::read(results, name) else {
@@ -107,7 +113,7 @@ pub fn table(results: &Path) -> String {
                 let u = usage(&p["processes"]);
                 let floor = &p["broker_floor"]["produce_to_consume_ms"];
                 out.push_str(&format!(
-                    "| {name} ({} sockets, connect p95 {} ms) | {} | {side} | {} | {} | {} ({}) | {} | {} | {} / {} | {} | {} |\n",
+                    "| {name} ({} sockets, connect p95 {} ms) | {} | {side} | {} | {} | {} ({}) | {} | {} | {} / {} | {} | {} | {} |\n",
                     fmt(num(&run["sockets_open"])),
                     fmt(num(&run["connect_ms"]["p95"])),
                     p["label"].as_str().unwrap_or(""),
@@ -125,25 +131,41 @@ pub fn table(results: &Path) -> String {
                     fmt(u.fanout_rss),
                     fmt(u.servers_cpu),
                     fmt(u.generator_cpu),
+                    fmt(u.machine_cpu),
                 ));
             }
         }
     }
-    if let Some(replay) = report::read(results, "replay") {
-        for r in replay["runs"].as_array().into_iter().flatten() {
-            if r["events_per_second"].is_number() {
-                out.push_str(&format!(
-                    "| replay ({} events in the log) | {} | ours | - | - | - | {} events/s | - | - | - | - |\n",
-                    fmt(num(&r["log_events"])),
-                    match r["target"].as_str() {
-                        Some("broker_raw_read") => format!("broker raw read, {} consumer(s)", r["readers"]),
-                        Some(t) => format!("rebuild {t}"),
-                        None => String::new(),
-                    },
-                    fmt(num(&r["events_per_second"])),
-                ));
-            }
-        }
+    // A `--targets mongo` run (`replay-mongo.json`), when there is one, holds the newer MongoDB
+    // rebuild: its rows stand in for the mongo rows of the full run.
+    let mongo_apart = report::read(results, "replay-mongo");
+    let has_mongo_apart = mongo_apart.is_some();
+    let runs_of = |file: Option<Value>| -> Vec<Value> {
+        file.and_then(|f| f["runs"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let mut runs: Vec<Value> = runs_of(report::read(results, "replay"))
+        .into_iter()
+        .filter(|r| !has_mongo_apart || r["target"] != "mongo")
+        .chain(
+            runs_of(mongo_apart)
+                .into_iter()
+                .filter(|r| r["target"] == "mongo"),
+        )
+        .collect();
+    // Stable: each log size keeps the full run's order, its mongo row after the raw reads.
+    runs.sort_by_key(|r| r["log_events"].as_u64().unwrap_or(0));
+    for r in runs.iter().filter(|r| r["events_per_second"].is_number()) {
+        out.push_str(&format!(
+            "| replay ({} events in the log) | {} | ours | - | - | - | {} events/s | - | - | - | - | - |\n",
+            fmt(num(&r["log_events"])),
+            match r["target"].as_str() {
+                Some("broker_raw_read") => format!("broker raw read, {} consumer(s)", r["readers"]),
+                Some(t) => format!("rebuild {t}"),
+                None => String::new(),
+            },
+            fmt(num(&r["events_per_second"])),
+        ));
     }
     out
 }
