@@ -187,6 +187,10 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
 }
 
 /// Reads from `start` to `ends` and applies every batch; returns the records read.
+///
+/// The next batch is read (and decoded) while the store takes the current one: the two wait
+/// on different servers, and a rebuild doing them one after the other left a core idle.
+/// Batches are still applied one at a time, in log order.
 async fn fill<P: Project>(
     mut projector: P,
     mut source: Source,
@@ -201,34 +205,68 @@ async fn fill<P: Project>(
             .any(|(k, end)| at.get(k).copied().unwrap_or(0) < *end)
     };
     let mut read = 0u64;
-    while remaining(&at) {
-        let batch = tokio::time::timeout(Duration::from_secs(60), source.next_batch())
-            .await
-            .context("the broker sent nothing for 60 s before the end of the log")??;
-        let mut attempt = 0;
-        while batch.has_records() {
-            match projector.apply(&batch, dead_letter).await {
-                Ok(_) => break,
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "batch failed; retrying");
-                    projector.reset();
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(e) => return Err(e).context("the store keeps refusing writes"),
-            }
-        }
+    if !remaining(&at) {
+        return Ok(read);
+    }
+    let mut batch = next_batch(&mut source).await?;
+    loop {
+        let mut batch_read = 0u64;
         for (k, next) in &batch.positions {
             let before = at.get(k).copied().unwrap_or(0);
             if *next > before {
                 let end = ends.get(k).copied().unwrap_or(*next);
-                read += (next.min(&end) - before.min(end)).max(0) as u64;
+                batch_read += (next.min(&end) - before.min(end)).max(0) as u64;
                 at.insert(*k, *next);
             }
         }
+        let more = remaining(&at);
+        let following = if more {
+            let (applied, following) = tokio::join!(
+                apply(&mut projector, &batch, dead_letter),
+                next_batch(&mut source)
+            );
+            applied?;
+            Some(following?)
+        } else {
+            apply(&mut projector, &batch, dead_letter).await?;
+            None
+        };
+        read += batch_read;
         progress.set(read);
+        match following {
+            Some(next) => batch = next,
+            None => return Ok(read),
+        }
     }
-    Ok(read)
+}
+
+async fn next_batch(source: &mut Source) -> anyhow::Result<projections::source::Batch> {
+    tokio::time::timeout(Duration::from_secs(60), source.next_batch())
+        .await
+        .context("the broker sent nothing for 60 s before the end of the log")?
+        .map_err(Into::into)
+}
+
+/// Applies one batch, retrying a store that refuses it a few times.
+async fn apply<P: Project>(
+    projector: &mut P,
+    batch: &projections::source::Batch,
+    dead_letter: &DeadLetter,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    while batch.has_records() {
+        match projector.apply(batch, dead_letter).await {
+            Ok(_) => break,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "batch failed; retrying");
+                projector.reset();
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e).context("the store keeps refusing writes"),
+        }
+    }
+    Ok(())
 }
 
 async fn switch_and_drop(

@@ -362,3 +362,73 @@ async fn garbage_is_an_error_not_a_panic() -> anyhow::Result<()> {
     assert!(codec.encode(&bad).await.is_err());
     Ok(())
 }
+
+/// A record written with another schema than the reader's (here: an older writer without the
+/// defaulted `attachments` field) is still resolved against the reader's schema, while records
+/// written with exactly the reader's schema skip that step (see `EventCodec::decode`).
+#[tokio::test]
+async fn a_record_of_another_writer_schema_is_resolved() -> anyhow::Result<()> {
+    use apache_avro::types::Value;
+    let codec = EventCodec::new(&env::registry_url())?;
+    let kind = EventKind::MessagePosted;
+    let event: DomainEvent = MessagePosted {
+        envelope: Envelope::for_room(unique("room"), 1, None),
+        message_id: unique("msg"),
+        author_id: "author".into(),
+        content: "written by an older release".into(),
+        message_type: MessageType::Text,
+        reply_to: None,
+        attachments: Vec::new(),
+    }
+    .into();
+    // The writer's schema: the reader's without `attachments`, registered under a subject of
+    // its own so the test leaves the platform's subjects alone.
+    let mut older: serde_json::Value = serde_json::from_str(kind.schema_source())?;
+    older["fields"]
+        .as_array_mut()
+        .expect("a record has fields")
+        .retain(|f| f["name"] != "attachments");
+    let subject = format!("{}-older", unique("codec-test"));
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/subjects/{subject}/versions",
+            env::registry_url()
+        ))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({"schema": older.to_string()}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = registered["id"]
+        .as_u64()
+        .expect("the registry answers an id") as u32;
+
+    // The same event as that writer would have written it.
+    let reader = kind.parsed_schema()?;
+    let current = codec.encode(&event).await?;
+    let mut value = apache_avro::reader::datum::GenericDatumReader::builder(&reader)
+        .build()?
+        .read_value(&mut &current[5..])?;
+    if let Value::Record(fields) = &mut value {
+        fields.retain(|(name, _)| name != "attachments");
+    }
+    let writer = apache_avro::Schema::parse_str(&older.to_string())?;
+    let mut payload = vec![0u8];
+    payload.extend_from_slice(&id.to_be_bytes());
+    payload.extend(
+        apache_avro::writer::datum::GenericDatumWriter::builder(&writer)
+            .build()?
+            .write_value_to_vec(value)?,
+    );
+
+    assert_eq!(
+        codec.decode(&payload).await?,
+        event,
+        "the reader's default fills the field"
+    );
+    // And the current writer's records still decode (the fast path), after the other one.
+    assert_eq!(codec.decode(&current).await?, event);
+    Ok(())
+}
