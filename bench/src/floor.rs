@@ -38,10 +38,7 @@ pub struct Args {
 /// (`bench/run floor`); writes `floor.json`.
 pub async fn run(args: Args, results: &std::path::Path) -> anyhow::Result<()> {
     let brokers = report::stack_env("CHAT_KAFKA_BROKERS")?;
-    let partitions = std::env::var("CHAT_ROOM_PARTITIONS")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(12);
+    let partitions = report::room_partitions();
     let mut steps = Vec::new();
     println!(
         "broker floor (produce-to-consume), {partitions} partitions, {} B records:",

@@ -64,10 +64,7 @@ impl Target {
                 pid: report::stack_pid("ws-fanout"),
             }],
             brokers: report::stack_env("CHAT_KAFKA_BROKERS")?,
-            partitions: std::env::var("CHAT_ROOM_PARTITIONS")
-                .ok()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(12),
+            partitions: report::room_partitions(),
         })
     }
 

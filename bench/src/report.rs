@@ -86,6 +86,14 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some((ticks.iter().take(8).sum::<f64>() - idle - iowait) / 100.0)
 }
 
+/// Partitions of the room log (`CHAT_ROOM_PARTITIONS`, as the stack sets it; 12 by default).
+pub fn room_partitions() -> i32 {
+    std::env::var("CHAT_ROOM_PARTITIONS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(12)
+}
+
 /// The pid `deploy/local/up` recorded for a service of the stack in `CHAT_STATE_DIR`.
 pub fn stack_pid(service: &str) -> Option<u32> {
     let state = std::env::var("CHAT_STATE_DIR").ok()?;
