@@ -57,7 +57,7 @@ enum Command {
         /// Read every partition from its first record (the default).
         #[arg(long, conflicts_with = "from_time")]
         from_beginning: bool,
-        /// Start at the first record at or after this time (RFC 3339 UTC like
+        /// Start at the first record at or after this time (RFC 3339 like
         /// 2026-11-26T10:00:00Z, or milliseconds since the epoch); clickhouse only.
         #[arg(long)]
         from_time: Option<String>,
@@ -233,52 +233,19 @@ fn store_config(brokers: &str) -> anyhow::Result<projections::config::Config> {
     Ok(config)
 }
 
-/// `2026-11-26T10:00:00Z` (UTC, optional fraction) or milliseconds since the epoch.
+/// An RFC 3339 time (`2026-11-26T10:00:00Z`, any offset, optional fraction) or milliseconds
+/// since the epoch.
 fn parse_time(text: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let bad = || {
-        anyhow::anyhow!(
-            "--from-time {text:?}: expected 2026-11-26T10:00:00Z or milliseconds since the epoch"
-        )
-    };
-    let t = text.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, time) = t.split_once('T').ok_or_else(bad)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let h: Vec<i64> = hms
-        .split(':')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
-    if d.len() != 3
-        || h.len() != 3
-        || !(1..=12).contains(&d[1])
-        || !(1..=31).contains(&d[2])
-        || h[0] > 23
-        || h[1] > 59
-        || h[2] > 60
-    {
-        return Err(bad());
-    }
-    let millis: i64 = format!("{fraction:0<3}")[..3].parse().map_err(|_| bad())?;
-    // Days from civil (H. Hinnant).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(((days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2]) * 1000) + millis)
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--from-time {text:?}: {e}; expected 2026-11-26T10:00:00Z or milliseconds since the epoch"
+            )
+        })?;
+    Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 fn list(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
@@ -337,5 +304,12 @@ mod tests {
         );
         assert!(super::parse_time("yesterday").is_err());
         assert!(super::parse_time("2026-13-01T00:00:00Z").is_err());
+        assert_eq!(
+            super::parse_time("2026-11-26T11:00:00+01:00").ok(),
+            Some(1_795_687_200_000)
+        );
+        // Multi-byte text where the fraction goes is an error, not a panic.
+        assert!(super::parse_time("2026-11-26T10:00:00.é5Z").is_err());
+        assert!(super::parse_time("2026-11-26T10:00:00.5€Z").is_err());
     }
 }
