@@ -17,7 +17,7 @@ use test_support::{
 };
 
 struct Cluster {
-    _stack: PrivateStack,
+    stack: PrivateStack,
     brokers: String,
     schema: String,
     prefix: String,
@@ -34,7 +34,7 @@ impl Cluster {
         let stack = PrivateStack::new(&[("CHAT_KAFKA_PORT", port.to_string())])?;
         stack.up(&["broker"])?;
         Ok(Self {
-            _stack: stack,
+            stack,
             brokers: format!("127.0.0.1:{port}"),
             schema: unique_ident("identity_test"),
             prefix: format!("{}:", unique("t")),
@@ -228,6 +228,96 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
         answered,
         "every answer matches what is on the log"
     );
+    Ok(())
+}
+
+/// The broker stops answering (SIGSTOP) in the middle of a post stream for longer than the
+/// writer waits for a commit, then comes back (SIGCONT): the appends in flight fail (answered
+/// 503, retried by the clients with the same key), the writer decides nothing more on the state
+/// they would have made (here its group session expires first, so it gives the partitions up
+/// and takes them again) and reads its rooms back from the log before deciding again, so no seq
+/// is skipped or used twice, every acknowledged post is on the log once, and posting goes on.
+// Known defect this test found (issue 14), so not yet part of the suite: in one run of two the
+// log held seqs 110-112 twice (404 events for 401): a transaction in flight when the broker
+// stopped committed after it came back, while the writer, having taken its partitions again,
+// had caught up without it and decided those seqs anew. Run it with
+// `cargo nextest run -p commands --test failover --run-ignored only`.
+#[tokio::test]
+#[ignore = "duplicate seqs after a broker stall: issue 14"]
+async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::Result<()> {
+    let cluster = Cluster::new()?;
+    let a = cluster.instance(&unique("g"))?;
+    a.wait_ready(12).await?;
+    let api = a.api();
+    let user = api.user("stall").await?;
+    let room = api.create_room(&user, "public").await?;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (api, user, room, acked) = (api.clone(), user.clone(), room.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut answers = BTreeMap::new();
+                for i in 0..100 {
+                    let key = format!("w{w}-{i}");
+                    let body = api
+                        .post_until_accepted(
+                            &user,
+                            &room,
+                            &key,
+                            "payload",
+                            Duration::from_secs(180),
+                        )
+                        .await?;
+                    answers.insert(key, body["seq"].as_i64().unwrap());
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(answers)
+            })
+        })
+        .collect();
+
+    wait_for(
+        "100 acknowledged posts",
+        Duration::from_secs(60),
+        || async { (acked.load(Ordering::Relaxed) >= 100).then_some(()) },
+    )
+    .await?;
+    let broker = cluster.stack.pid("broker-1")?;
+    let caught_up_before = a.metric("commands_catchup_events_total").await;
+    test_support::signal_only(broker, "STOP")?;
+    let at_stop = acked.load(Ordering::Relaxed);
+    // Past the writer's 15 s wait for a commit, inside the transaction timeout.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    test_support::signal_only(broker, "CONT")?;
+
+    let mut answered = BTreeMap::new();
+    for writer in writers {
+        match writer.await? {
+            Ok(answers) => answered.extend(answers),
+            Err(e) => anyhow::bail!("{e}\n--- commands output ---\n{}", a.service.output()),
+        }
+    }
+    assert_eq!(answered.len(), 400);
+    assert!(at_stop < 400, "the broker stopped mid-stream");
+    assert!(
+        a.metric("commands_catchup_events_total").await > caught_up_before,
+        "the writer read its rooms back from the log before deciding again"
+    );
+
+    let events = room_events(&cluster, &room).await?;
+    let expected: Vec<i64> = (1..=events.len() as i64).collect();
+    assert_eq!(seqs(&events), expected, "gap-free, no seq used twice");
+    assert_eq!(events.len(), 401, "RoomCreated + 400 posts, none twice");
+    assert_eq!(
+        posts_by_key(&events),
+        answered,
+        "every answer matches what is on the log"
+    );
+    // And the room takes posts as before.
+    let next = api.post(&user, &room, "after", "payload").await?;
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
+    assert_eq!(next.body["seq"], 402);
     Ok(())
 }
 
