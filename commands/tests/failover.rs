@@ -307,7 +307,26 @@ async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::R
 
     let events = room_events(&cluster, &room).await?;
     let expected: Vec<i64> = (1..=events.len() as i64).collect();
-    assert_eq!(seqs(&events), expected, "gap-free, no seq used twice");
+    if seqs(&events) != expected {
+        let output = a.service.output();
+        let lines: Vec<&str> = output
+            .lines()
+            .filter(|l| {
+                !l.contains("DEBUG") && !l.contains("caught up partition=")
+                    || l.contains("partition=10")
+                    || l.contains("applied")
+            })
+            .collect();
+        anyhow::bail!(
+            "seqs not gap-free or used twice: {:?}\n--- commands ---\n{}",
+            seqs(&events)
+                .windows(2)
+                .filter(|w| w[1] != w[0] + 1)
+                .collect::<Vec<_>>(),
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        );
+    }
+
     assert_eq!(events.len(), 401, "RoomCreated + 400 posts, none twice");
     assert_eq!(
         posts_by_key(&events),
