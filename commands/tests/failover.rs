@@ -237,10 +237,13 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
 /// they would have made (here its group session expires first, so it gives the partitions up
 /// and takes them again) and reads its rooms back from the log before deciding again, so no seq
 /// is skipped or used twice, every acknowledged post is on the log once, and posting goes on.
-// Known defect this test found (issue 14), so not yet part of the suite: in one run of two the
-// log held seqs 110-112 twice (404 events for 401): a transaction in flight when the broker
-// stopped committed after it came back, while the writer, having taken its partitions again,
-// had caught up without it and decided those seqs anew. Run it with
+// Known defects this test found (issue 14), so not yet part of the suite. In one run of three
+// the log held seqs 110-112 twice (404 events for 401): a transaction that was in flight when
+// the broker stopped was committed while the writer, having taken its partitions again, had
+// decided those seqs anew. The writer answers a commit that timed out ("retry call to resume")
+// by aborting, which librdkafka refuses while the commit is still in progress, so that commit
+// may still land; retrying the commit would settle it. In another run the single KRaft node did
+// not serve again after the 20 s stall (AllBrokersDown; posts never accepted). Run it with
 // `cargo nextest run -p commands --test failover --run-ignored only`.
 #[tokio::test]
 #[ignore = "duplicate seqs after a broker stall: issue 14"]
@@ -309,14 +312,7 @@ async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::R
     let expected: Vec<i64> = (1..=events.len() as i64).collect();
     if seqs(&events) != expected {
         let output = a.service.output();
-        let lines: Vec<&str> = output
-            .lines()
-            .filter(|l| {
-                !l.contains("DEBUG") && !l.contains("caught up partition=")
-                    || l.contains("partition=10")
-                    || l.contains("applied")
-            })
-            .collect();
+        let lines: Vec<&str> = output.lines().filter(|l| !l.contains("DEBUG")).collect();
         anyhow::bail!(
             "seqs not gap-free or used twice: {:?}\n--- commands ---\n{}",
             seqs(&events)
