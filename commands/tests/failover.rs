@@ -132,6 +132,103 @@ fn posts_by_key(events: &[DomainEvent]) -> BTreeMap<String, i64> {
     posts
 }
 
+/// Four clients posting `each` messages to one room, every post retried with its key until
+/// accepted (for up to `patience`).
+struct PostStream {
+    acked: Arc<AtomicUsize>,
+    writers: Vec<tokio::task::JoinHandle<anyhow::Result<BTreeMap<String, i64>>>>,
+}
+
+impl PostStream {
+    fn start(api: &Api, user: &User, room: &str, each: usize, patience: Duration) -> Self {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let writers = (0..4)
+            .map(|w| {
+                let (api, user, room, acked) =
+                    (api.clone(), user.clone(), room.to_string(), acked.clone());
+                tokio::spawn(async move {
+                    let mut answers = BTreeMap::new();
+                    for i in 0..each {
+                        let key = format!("w{w}-{i}");
+                        let body = api
+                            .post_until_accepted(&user, &room, &key, "payload", patience)
+                            .await?;
+                        answers.insert(key, body["seq"].as_i64().unwrap());
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    anyhow::Ok(answers)
+                })
+            })
+            .collect();
+        Self { acked, writers }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    async fn wait_acked(&self, count: usize) -> anyhow::Result<()> {
+        wait_for(
+            &format!("{count} acknowledged posts"),
+            Duration::from_secs(60),
+            || async { (self.acked() >= count).then_some(()) },
+        )
+        .await
+    }
+
+    /// Every post's answered seq, by key.
+    async fn answers(self, instance: &Instance) -> anyhow::Result<BTreeMap<String, i64>> {
+        let mut answered = BTreeMap::new();
+        for writer in self.writers {
+            match writer.await? {
+                Ok(answers) => answered.extend(answers),
+                Err(e) => {
+                    anyhow::bail!(
+                        "{e}\n--- commands output ---\n{}",
+                        instance.service.output()
+                    )
+                }
+            }
+        }
+        Ok(answered)
+    }
+}
+
+/// The room's log holds its creation and every answered post exactly once, seqs gap-free,
+/// each post at the seq it was answered with.
+async fn check_log(
+    cluster: &Cluster,
+    room: &str,
+    answered: &BTreeMap<String, i64>,
+    instance: &Instance,
+) -> anyhow::Result<()> {
+    let events = room_events(cluster, room).await?;
+    let expected: Vec<i64> = (1..=events.len() as i64).collect();
+    if seqs(&events) != expected {
+        let output = instance.service.output();
+        let lines: Vec<&str> = output.lines().filter(|l| !l.contains("DEBUG")).collect();
+        anyhow::bail!(
+            "seqs not gap-free or used twice: {:?}\n--- commands ---\n{}",
+            seqs(&events)
+                .windows(2)
+                .filter(|w| w[1] != w[0] + 1)
+                .collect::<Vec<_>>(),
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        );
+    }
+    assert_eq!(
+        events.len(),
+        answered.len() + 1,
+        "RoomCreated + every post, none twice"
+    );
+    assert_eq!(
+        &posts_by_key(&events),
+        answered,
+        "every answer matches what is on the log"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_restart_keeps_idempotency_and_continues_seq() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
@@ -173,61 +270,17 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
     let user = api.user("crash").await?;
     let room = api.create_room(&user, "public").await?;
 
-    let acked = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (api, user, room, acked) = (api.clone(), user.clone(), room.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut answers = BTreeMap::new();
-                for i in 0..150 {
-                    let key = format!("w{w}-{i}");
-                    let body = api
-                        .post_until_accepted(
-                            &user,
-                            &room,
-                            &key,
-                            "payload",
-                            Duration::from_secs(120),
-                        )
-                        .await?;
-                    answers.insert(key, body["seq"].as_i64().unwrap());
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(answers)
-            })
-        })
-        .collect();
-
-    wait_for(
-        "100 acknowledged posts",
-        Duration::from_secs(60),
-        || async { (acked.load(Ordering::Relaxed) >= 100).then_some(()) },
-    )
-    .await?;
+    let stream = PostStream::start(&api, &user, &room, 150, Duration::from_secs(120));
+    stream.wait_acked(100).await?;
     a.service.kill9()?;
-    let at_kill = acked.load(Ordering::Relaxed);
+    let at_kill = stream.acked();
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.service.start()?;
 
-    let mut answered = BTreeMap::new();
-    for writer in writers {
-        match writer.await? {
-            Ok(answers) => answered.extend(answers),
-            Err(e) => anyhow::bail!("{e}\n--- commands output ---\n{}", a.service.output()),
-        }
-    }
+    let answered = stream.answers(&a).await?;
     assert_eq!(answered.len(), 600);
     assert!(at_kill < 600, "the kill happened mid-stream");
-
-    let events = room_events(&cluster, &room).await?;
-    let expected: Vec<i64> = (1..=events.len() as i64).collect();
-    assert_eq!(seqs(&events), expected, "gap-free, no seq used twice");
-    assert_eq!(events.len(), 601, "RoomCreated + 600 posts, none twice");
-    assert_eq!(
-        posts_by_key(&events),
-        answered,
-        "every answer matches what is on the log"
-    );
+    check_log(&cluster, &room, &answered, &a).await?;
     Ok(())
 }
 
@@ -255,80 +308,24 @@ async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::R
     let user = api.user("stall").await?;
     let room = api.create_room(&user, "public").await?;
 
-    let acked = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (api, user, room, acked) = (api.clone(), user.clone(), room.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut answers = BTreeMap::new();
-                for i in 0..100 {
-                    let key = format!("w{w}-{i}");
-                    let body = api
-                        .post_until_accepted(
-                            &user,
-                            &room,
-                            &key,
-                            "payload",
-                            Duration::from_secs(180),
-                        )
-                        .await?;
-                    answers.insert(key, body["seq"].as_i64().unwrap());
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(answers)
-            })
-        })
-        .collect();
-
-    wait_for(
-        "100 acknowledged posts",
-        Duration::from_secs(60),
-        || async { (acked.load(Ordering::Relaxed) >= 100).then_some(()) },
-    )
-    .await?;
+    let stream = PostStream::start(&api, &user, &room, 100, Duration::from_secs(180));
+    stream.wait_acked(100).await?;
     let broker = cluster.stack.pid("broker-1")?;
     let caught_up_before = a.metric("commands_catchup_events_total").await;
     test_support::signal_only(broker, "STOP")?;
-    let at_stop = acked.load(Ordering::Relaxed);
+    let at_stop = stream.acked();
     // Past the writer's 15 s wait for a commit, inside the transaction timeout.
     tokio::time::sleep(Duration::from_secs(20)).await;
     test_support::signal_only(broker, "CONT")?;
 
-    let mut answered = BTreeMap::new();
-    for writer in writers {
-        match writer.await? {
-            Ok(answers) => answered.extend(answers),
-            Err(e) => anyhow::bail!("{e}\n--- commands output ---\n{}", a.service.output()),
-        }
-    }
+    let answered = stream.answers(&a).await?;
     assert_eq!(answered.len(), 400);
     assert!(at_stop < 400, "the broker stopped mid-stream");
     assert!(
         a.metric("commands_catchup_events_total").await > caught_up_before,
         "the writer read its rooms back from the log before deciding again"
     );
-
-    let events = room_events(&cluster, &room).await?;
-    let expected: Vec<i64> = (1..=events.len() as i64).collect();
-    if seqs(&events) != expected {
-        let output = a.service.output();
-        let lines: Vec<&str> = output.lines().filter(|l| !l.contains("DEBUG")).collect();
-        anyhow::bail!(
-            "seqs not gap-free or used twice: {:?}\n--- commands ---\n{}",
-            seqs(&events)
-                .windows(2)
-                .filter(|w| w[1] != w[0] + 1)
-                .collect::<Vec<_>>(),
-            lines[lines.len().saturating_sub(80)..].join("\n")
-        );
-    }
-
-    assert_eq!(events.len(), 401, "RoomCreated + 400 posts, none twice");
-    assert_eq!(
-        posts_by_key(&events),
-        answered,
-        "every answer matches what is on the log"
-    );
+    check_log(&cluster, &room, &answered, &a).await?;
     // And the room takes posts as before.
     let next = api.post(&user, &room, "after", "payload").await?;
     assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
