@@ -293,10 +293,11 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
 // Known defects this test found (issue 14), so not yet part of the suite. In one run of three
 // the log held seqs 110-112 twice (404 events for 401): a transaction that was in flight when
 // the broker stopped was committed while the writer, having taken its partitions again, had
-// decided those seqs anew. The writer answers a commit that timed out ("retry call to resume")
+// decided those seqs anew. The writer answered a commit that timed out ("retry call to resume")
 // by aborting, which librdkafka refuses while the commit is still in progress, so that commit
-// may still land; retrying the commit would settle it. In another run the single KRaft node did
-// not serve again after the 20 s stall (AllBrokersDown; posts never accepted). Run it with
+// could still land; it now retries the commit until it settles (three runs passed since, not
+// enough to call it fixed). In another run the single KRaft node did not serve again after the
+// 20 s stall (AllBrokersDown; posts never accepted). Run it with
 // `cargo nextest run -p commands --test failover --run-ignored only`.
 #[tokio::test]
 #[ignore = "duplicate seqs after a broker stall: issue 14"]

@@ -31,6 +31,9 @@ use crate::error::CommandError;
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on `init_transactions` / commit / abort calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a commit that times out is retried before the append counts as failed: past the
+/// transaction timeout the coordinator has settled it one way or the other.
+const COMMIT_RETRIES_FOR: Duration = Duration::from_secs(60);
 
 /// One record to append: key and encoded value.
 pub type Record = (String, Vec<u8>);
@@ -136,14 +139,28 @@ impl Appender {
         if let Some(e) = failure {
             return Err(self.abort_after(&producer, e, "produce").await);
         }
-        let committing = producer.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || committing.commit_transaction(CALL_TIMEOUT))
-                .await
-                .map_err(|e| AppendError::Failed {
-                    partition: self.partition,
-                    reason: e.to_string(),
-                })?;
+        // A commit that timed out is still under way: librdkafka refuses an abort meanwhile,
+        // and the broker may yet commit it, so the answers wait until it settles (committed,
+        // fenced or abortable) instead of being refused while their records may land.
+        let started = std::time::Instant::now();
+        let committed = loop {
+            let committing = producer.clone();
+            let result =
+                tokio::task::spawn_blocking(move || committing.commit_transaction(CALL_TIMEOUT))
+                    .await
+                    .map_err(|e| AppendError::Failed {
+                        partition: self.partition,
+                        reason: e.to_string(),
+                    })?;
+            match result {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && started.elapsed() < COMMIT_RETRIES_FOR =>
+                {
+                    tracing::warn!(partition = self.partition, error = %e, "commit not settled yet; retrying it");
+                }
+                other => break other,
+            }
+        };
         match committed {
             Ok(()) => {
                 self.turn ^= 1;
