@@ -67,6 +67,23 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// One instance in a group of its own, ready on every partition, with a user and a public
+    /// room to post in.
+    async fn writer_with_room(
+        &self,
+        group: &str,
+        user: &str,
+    ) -> anyhow::Result<(Instance, Api, User, String)> {
+        let instance = self.instance(&unique(group))?;
+        instance.wait_ready(12).await?;
+        let api = instance.api();
+        let user = api.user(user).await?;
+        let room = api.create_room(&user, "public").await?;
+        Ok((instance, api, user, room))
+    }
+}
+
 impl Instance {
     fn api(&self) -> Api {
         Api::new(&self.url)
@@ -232,12 +249,7 @@ async fn check_log(
 #[tokio::test]
 async fn a_restart_keeps_idempotency_and_continues_seq() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
-    let group = unique("g");
-    let mut a = cluster.instance(&group)?;
-    a.wait_ready(12).await?;
-    let api = a.api();
-    let user = api.user("restart").await?;
-    let room = api.create_room(&user, "public").await?;
+    let (mut a, api, user, room) = cluster.writer_with_room("g", "restart").await?;
     let first = api.post(&user, &room, "k1", "before").await?;
     assert_eq!(first.status, StatusCode::CREATED);
 
@@ -264,11 +276,7 @@ async fn a_restart_keeps_idempotency_and_continues_seq() -> anyhow::Result<()> {
 #[tokio::test]
 async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
-    let mut a = cluster.instance(&unique("g"))?;
-    a.wait_ready(12).await?;
-    let api = a.api();
-    let user = api.user("crash").await?;
-    let room = api.create_room(&user, "public").await?;
+    let (mut a, api, user, room) = cluster.writer_with_room("g", "crash").await?;
 
     let stream = PostStream::start(&api, &user, &room, 150, Duration::from_secs(120));
     stream.wait_acked(100).await?;
@@ -303,11 +311,7 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
 #[ignore = "duplicate seqs after a broker stall: issue 14"]
 async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
-    let a = cluster.instance(&unique("g"))?;
-    a.wait_ready(12).await?;
-    let api = a.api();
-    let user = api.user("stall").await?;
-    let room = api.create_room(&user, "public").await?;
+    let (a, api, user, room) = cluster.writer_with_room("g", "stall").await?;
 
     let stream = PostStream::start(&api, &user, &room, 100, Duration::from_secs(180));
     stream.wait_acked(100).await?;
@@ -564,11 +568,7 @@ async fn a_paused_owner_resumed_after_the_takeover_is_fenced() -> anyhow::Result
 #[tokio::test]
 async fn two_writers_on_one_room_are_detected_as_conflicts() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
-    let a = cluster.instance(&unique("g1"))?;
-    a.wait_ready(12).await?;
-    let api_a = a.api();
-    let user = api_a.user("split").await?;
-    let room = api_a.create_room(&user, "public").await?;
+    let (_a, api_a, user, room) = cluster.writer_with_room("g1", "split").await?;
     assert_eq!(api_a.post(&user, &room, "k1", "one").await?.body["seq"], 2);
 
     // A second writer in another group: it also believes it owns every partition.

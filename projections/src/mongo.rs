@@ -508,19 +508,19 @@ impl MongoProjector {
     ) -> Result<Option<(i64, Document)>, ProjectionError> {
         if let Some(&i) = pending.posted.index.get(message_id) {
             let message = &mut pending.posted.docs[i];
+            let at = history::integer(message, "seq").unwrap_or_default();
             if history::integer(message, "last_seq").unwrap_or(0) < seq
                 && !message.get_bool("deleted").unwrap_or(false)
             {
                 change(message);
                 message.insert("last_seq", seq);
                 pending.posted.changed.insert(i);
+                let room = message.get_str("room_id").unwrap_or_default().to_string();
+                pending
+                    .history
+                    .set_message(&room, at, history::stored_form(message));
             }
-            let room = message.get_str("room_id").unwrap_or_default().to_string();
-            let at = history::integer(message, "seq").unwrap_or_default();
-            let shown = history::stored_form(message);
-            let message = message.clone();
-            pending.history.set_message(&room, at, shown);
-            return Ok(Some((at, message)));
+            return Ok(Some((at, message.clone())));
         }
         let Some(mut message) = self.messages.find_one(doc! {"_id": message_id}).await? else {
             return Ok(None);

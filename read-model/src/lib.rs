@@ -4,7 +4,8 @@
 //! Collections (database `CHAT_MONGO_DB`, default `chat`, or its live generation, see [`live`]):
 //! - [`MESSAGES`]: one document per message, `_id` = message id: the seed's message document
 //!   plus `seq`, `deleted` and `last_seq` (the seq of the last event applied to it); its words
-//!   are indexed in [`search::SEARCH`] (a search re-derives them from the content). Edits, deletes and reactions are applied to it in place.
+//!   are indexed in [`search::SEARCH`] (a search re-derives them from the content). Edits,
+//!   deletes and reactions are applied to it in place.
 //! - [`history::HISTORY`]: the same messages again, grouped into buckets of consecutive `seq`s
 //!   per room, for paging by equality lookups (see [`history`]).
 //! - [`search::SEARCH`]: the token postings search reads (see [`search`]).

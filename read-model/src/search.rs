@@ -17,8 +17,9 @@
 //!
 //! A search in a room reads the newest few blocks' chunks (`p`) directly, then looks up each
 //! query token's directory (`k`) and walks on through the blocks that hold every token,
-//! intersecting the tokens' chunks in each, and reads the candidates from the history buckets, where it checks them against the message as it is now
-//! (its content's tokens; an edit or a delete leaves stale postings behind, the message decides).
+//! intersecting the tokens' chunks in each. It reads the candidates from the history buckets
+//! and checks them against the message as it is now (its content's tokens; an edit or a
+//! delete leaves stale postings behind, the message decides).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -139,19 +139,21 @@ impl EventCodec {
             record: record.clone(),
             reason: e.to_string(),
         };
-        if self.written_with_reader(payload, kind).await? {
+        if self.written_with_reader(payload, kind, reader).await? {
             return DomainEvent::from_avro(kind, &decoded.value).map_err(mismatch);
         }
         let resolved: Value = decoded.value.resolve(reader).map_err(mismatch)?;
         DomainEvent::from_avro(kind, &resolved).map_err(mismatch)
     }
 
-    /// Whether `payload` (already decoded, so in wire format) was written with exactly the
-    /// schema this build reads `kind` with: the same JSON, logical types and defaults included.
+    /// Whether `payload` (already decoded, so in wire format) was written with exactly
+    /// `reader`, the schema this build reads `kind` with: the same parsed schema, logical types
+    /// and defaults included.
     async fn written_with_reader(
         &self,
         payload: &[u8],
         kind: EventKind,
+        reader: &Schema,
     ) -> Result<bool, SchemaError> {
         let Some(id) = payload
             .get(1..5)
@@ -169,13 +171,11 @@ impl EventCodec {
         // Compared as parsed (names fully qualified, logical types and defaults kept): the
         // registry hands back its own normal form of the text, e.g. without a nested record's
         // namespace when it is the enclosing one.
-        let same = match (Schema::parse_str(&writer.schema), self.readers.get(&kind)) {
-            (Ok(writer), Some(reader)) => {
-                let form = |s: &Schema| serde_json::to_value(s).ok();
-                form(&writer).is_some() && form(&writer) == form(reader)
-            }
-            _ => false,
-        };
+        let form = |s: &Schema| serde_json::to_value(s).ok();
+        let same = Schema::parse_str(&writer.schema)
+            .ok()
+            .and_then(|writer| form(&writer))
+            .is_some_and(|writer| Some(writer) == form(reader));
         tracing::debug!(id, kind = kind.as_str(), same, "writer schema learnt");
         self.same_as_reader
             .write()
