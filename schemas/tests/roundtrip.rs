@@ -256,7 +256,15 @@ async fn every_event_round_trips_through_registry_and_broker() -> anyhow::Result
     step("every event read back and decoded by us");
 
     // The same records through Confluent's own client and registry client.
-    let read_by_confluent = confluent_read(&brokers, &acknowledged)?;
+    // Confluent's Python client has stalled mid-read under the suite's parallel load (18 of
+    // 26 records, then nothing for 120 s); a fresh process reads the same records again once.
+    let read_by_confluent = match confluent_read(&brokers, &acknowledged) {
+        Ok(records) => records,
+        Err(e) => {
+            step(&format!("Confluent's client failed ({e}); reading again"));
+            confluent_read(&brokers, &acknowledged)?
+        }
+    };
     step("every event read by Confluent's client");
     assert_eq!(read_by_confluent.len(), acknowledged.len());
     for ((sent, topic, partition, offset), theirs) in acknowledged.iter().zip(read_by_confluent) {
