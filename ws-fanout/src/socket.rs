@@ -279,16 +279,24 @@ async fn run(
                 // The client is not reading, so the notice waits behind what the kernel already
                 // buffers; it gets one grace period in all, then the connection is dropped.
                 rx.close();
+                // The client's close reply comes only after it has read everything the kernels
+                // buffered before the notice, so that wait shares the grace too: a shorter one
+                // drops the connection while the client still reads, and the pongs it then sends
+                // to a closed socket make the kernel reset it, losing the notice after all.
                 let notice = async {
                     for room in &session.rooms {
                         node.metrics.resyncs.with_label_values(&["behind"]).inc();
                         socket.send(text_message(protocol::resync_frame(room, "socket fell behind"))).await?;
                     }
-                    socket.send(close_message(close::TRY_AGAIN, "fell behind; resync")).await
+                    socket.send(close_message(close::TRY_AGAIN, "fell behind; resync")).await?;
+                    while let Some(message) = socket.recv().await {
+                        if matches!(message?, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                    Ok::<_, axum::Error>(())
                 };
-                if matches!(tokio::time::timeout(BEHIND_NOTICE_GRACE, notice).await, Ok(Ok(()))) {
-                    finish_close(socket).await;
-                }
+                let _ = tokio::time::timeout(BEHIND_NOTICE_GRACE, notice).await;
                 return "behind";
             }
             _ = &mut expiry => {
