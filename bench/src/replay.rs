@@ -164,7 +164,7 @@ async fn mongo_ceiling(url: &str) -> anyhow::Result<MongoCeiling> {
     use mongodb::bson::{Document, doc};
     let client = mongodb::Client::with_uri_str(url).await?;
     let db = client.database(&format!("ceiling_{}", schemas::envelope::now_ms()));
-    projections::mongo::ensure_indexes(&db).await?;
+    read_model::ensure_indexes(&db).await?;
     let messages = db.collection::<Document>("messages");
     // Batches of the projector's own order of size.
     let (batches, per_batch, singles) = (20usize, 500usize, 200usize);

@@ -8,11 +8,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
 use axum::routing::{get, patch, post, put};
 use futures::FutureExt;
-use platform::auth::{AccessClaims, TokenVerifier};
+use platform::auth::TokenVerifier;
 use redis::aio::ConnectionManager;
 
 use crate::config::Config;
-use crate::error::CommandError;
 use crate::identity::passwords::Passwords;
 use crate::identity::store::IdentityStore;
 use crate::identity::throttle::Throttle;
@@ -38,10 +37,6 @@ pub struct App {
 pub type AppState = Arc<App>;
 
 impl App {
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, CommandError> {
-        Ok(self.verifier.verify_headers(headers).await?)
-    }
-
     /// The client address for login throttling: the peer, or the first `X-Forwarded-For` hop
     /// when the peer is the local proxy (nginx on loopback).
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> String {
@@ -56,6 +51,12 @@ impl App {
             return first.to_string();
         }
         peer.ip().to_string()
+    }
+}
+
+impl platform::auth::VerifiesTokens for App {
+    fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
     }
 }
 
@@ -81,17 +82,8 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
     // The multipart envelope around the file adds a little to the file's own limit.
     let max_upload = app.config.max_upload_bytes as usize + 64 * 1024;
     let ownership_state = app.clone();
-    let api = Router::new()
-        .route("/v1/auth/register", post(identity::handlers::register))
-        .route("/v1/auth/login", post(identity::handlers::login))
-        .route("/v1/auth/refresh", post(identity::handlers::refresh))
-        .route("/v1/auth/logout", post(identity::handlers::logout))
-        .route("/v1/auth/jwks", get(identity::handlers::jwks))
-        .route("/v1/users/me", get(identity::handlers::me))
-        .route(
-            "/v1/files",
-            post(crate::files::upload).layer(DefaultBodyLimit::max(max_upload)),
-        )
+    // Every room command goes through the forwarding layer to its room's writer.
+    let rooms = Router::new()
         .route("/v1/rooms", post(rooms_http::create_room))
         .route("/v1/rooms/{room_id}", patch(rooms_http::update_room))
         .route("/v1/rooms/{room_id}/join", post(rooms_http::join))
@@ -115,6 +107,22 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             put(rooms_http::react).delete(rooms_http::unreact),
         )
         .route("/v1/rooms/{room_id}/read", post(rooms_http::mark_read))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::forward::to_owner,
+        ));
+    let api = Router::new()
+        .route("/v1/auth/register", post(identity::handlers::register))
+        .route("/v1/auth/login", post(identity::handlers::login))
+        .route("/v1/auth/refresh", post(identity::handlers::refresh))
+        .route("/v1/auth/logout", post(identity::handlers::logout))
+        .route("/v1/auth/jwks", get(identity::handlers::jwks))
+        .route("/v1/users/me", get(identity::handlers::me))
+        .route(
+            "/v1/files",
+            post(crate::files::upload).layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .merge(rooms)
         .fallback(|| async {
             platform::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -26,6 +26,10 @@ pub enum CommandError {
     RateLimited { retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// Another instance writes the room (its base URL): the forwarding layer sends the request
+    /// there; a request that was already forwarded once is answered 503 instead.
+    #[error("the room's writer moved; retry")]
+    Moved(String),
     #[error("storage: {0}")]
     Store(#[from] sqlx::Error),
     #[error("redis: {0}")]
@@ -73,7 +77,7 @@ impl From<CommandError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
                     .with_retry_after(retry_after)
             }
-            CommandError::Unavailable(_) => {
+            CommandError::Unavailable(_) | CommandError::Moved(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
                     .with_retry_after(1)
             }
@@ -118,6 +122,14 @@ impl From<CommandError> for ApiError {
 
 impl IntoResponse for CommandError {
     fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
+        let moved = match &self {
+            CommandError::Moved(owner) => Some(crate::forward::Moved(owner.clone())),
+            _ => None,
+        };
+        let mut response = ApiError::from(self).into_response();
+        if let Some(moved) = moved {
+            response.extensions_mut().insert(moved);
+        }
+        response
     }
 }

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use axum::Json;
 use axum::extract::{Multipart, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Serialize;
+use platform::auth::Caller;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tokio::io::AsyncWriteExt;
@@ -18,20 +18,10 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::error::CommandError;
+use crate::rooms::FileInfo;
 
 /// How many bytes the sniffer looks at.
 const SNIFF_BYTES: usize = 8192;
-
-/// Metadata of an uploaded file, as answered and as attached to messages.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileInfo {
-    pub file_id: String,
-    pub filename: String,
-    pub size: i64,
-    pub mime_type: String,
-    pub sha256: String,
-    pub url: String,
-}
 
 /// Where uploaded bytes live: one file per upload under a directory.
 #[derive(Clone)]
@@ -95,10 +85,9 @@ pub fn sniff(head: &[u8], complete: bool) -> String {
 
 pub async fn upload(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     mut multipart: Multipart,
 ) -> Result<impl IntoResponse, CommandError> {
-    let claims = app.authenticate(&headers).await?;
     let uploader = Uuid::parse_str(&claims.sub)
         .map_err(|_| CommandError::Auth(platform::auth::AuthError::Invalid))?;
     let store = &app.files;

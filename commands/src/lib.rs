@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod forward;
 pub mod identity;
 pub mod log;
 pub mod ratelimit;

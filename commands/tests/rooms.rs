@@ -321,6 +321,34 @@ async fn membership_bans_and_authorship_are_enforced() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mark one instance puts on a request it forwards only stops a second forward: a client
+/// that sets it itself is limited like any other.
+#[tokio::test]
+async fn the_forwarding_mark_does_not_lift_the_rate_limit() -> anyhow::Result<()> {
+    let api = api();
+    let user = api.user("markflood").await?;
+    let room = api.create_room(&user, "public").await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/rooms/{room}/messages", env::commands_url());
+    let answers = futures::future::join_all((0..60).map(|i| {
+        http.post(&url)
+            .bearer_auth(&user.access_token)
+            .header("x-chat-forwarded", "1")
+            .json(&json!({"client_msg_id": format!("m{i}"), "content": "flood"}))
+            .send()
+    }))
+    .await;
+    let mut statuses = BTreeMap::new();
+    for answer in answers {
+        *statuses.entry(answer?.status().as_u16()).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 20,
+        "60 marked posts at once against a burst of 30: {statuses:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn posting_is_rate_limited_per_user() -> anyhow::Result<()> {
     let api = api();

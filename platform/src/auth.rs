@@ -76,6 +76,43 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The caller of a request, verified: an axum extractor, so a handler that takes it cannot run
+/// for an anonymous, expired or revoked token, and no handler calls the verifier itself.
+/// Rejects with the API's 401 (or 503 `auth_unavailable` when revocations cannot be checked).
+#[derive(Debug, Clone)]
+pub struct Caller(pub AccessClaims);
+
+/// App states that can verify tokens (the extractor's only need from a tier's state).
+pub trait VerifiesTokens {
+    fn verifier(&self) -> &TokenVerifier;
+}
+
+impl<T: VerifiesTokens> VerifiesTokens for std::sync::Arc<T> {
+    fn verifier(&self) -> &TokenVerifier {
+        (**self).verifier()
+    }
+}
+
+impl<S> axum::extract::FromRequestParts<S> for Caller
+where
+    S: VerifiesTokens + Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // A layer that already verified the request (forwarding, say) leaves the claims here.
+        if let Some(claims) = parts.extensions.get::<AccessClaims>() {
+            return Ok(Caller(claims.clone()));
+        }
+        let claims = state.verifier().verify_headers(&parts.headers).await?;
+        parts.extensions.insert(claims.clone());
+        Ok(Caller(claims))
+    }
+}
+
 /// Redis key marking a revoked session; its TTL outlives the last access token of the session.
 pub fn revoked_session_key(prefix: &str, sid: &str) -> String {
     format!("{prefix}revoked_session:{sid}")

@@ -266,6 +266,10 @@ impl Project for AnalyticsProjector {
         "clickhouse"
     }
 
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        AnalyticsProjector::checkpoints(self).await
+    }
+
     async fn apply(
         &mut self,
         batch: &Batch,

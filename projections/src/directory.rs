@@ -67,6 +67,10 @@ impl Project for DirectoryProjector {
         "directory"
     }
 
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        DirectoryProjector::checkpoints(self).await
+    }
+
     async fn apply(
         &mut self,
         batch: &Batch,

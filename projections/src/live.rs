@@ -19,6 +19,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clickhouse::Client;
+use read_model::presence;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
@@ -84,26 +85,17 @@ async fn set_pointer(
     Ok(())
 }
 
-/// Key patterns of one generation of the Redis model (see `presence`), for dropping it.
-/// `session:*` is shared with the commands tier, so only this model's fields are removed there.
-pub const REDIS_KEYS: &[&str] = &[
-    "presence:",
-    "room_stats:",
-    "members:",
-    "user_rooms:",
-    "online:",
-    "proj:redis:",
-];
-pub const REDIS_SESSION_FIELDS: &[&str] = &["status", "last_seen"];
-
 /// Deletes one generation's keys; returns how many keys were deleted or trimmed.
 pub async fn redis_drop(redis: &ConnectionManager, prefix: &str) -> Result<u64, ProjectionError> {
     let mut redis = redis.clone();
     let mut removed = 0u64;
-    let patterns: Vec<(String, bool)> = REDIS_KEYS
+    let patterns: Vec<(String, bool)> = presence::FAMILIES
         .iter()
         .map(|k| (format!("{prefix}{k}*"), false))
-        .chain(std::iter::once((format!("{prefix}session:*"), true)))
+        .chain(std::iter::once((
+            format!("{prefix}{}*", presence::SESSION_PREFIX),
+            true,
+        )))
         .collect();
     for (pattern, session) in patterns {
         let mut cursor: u64 = 0;
@@ -121,7 +113,10 @@ pub async fn redis_drop(redis: &ConnectionManager, prefix: &str) -> Result<u64, 
                 let mut pipe = redis::pipe();
                 for key in &keys {
                     if session {
-                        pipe.cmd("HDEL").arg(key).arg(REDIS_SESSION_FIELDS).ignore();
+                        pipe.cmd("HDEL")
+                            .arg(key)
+                            .arg(presence::SESSION_FIELDS)
+                            .ignore();
                     } else {
                         pipe.del(key).ignore();
                     }

@@ -10,7 +10,7 @@ use projections::directory::DirectoryProjector;
 use projections::mongo::MongoProjector;
 use projections::presence::PresenceProjector;
 use projections::runner::{self, Ended, Project, RunnerMetrics};
-use projections::source::{Positions, Source, SourceConfig};
+use projections::source::{Source, SourceConfig};
 use schemas::EventCodec;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
@@ -178,39 +178,18 @@ struct Run {
     shutdown: CancellationToken,
 }
 
-/// Checkpoints of any projector, for reopening at them.
-trait Checkpointed {
-    fn positions(&self) -> impl Future<Output = Result<Positions, ProjectionError>> + Send;
-}
-
-macro_rules! checkpointed {
-    ($($t:ty),*) => {$(
-        impl Checkpointed for $t {
-            async fn positions(&self) -> Result<Positions, ProjectionError> {
-                self.checkpoints().await
-            }
-        }
-    )*};
-}
-checkpointed!(
-    MongoProjector,
-    PresenceProjector,
-    AnalyticsProjector,
-    DirectoryProjector
-);
-
 impl Run {
     /// Opens the projector (on the live generation) and runs it; when a rebuild moves the live
     /// generation, opens it again there, from that generation's checkpoints.
     async fn supervise<P, F, Fut>(self, open: F) -> Result<(), ProjectionError>
     where
-        P: Project + Checkpointed,
+        P: Project,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<P, ProjectionError>>,
     {
         loop {
             let projector = open().await?;
-            let start = projector.positions().await?;
+            let start = projector.checkpoints().await?;
             let source = Source::open(
                 self.source.clone(),
                 self.codec.clone(),

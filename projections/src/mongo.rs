@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{IndexOptions, InsertManyOptions};
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::options::InsertManyOptions;
+use mongodb::{Collection, Database};
 use schemas::DomainEvent;
 use schemas::topics::Topic;
 
@@ -54,52 +54,9 @@ pub struct MongoProjector {
     pointer: Option<(redis::aio::ConnectionManager, String, String)>,
 }
 
-/// Creates the collections' indexes (idempotent). A server may answer WriteConflict (112) when
-/// another client changes the same collection's indexes at the same time (projectors and
-/// rebuilds start together), so each creation is retried for a while.
-pub async fn ensure_indexes(db: &Database) -> Result<(), ProjectionError> {
-    let index = |keys: Document| {
-        IndexModel::builder()
-            .keys(keys)
-            .options(IndexOptions::builder().unique(false).build())
-            .build()
-    };
-    // Only what equality lookups use: history is read by `_id` (buckets) and search by the
-    // postings' keys (see `read_model`). The seed's range indexes on messages (room_id or
-    // user_id with timestamp) are left out: no read here ranges over messages, and on FerretDB
-    // each index costs every insert a PostgreSQL index entry and a GIN entry
-    // (deploy/local/ferretdb/equality-indexes.sql).
-    let wanted = [
-        (SEARCH, doc! {search::INDEXED[0]: 1}),
-        (SEARCH, doc! {search::INDEXED[1]: 1}),
-        (MEMBERSHIPS, doc! {"user_id": 1, "status": 1}),
-        (MEMBERSHIPS, doc! {"room_id": 1, "status": 1}),
-        (ROOMS, doc! {"visibility": 1, "last_activity": -1}),
-    ];
-    for (collection, keys) in wanted {
-        let collection = db.collection::<Document>(collection);
-        let mut attempt = 0u64;
-        loop {
-            match collection.create_index(index(keys.clone())).await {
-                Ok(_) => break,
-                Err(e) if attempt < 50 && is_busy(&e) => {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100 + 20 * attempt)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn is_busy(e: &mongodb::error::Error) -> bool {
-    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 112)
-}
-
 impl MongoProjector {
     pub async fn open(db: Database) -> Result<Self, ProjectionError> {
-        ensure_indexes(&db).await?;
+        read_model::ensure_indexes(&db).await?;
         Ok(Self::attach(db))
     }
 
@@ -790,6 +747,10 @@ fn is_duplicate_only(e: &mongodb::error::Error) -> bool {
 impl Project for MongoProjector {
     fn name(&self) -> &'static str {
         "mongo"
+    }
+
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        MongoProjector::checkpoints(self).await
     }
 
     async fn apply(

@@ -1,22 +1,13 @@
 //! The Redis read model: presence and room stats, as in the seed.
 //!
-//! Keys (all under `CHAT_REDIS_PREFIX`):
-//! - `presence:{room_id}`: set of the room's members who are online (expires a day after its
-//!   last change, so a room nobody touches does not keep stale presence forever).
-//! - `session:{user_id}`: hash; this projector maintains `last_seen` and `status` (the commands
-//!   tier owns the session fields).
-//! - `room_stats:{room_id}`: hash `{member_count, message_count, last_activity}`, expiring 30
-//!   days after the room's last activity.
-//! - `members:{room_id}` / `user_rooms:{user_id}`: sets this projector needs to keep
-//!   `presence:*` right when people join, leave or come online.
-//! - `online:{user_id}`: the user's current status while not offline.
-//! - `proj:redis:room_seq` and `proj:redis:offsets:{topic}`: its progress.
+//! Its keys and what each holds are the read-model contract: `read_model::presence`.
 //!
 //! Exactly once: every batch's writes, the rooms' progress and the partition checkpoints go in
 //! one MULTI/EXEC transaction, so they are applied together or not at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use read_model::presence as keys;
 use redis::aio::ConnectionManager;
 use schemas::DomainEvent;
 use schemas::events::PresenceStatus;
@@ -61,14 +52,12 @@ impl PresenceProjector {
         vec![Topic::RoomEvents, Topic::PresenceEvents]
     }
 
-    pub fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
     pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
         let mut positions = Positions::new();
         for topic in Self::topics() {
-            for (partition, next) in checkpoint_of(&self.redis, &self.prefix, topic).await? {
+            for (partition, next) in
+                keys::checkpoint_of(&self.redis, &self.prefix, topic.name()).await?
+            {
                 positions.insert((topic, partition), next);
             }
         }
@@ -90,7 +79,7 @@ impl PresenceProjector {
         }
         let mut redis = self.redis.clone();
         let stored: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(room_seq_key(&self.prefix))
+            .arg(keys::room_seq(&self.prefix))
             .arg(&unknown)
             .query_async(&mut redis)
             .await?;
@@ -138,7 +127,7 @@ impl PresenceProjector {
         if !users.is_empty() {
             let keys: Vec<String> = users
                 .iter()
-                .map(|u| self.key(&format!("online:{u}")))
+                .map(|u| keys::online(&self.prefix, u))
                 .collect();
             let values: Vec<Option<String>> = redis::cmd("MGET")
                 .arg(&keys)
@@ -151,7 +140,7 @@ impl PresenceProjector {
         let mut rooms_of = HashMap::new();
         for user in presence_users {
             let rooms: HashSet<String> = redis::cmd("SMEMBERS")
-                .arg(self.key(&format!("user_rooms:{user}")))
+                .arg(keys::user_rooms(&self.prefix, &user))
                 .query_async(&mut redis)
                 .await?;
             rooms_of.insert(user, rooms);
@@ -184,7 +173,10 @@ impl PresenceProjector {
                 {
                     continue;
                 }
-                progress.insert(room.to_string(), format!("{seq}:{}", envelope.event_id));
+                progress.insert(
+                    room.to_string(),
+                    keys::room_seq_value(seq, &envelope.event_id),
+                );
                 touched_rooms.insert(room.to_string());
             }
             counts.applied += 1;
@@ -194,9 +186,9 @@ impl PresenceProjector {
                 E::RoomCreated(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
                     self.join(&mut tx, room, &e.owner_id, &online, &mut rooms_of);
-                    tx.hset(self.key(&format!("room_stats:{room}")), "last_activity", at)
+                    tx.hset(keys::room_stats(&self.prefix, room), "last_activity", at)
                         .ignore();
-                    tx.hset(self.key(&format!("room_stats:{room}")), "message_count", 0)
+                    tx.hset(keys::room_stats(&self.prefix, room), "message_count", 0)
                         .ignore();
                 }
                 E::MemberJoined(e) => {
@@ -206,11 +198,11 @@ impl PresenceProjector {
                 E::MemberLeft(schemas::events::MemberLeft { member_id, .. })
                 | E::MemberBanned(schemas::events::MemberBanned { member_id, .. }) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
-                    tx.srem(self.key(&format!("members:{room}")), member_id)
+                    tx.srem(keys::members(&self.prefix, room), member_id)
                         .ignore();
-                    tx.srem(self.key(&format!("user_rooms:{member_id}")), room)
+                    tx.srem(keys::user_rooms(&self.prefix, member_id), room)
                         .ignore();
-                    tx.srem(self.key(&format!("presence:{room}")), member_id)
+                    tx.srem(keys::presence(&self.prefix, room), member_id)
                         .ignore();
                     if let Some(rooms) = rooms_of.get_mut(member_id) {
                         rooms.remove(room);
@@ -218,7 +210,7 @@ impl PresenceProjector {
                 }
                 E::MessagePosted(_) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
-                    let stats = self.key(&format!("room_stats:{room}"));
+                    let stats = keys::room_stats(&self.prefix, room);
                     tx.hset(&stats, "last_activity", at).ignore();
                     tx.hincr(&stats, "message_count", 1).ignore();
                     tx.expire(&stats, STATS_TTL_SECS).ignore();
@@ -234,13 +226,13 @@ impl PresenceProjector {
                         PresenceStatus::Offline => "offline",
                     };
                     if is_online {
-                        tx.set(self.key(&format!("online:{user}")), status).ignore();
+                        tx.set(keys::online(&self.prefix, user), status).ignore();
                     } else {
-                        tx.del(self.key(&format!("online:{user}"))).ignore();
+                        tx.del(keys::online(&self.prefix, user)).ignore();
                     }
                     online.insert(user.to_string(), is_online);
                     for room in rooms_of.get(user).into_iter().flatten() {
-                        let key = self.key(&format!("presence:{room}"));
+                        let key = keys::presence(&self.prefix, room);
                         if is_online {
                             tx.sadd(&key, user).ignore();
                         } else {
@@ -248,7 +240,7 @@ impl PresenceProjector {
                         }
                         tx.expire(&key, PRESENCE_TTL_SECS).ignore();
                     }
-                    let session = self.key(&format!("session:{user}"));
+                    let session = keys::session(&self.prefix, user);
                     tx.hset(&session, "last_seen", at).ignore();
                     tx.hset(&session, "status", status).ignore();
                 }
@@ -257,7 +249,7 @@ impl PresenceProjector {
         }
         if !progress.is_empty() {
             let pairs: Vec<(&String, &String)> = progress.iter().collect();
-            tx.hset_multiple(room_seq_key(&self.prefix), &pairs)
+            tx.hset_multiple(keys::room_seq(&self.prefix), &pairs)
                 .ignore();
         }
         let mut by_topic: BTreeMap<Topic, Vec<(String, i64)>> = BTreeMap::new();
@@ -268,7 +260,7 @@ impl PresenceProjector {
                 .push((partition.to_string(), *next));
         }
         for (topic, pairs) in by_topic {
-            tx.hset_multiple(offsets_key(&self.prefix, topic), &pairs)
+            tx.hset_multiple(keys::offsets(&self.prefix, topic.name()), &pairs)
                 .ignore();
         }
         let mut redis = self.redis.clone();
@@ -278,12 +270,12 @@ impl PresenceProjector {
         if !touched_rooms.is_empty() {
             let mut pipe = redis::pipe();
             for room in &touched_rooms {
-                pipe.scard(self.key(&format!("members:{room}")));
+                pipe.scard(keys::members(&self.prefix, room));
             }
             let sizes: Vec<i64> = pipe.query_async(&mut redis).await?;
             let mut pipe = redis::pipe();
             for (room, size) in touched_rooms.iter().zip(sizes) {
-                let stats = self.key(&format!("room_stats:{room}"));
+                let stats = keys::room_stats(&self.prefix, room);
                 pipe.hset(&stats, "member_count", size).ignore();
                 pipe.expire(&stats, STATS_TTL_SECS).ignore();
             }
@@ -300,11 +292,10 @@ impl PresenceProjector {
         online: &HashMap<String, bool>,
         rooms_of: &mut HashMap<String, HashSet<String>>,
     ) {
-        tx.sadd(self.key(&format!("members:{room}")), user).ignore();
-        tx.sadd(self.key(&format!("user_rooms:{user}")), room)
-            .ignore();
+        tx.sadd(keys::members(&self.prefix, room), user).ignore();
+        tx.sadd(keys::user_rooms(&self.prefix, user), room).ignore();
         if online.get(user).copied().unwrap_or(false) {
-            let key = self.key(&format!("presence:{room}"));
+            let key = keys::presence(&self.prefix, room);
             tx.sadd(&key, user).ignore();
             tx.expire(&key, PRESENCE_TTL_SECS).ignore();
         }
@@ -317,6 +308,10 @@ impl PresenceProjector {
 impl Project for PresenceProjector {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        PresenceProjector::checkpoints(self).await
     }
 
     async fn apply(
@@ -337,54 +332,4 @@ impl Project for PresenceProjector {
             None => Ok(true),
         }
     }
-}
-
-// What other tiers read of this model (ws-fanout places rooms with it): the checkpoints and each
-// room's applied seq are written in one transaction per batch, so read together they agree.
-
-fn offsets_key(prefix: &str, topic: Topic) -> String {
-    format!("{prefix}proj:redis:offsets:{}", topic.name())
-}
-
-fn room_seq_key(prefix: &str) -> String {
-    format!("{prefix}proj:redis:room_seq")
-}
-
-/// The projector's checkpoint (next offset) per partition of `topic` in generation `prefix`.
-pub async fn checkpoint_of(
-    redis: &ConnectionManager,
-    prefix: &str,
-    topic: Topic,
-) -> Result<HashMap<i32, i64>, ProjectionError> {
-    let mut redis = redis.clone();
-    let all: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(offsets_key(prefix, topic))
-        .query_async(&mut redis)
-        .await?;
-    Ok(all
-        .into_iter()
-        .filter_map(|(p, next)| Some((p.parse().ok()?, next)))
-        .collect())
-}
-
-/// `(checkpoint of the room's partition, the room's applied seq)`, read atomically; zeros for
-/// what the projector has not written. Every event of the room up to that seq lies before
-/// that checkpoint.
-pub async fn room_snapshot(
-    redis: &ConnectionManager,
-    prefix: &str,
-    room_id: &str,
-    partition: i32,
-) -> Result<(i64, i64), ProjectionError> {
-    let mut redis = redis.clone();
-    let (checkpoint, seq): (Option<i64>, Option<String>) = redis::pipe()
-        .atomic()
-        .hget(offsets_key(prefix, Topic::RoomEvents), partition)
-        .hget(room_seq_key(prefix), room_id)
-        .query_async(&mut redis)
-        .await?;
-    let seq = seq
-        .and_then(|v| v.split_once(':').and_then(|(s, _)| s.parse().ok()))
-        .unwrap_or(0);
-    Ok((checkpoint.unwrap_or(0), seq))
 }

@@ -76,6 +76,11 @@ pub struct Counts {
 /// What the runner needs from a projector.
 pub trait Project {
     fn name(&self) -> &'static str;
+    /// Where this projector's store says it stands: the next offset per partition, read from
+    /// the same store its batches write (so a crash cannot separate the two).
+    fn checkpoints(
+        &self,
+    ) -> impl std::future::Future<Output = Result<crate::source::Positions, ProjectionError>> + Send;
     fn apply(
         &mut self,
         batch: &Batch,

@@ -1,16 +1,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::HeaderMap;
 use axum::routing::get;
 use futures::FutureExt;
 use mongodb::Database;
-use platform::auth::{AccessClaims, TokenVerifier};
+use platform::auth::TokenVerifier;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::Config;
-use crate::error::QueryError;
 use crate::{files, messages, openapi, rooms};
 
 pub struct App {
@@ -71,8 +69,11 @@ impl App {
             Err(e) => tracing::warn!(error = %e, "cannot read the live presence generation"),
         }
     }
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, QueryError> {
-        Ok(self.verifier.verify_headers(headers).await?)
+}
+
+impl platform::auth::VerifiesTokens for App {
+    fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
     }
 }
 

@@ -3,9 +3,10 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use mongodb::bson::{Document, doc};
+use platform::auth::Caller;
 use read_model::{FILES, MEMBERSHIPS};
 use tokio_util::io::ReaderStream;
 
@@ -14,10 +15,9 @@ use crate::error::QueryError;
 
 pub async fn download(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     Path(file_id): Path<String>,
 ) -> Result<Response, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     let path = platform::files::path_of(&app.config.files_dir, &file_id)
         .ok_or(QueryError::NotFound("file"))?;
     let file = app

@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use mongodb::bson::{Document, doc};
+use platform::auth::Caller;
 use read_model::history::{self, Start};
 use read_model::search::{self, Below};
 use read_model::{MESSAGES, ROOMS};
@@ -19,11 +19,10 @@ use crate::params::Params;
 /// ones, oldest first. `next_before` / `next_after` continue the walk when there is more.
 pub async fn history(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     Path(room_id): Path<String>,
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     let (room, _) = readable_room(&app, &room_id, &claims.sub).await?;
     let limit = params.int("limit", 50, 1..=200)?;
     let before = params.opt_int("before", 1..=i64::MAX)?;
@@ -56,10 +55,9 @@ pub async fn history(
 /// message ids are UUID v7, so they sort by time.
 pub async fn search(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     let q = params
         .get("q")
         .ok_or_else(|| QueryError::invalid("q is required"))?;

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::FindOptions;
+use platform::auth::Caller;
 use read_model::history::{Start, Walk};
 use read_model::{MEMBERSHIPS, ROOMS, membership_id};
 use serde_json::{Value, json};
@@ -49,10 +49,9 @@ pub fn room_json(room: &Document) -> Value {
 /// by recent activity.
 pub async fn list(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     let limit = params.int("limit", 100, 1..=500)?;
     let rooms = app.db().collection::<Document>(ROOMS);
     let docs: Vec<Document> = match params.get("scope").unwrap_or("joined") {
@@ -95,10 +94,9 @@ pub async fn list(
 /// `GET /v1/rooms/{room_id}`
 pub async fn detail(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     let (room, access) = readable_room(&app, &room_id, &claims.sub).await?;
     let mut body = room_json(&room);
     body["my_role"] = match access {
@@ -110,12 +108,8 @@ pub async fn detail(
 
 /// Members online in a room, from the presence projection in Redis.
 pub async fn online(app: &App, room_id: &str) -> Result<Vec<String>, QueryError> {
-    let mut redis = app.redis.clone();
-    let key = format!("{}presence:{room_id}", app.presence_prefix());
-    let mut members: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(key)
-        .query_async(&mut redis)
-        .await?;
+    let mut members =
+        read_model::presence::online_members(&app.redis, &app.presence_prefix(), room_id).await?;
     members.sort();
     Ok(members)
 }
@@ -123,10 +117,9 @@ pub async fn online(app: &App, room_id: &str) -> Result<Vec<String>, QueryError>
 /// `GET /v1/rooms/{room_id}/members` — `[{user_id, username, role, online}]`.
 pub async fn members(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     readable_room(&app, &room_id, &claims.sub).await?;
     let memberships: Vec<Document> = app
         .db()
@@ -171,10 +164,9 @@ pub async fn members(
 /// `GET /v1/rooms/{room_id}/presence` — `{online: [user_id]}`.
 pub async fn presence(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     readable_room(&app, &room_id, &claims.sub).await?;
     Ok(Json(json!({"online": online(&app, &room_id).await?})))
 }
@@ -185,9 +177,8 @@ const UNREAD_CAP: u64 = 1000;
 /// `GET /v1/me/unread` — per joined room: messages by others after the read marker.
 pub async fn unread(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
 ) -> Result<Json<Value>, QueryError> {
-    let claims = app.authenticate(&headers).await?;
     let me = claims.sub.as_str();
     let room_ids = member_rooms(&app, me).await?;
     let rooms: Vec<Document> = app

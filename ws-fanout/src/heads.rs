@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use read_model::presence as keys;
 use redis::aio::ConnectionManager;
 use schemas::topics::Topic;
 
@@ -32,7 +33,7 @@ impl Heads {
     }
 
     async fn prefix(&self) -> Result<String, FanoutError> {
-        projections::live::redis_live(&self.redis, &self.base_prefix)
+        read_model::live::redis_live(&self.redis, &self.base_prefix)
             .await
             .map_err(|e| FanoutError::Unavailable(e.to_string()))
     }
@@ -40,7 +41,7 @@ impl Heads {
     /// The projector's checkpoint (next offset) per partition of the room topic; 0 where none.
     pub async fn checkpoints(&self) -> Result<Vec<i64>, FanoutError> {
         let prefix = self.prefix().await?;
-        let stored = projections::presence::checkpoint_of(&self.redis, &prefix, Topic::RoomEvents)
+        let stored = keys::checkpoint_of(&self.redis, &prefix, Topic::RoomEvents.name())
             .await
             .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
         Ok((0..self.partitions)
@@ -53,10 +54,15 @@ impl Heads {
     pub async fn establish(&self, hub: &Hub, room_id: &str) -> Result<(), FanoutError> {
         let prefix = self.prefix().await?;
         let partition = schemas::partition::partition_for(room_id, self.partitions);
-        let (checkpoint, seq) =
-            projections::presence::room_snapshot(&self.redis, &prefix, room_id, partition)
-                .await
-                .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
+        let (checkpoint, seq) = keys::room_snapshot(
+            &self.redis,
+            &prefix,
+            Topic::RoomEvents.name(),
+            room_id,
+            partition,
+        )
+        .await
+        .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
         hub.reach(partition, checkpoint, Duration::from_secs(10))
             .await?;
         hub.establish(room_id, seq);
@@ -69,11 +75,7 @@ impl Heads {
     /// (asked when the log since the tail's start does not say).
     pub async fn is_member(&self, room_id: &str, user_id: &str) -> Result<bool, FanoutError> {
         let prefix = self.prefix().await?;
-        let mut redis = self.redis.clone();
-        redis::cmd("SISMEMBER")
-            .arg(format!("{prefix}members:{room_id}"))
-            .arg(user_id)
-            .query_async(&mut redis)
+        keys::is_member(&self.redis, &prefix, room_id, user_id)
             .await
             .map_err(|e| FanoutError::Unavailable(format!("redis: {e}")))
     }
@@ -81,10 +83,7 @@ impl Heads {
     /// The rooms the presence projector lists for `user_id`.
     pub async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, FanoutError> {
         let prefix = self.prefix().await?;
-        let mut redis = self.redis.clone();
-        redis::cmd("SMEMBERS")
-            .arg(format!("{prefix}user_rooms:{user_id}"))
-            .query_async(&mut redis)
+        keys::rooms_of(&self.redis, &prefix, user_id)
             .await
             .map_err(|e| FanoutError::Unavailable(format!("redis: {e}")))
     }

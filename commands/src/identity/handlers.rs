@@ -6,6 +6,7 @@ use axum::Json as JsonResponse;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use platform::auth::Caller;
 use platform::auth::revoked_session_key;
 use platform::json::Json;
 use schemas::events::{SessionRevoked, UserRegistered};
@@ -188,9 +189,8 @@ pub async fn refresh(
 
 pub async fn logout(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
 ) -> Result<impl IntoResponse, CommandError> {
-    let claims = app.authenticate(&headers).await?;
     let (user_id, session_id) = parse_ids(&claims.sub, &claims.sid)?;
     app.store
         .revoke_session(
@@ -216,9 +216,8 @@ pub struct Me {
 
 pub async fn me(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(claims): Caller,
 ) -> Result<impl IntoResponse, CommandError> {
-    let claims = app.authenticate(&headers).await?;
     let (user_id, _) = parse_ids(&claims.sub, &claims.sid)?;
     let user = app
         .store

@@ -15,6 +15,18 @@ pub struct Actor {
     pub username: String,
 }
 
+/// An uploaded file, as answered to its uploader and as a post refers to it (the writer turns
+/// it into an `AttachmentUploaded` event with the post's envelope).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    pub file_id: String,
+    pub filename: String,
+    pub size: i64,
+    pub mime_type: String,
+    pub sha256: String,
+    pub url: String,
+}
+
 /// A validated command (inputs already passed `rooms::validate`).
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -45,7 +57,7 @@ pub enum Command {
         client_msg_id: String,
         content: String,
         reply_to: Option<String>,
-        attachments: Vec<AttachmentUploaded>,
+        attachments: Vec<FileInfo>,
     },
     Edit {
         message_id: String,
@@ -346,16 +358,27 @@ pub fn decide(
             };
             let mut events: Vec<DomainEvent> = Vec::with_capacity(attachments.len() + 1);
             let mut refs = Vec::with_capacity(attachments.len());
-            for (i, mut upload) in attachments.into_iter().enumerate() {
-                upload.envelope = e.envelope(i as i64 + 1);
+            for (i, file) in attachments.into_iter().enumerate() {
                 refs.push(Attachment {
-                    file_id: upload.file_id.clone(),
-                    filename: upload.filename.clone(),
-                    size: upload.size,
-                    mime_type: upload.mime_type.clone(),
-                    url: upload.url.clone(),
+                    file_id: file.file_id.clone(),
+                    filename: file.filename.clone(),
+                    size: file.size,
+                    mime_type: file.mime_type.clone(),
+                    url: file.url.clone(),
                 });
-                events.push(upload.into());
+                events.push(
+                    AttachmentUploaded {
+                        envelope: e.envelope(i as i64 + 1),
+                        file_id: file.file_id,
+                        uploader_id: me.to_string(),
+                        filename: file.filename,
+                        size: file.size,
+                        mime_type: file.mime_type,
+                        sha256: file.sha256,
+                        url: file.url,
+                    }
+                    .into(),
+                );
             }
             let mut envelope = e.envelope(events.len() as i64 + 1);
             envelope.idempotency_key = Some(client_msg_id);

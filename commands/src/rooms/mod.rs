@@ -5,7 +5,7 @@ pub mod decide;
 pub mod state;
 pub mod validate;
 
-pub use decide::{Actor, Command, Decision, Outcome, decide};
+pub use decide::{Actor, Command, Decision, FileInfo, Outcome, decide};
 pub use state::{Applied, Rooms};
 
 #[cfg(test)]

@@ -43,13 +43,6 @@ pub struct Ownership {
     pub ready: Vec<i32>,
 }
 
-/// Where a command must go when this instance does not write its room.
-#[derive(Debug)]
-pub enum Route {
-    /// Forward to the owner at this base URL.
-    Forward(String),
-}
-
 struct Owned {
     jobs: mpsc::Sender<Job>,
     ready: watch::Receiver<bool>,
@@ -184,13 +177,30 @@ impl Writer {
         uuid::Uuid::now_v7().to_string()
     }
 
-    /// Runs a command on its room's writer, or says where it must go.
+    /// The base URL of the instance that writes `room_id`'s partition when it is not this one
+    /// (as far as the directory knows right now; `None` also when nobody does).
+    pub async fn owner_elsewhere(&self, room_id: &str) -> Option<String> {
+        let partition = self.partition_of(room_id);
+        if self.local(partition).is_some() {
+            return None;
+        }
+        match self.inner.directory.owner(partition).await {
+            Ok(Some(owner)) if owner != self.inner.directory.me() => {
+                self.inner.metrics.forwarded.inc();
+                Some(owner)
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs a command on its room's writer; [`CommandError::Moved`] when another instance
+    /// writes the room.
     pub async fn execute(
         &self,
         room_id: String,
         actor: Actor,
         command: Command,
-    ) -> Result<Result<Outcome, CommandError>, Route> {
+    ) -> Result<Outcome, CommandError> {
         let partition = self.partition_of(&room_id);
         // While ownership moves (a rebalance, an owner that just died) the partition may have
         // no writer for a moment: look again for a few seconds before answering 503.
@@ -202,15 +212,15 @@ impl Writer {
             match self.inner.directory.owner(partition).await {
                 Ok(Some(owner)) if owner != self.inner.directory.me() => {
                     self.inner.metrics.forwarded.inc();
-                    return Err(Route::Forward(owner));
+                    return Err(CommandError::Moved(owner));
                 }
                 Ok(_) => {}
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return Err(e),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(Err(CommandError::Unavailable(format!(
+                return Err(CommandError::Unavailable(format!(
                     "no writer for partition {partition} right now (rebalancing)"
-                ))));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -241,12 +251,12 @@ impl Writer {
                 .map_err(|_| CommandError::Unavailable("partition writer stopped".into()))?
         })
         .await;
-        Ok(result.unwrap_or_else(|_| {
+        result.unwrap_or_else(|_| {
             Err(CommandError::Unavailable(format!(
                 "no answer within {} ms",
                 timeout.as_millis()
             )))
-        }))
+        })
     }
 
     /// Starts writers for newly assigned partitions (called from the group's rebalance).
