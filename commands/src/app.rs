@@ -6,10 +6,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
-use axum::routing::{get, patch, post, put};
+use axum::routing::get;
 use futures::FutureExt;
 use platform::auth::TokenVerifier;
 use redis::aio::ConnectionManager;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::identity::passwords::Passwords;
@@ -60,6 +62,48 @@ impl platform::auth::VerifiesTokens for App {
     }
 }
 
+/// The room commands, each documented where it is routed (so none is served undocumented).
+fn rooms() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(rooms_http::create_room))
+        .routes(routes!(rooms_http::update_room))
+        .routes(routes!(rooms_http::join))
+        .routes(routes!(rooms_http::leave))
+        .routes(routes!(rooms_http::invite))
+        .routes(routes!(rooms_http::ban))
+        .routes(routes!(rooms_http::set_role))
+        .routes(routes!(rooms_http::post_message))
+        .routes(routes!(
+            rooms_http::edit_message,
+            rooms_http::delete_message
+        ))
+        .routes(routes!(rooms_http::react, rooms_http::unreact))
+        .routes(routes!(rooms_http::mark_read))
+}
+
+/// Identity and uploads (uploads take bodies up to `max_upload` bytes).
+fn identity_and_files(max_upload: usize) -> OpenApiRouter<AppState> {
+    use identity::handlers;
+    OpenApiRouter::new()
+        .routes(routes!(handlers::register))
+        .routes(routes!(handlers::login))
+        .routes(routes!(handlers::refresh))
+        .routes(routes!(handlers::logout))
+        .routes(routes!(handlers::jwks))
+        .routes(routes!(handlers::me))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(crate::files::upload))
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+}
+
+/// This tier's part of the platform's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = rooms().merge(identity_and_files(0)).split_for_parts();
+    platform::openapi::finish(doc)
+}
+
 pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, prometheus::Error> {
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
     let probe_app = app.clone();
@@ -83,46 +127,14 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
     let max_upload = app.config.max_upload_bytes as usize + 64 * 1024;
     let ownership_state = app.clone();
     // Every room command goes through the forwarding layer to its room's writer.
-    let rooms = Router::new()
-        .route("/v1/rooms", post(rooms_http::create_room))
-        .route("/v1/rooms/{room_id}", patch(rooms_http::update_room))
-        .route("/v1/rooms/{room_id}/join", post(rooms_http::join))
-        .route("/v1/rooms/{room_id}/leave", post(rooms_http::leave))
-        .route("/v1/rooms/{room_id}/invites", post(rooms_http::invite))
-        .route("/v1/rooms/{room_id}/bans", post(rooms_http::ban))
-        .route(
-            "/v1/rooms/{room_id}/members/{user_id}/role",
-            put(rooms_http::set_role),
-        )
-        .route(
-            "/v1/rooms/{room_id}/messages",
-            post(rooms_http::post_message),
-        )
-        .route(
-            "/v1/rooms/{room_id}/messages/{message_id}",
-            patch(rooms_http::edit_message).delete(rooms_http::delete_message),
-        )
-        .route(
-            "/v1/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
-            put(rooms_http::react).delete(rooms_http::unreact),
-        )
-        .route("/v1/rooms/{room_id}/read", post(rooms_http::mark_read))
+    let (api, _) = rooms()
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::forward::to_owner,
-        ));
-    let api = Router::new()
-        .route("/v1/auth/register", post(identity::handlers::register))
-        .route("/v1/auth/login", post(identity::handlers::login))
-        .route("/v1/auth/refresh", post(identity::handlers::refresh))
-        .route("/v1/auth/logout", post(identity::handlers::logout))
-        .route("/v1/auth/jwks", get(identity::handlers::jwks))
-        .route("/v1/users/me", get(identity::handlers::me))
-        .route(
-            "/v1/files",
-            post(crate::files::upload).layer(DefaultBodyLimit::max(max_upload)),
-        )
-        .merge(rooms)
+        ))
+        .merge(identity_and_files(max_upload))
+        .split_for_parts();
+    let api = api
         .fallback(|| async {
             platform::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

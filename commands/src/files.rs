@@ -83,6 +83,20 @@ pub fn sniff(head: &[u8], complete: bool) -> String {
     }
 }
 
+/// The multipart form of an upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The file's bytes (its type is sniffed from them, not taken from the client).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+#[utoipa::path(post, path = "/v1/files", tag = "files",
+    summary = "Upload a file to attach to posts (multipart field `file`)",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 201, description = "stored", body = FileInfo), platform::openapi::Refused),
+    security(("bearer" = [])))]
 pub async fn upload(
     State(app): State<AppState>,
     Caller(claims): Caller,

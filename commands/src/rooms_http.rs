@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::error::CommandError;
-use crate::rooms::{Actor, Command, validate};
+use crate::rooms::{Actor, Command, Outcome, validate};
 
 /// Runs `command` on the room's writer and answers `success` with its outcome.
 async fn run(
@@ -35,7 +35,7 @@ fn room_path_id(raw: &str) -> Result<String, CommandError> {
     validate::id(raw, "room_id")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateRoomRequest {
     name: String,
     visibility: Visibility,
@@ -43,6 +43,15 @@ pub struct CreateRoomRequest {
     topic: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms",
+    tag = "rooms",
+    summary = "Create a room; the caller owns it",
+    request_body = CreateRoomRequest,
+    responses((status = 201, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn create_room(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -57,7 +66,7 @@ pub async fn create_room(
     run(&app, room_id, caller, command, StatusCode::CREATED).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct UpdateRoomRequest {
     #[serde(default)]
     name: Option<String>,
@@ -68,6 +77,16 @@ pub struct UpdateRoomRequest {
     visibility: Option<Visibility>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/rooms/{room_id}",
+    tag = "rooms",
+    summary = "Change name, topic or visibility (owner, moderators)",
+    params(("room_id" = String, Path, description = "the room")),
+    request_body = UpdateRoomRequest,
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn update_room(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -90,6 +109,15 @@ pub async fn update_room(
     run(&app, room_id, caller, command, StatusCode::OK).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/join",
+    tag = "rooms",
+    summary = "Join a public room, or a private one the caller is invited to",
+    params(("room_id" = String, Path, description = "the room")),
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn join(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -99,6 +127,15 @@ pub async fn join(
     run(&app, room_id, caller, Command::Join, StatusCode::OK).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/leave",
+    tag = "rooms",
+    summary = "Leave a room",
+    params(("room_id" = String, Path, description = "the room")),
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn leave(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -108,7 +145,7 @@ pub async fn leave(
     run(&app, room_id, caller, Command::Leave, StatusCode::OK).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct InviteRequest {
     user_id: String,
 }
@@ -125,6 +162,16 @@ async fn existing_user(app: &AppState, raw: &str) -> Result<String, CommandError
     Ok(id)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/invites",
+    tag = "rooms",
+    summary = "Invite a user (members of public rooms; owner and moderators of private ones)",
+    params(("room_id" = String, Path, description = "the room")),
+    request_body = InviteRequest,
+    responses((status = 201, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn invite(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -143,13 +190,23 @@ pub async fn invite(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct BanRequest {
     user_id: String,
     #[serde(default)]
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/bans",
+    tag = "rooms",
+    summary = "Ban a member (owner, moderators)",
+    params(("room_id" = String, Path, description = "the room")),
+    request_body = BanRequest,
+    responses((status = 201, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn ban(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -170,11 +227,21 @@ pub async fn ban(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RoleRequest {
     role: Role,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/rooms/{room_id}/members/{user_id}/role",
+    tag = "rooms",
+    summary = "Change a member's role (owner)",
+    params(("room_id" = String, Path, description = "the room"), ("user_id" = String, Path, description = "the member")),
+    request_body = RoleRequest,
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn set_role(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -196,7 +263,7 @@ pub async fn set_role(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PostRequest {
     client_msg_id: String,
     content: String,
@@ -206,6 +273,16 @@ pub struct PostRequest {
     attachments: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/messages",
+    tag = "rooms",
+    summary = "Post a message; a retry with the same client_msg_id gets the first answer",
+    params(("room_id" = String, Path, description = "the room")),
+    request_body = PostRequest,
+    responses((status = 201, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn post_message(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -234,11 +311,21 @@ pub async fn post_message(
     run(&app, room_id, caller, command, StatusCode::CREATED).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct EditRequest {
     content: String,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/rooms/{room_id}/messages/{message_id}",
+    tag = "rooms",
+    summary = "Edit a message (its author)",
+    params(("room_id" = String, Path, description = "the room"), ("message_id" = String, Path, description = "the message")),
+    request_body = EditRequest,
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn edit_message(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -261,6 +348,15 @@ pub async fn edit_message(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room_id}/messages/{message_id}",
+    tag = "rooms",
+    summary = "Delete a message (its author, moderators, the owner)",
+    params(("room_id" = String, Path, description = "the room"), ("message_id" = String, Path, description = "the message")),
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn delete_message(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -278,6 +374,15 @@ pub async fn delete_message(
     .await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+    tag = "rooms",
+    summary = "Add a reaction (idempotent)",
+    params(("room_id" = String, Path, description = "the room"), ("message_id" = String, Path, description = "the message"), ("emoji" = String, Path, description = "a single emoji or a :shortcode:")),
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn react(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -296,6 +401,15 @@ pub async fn react(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+    tag = "rooms",
+    summary = "Remove a reaction",
+    params(("room_id" = String, Path, description = "the room"), ("message_id" = String, Path, description = "the message"), ("emoji" = String, Path, description = "a single emoji or a :shortcode:")),
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn unreact(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -314,11 +428,21 @@ pub async fn unreact(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ReadRequest {
     seq: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/read",
+    tag = "rooms",
+    summary = "Move the caller's read marker",
+    params(("room_id" = String, Path, description = "the room")),
+    request_body = ReadRequest,
+    responses((status = 200, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn mark_read(
     State(app): State<AppState>,
     Caller(caller): Caller,

@@ -408,6 +408,7 @@ start_projections() {
 }
 
 start_query-api() {
+    write_openapi "$DATA_DIR/openapi.json"
     start_workspace_service query-api query-api CHAT_QUERY_LISTEN "$CHAT_QUERY_PORT" "$CHAT_QUERY_URL"
 }
 
@@ -439,6 +440,19 @@ render_nginx_conf() {
     template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
     template=${template//@WS_SERVERS@/${servers%$'\n'}}
     printf '%s\n' "$template" >"$dir/nginx.conf"
+}
+
+# The platform's OpenAPI document, served by query-api at /v1/openapi.json (CHAT_OPENAPI_FILE):
+# each tier prints its part (derived from its routes), the read tier's binary merges the other
+# two into its own.
+write_openapi() {
+    local out=$1 bin; bin=$(bin_dir)
+    "$bin/commands" --openapi >"$out.commands" \
+        && "$bin/ws-fanout" --openapi >"$out.ws-fanout" \
+        && "$bin/query-api" --openapi "$out.commands" "$out.ws-fanout" >"$out.tmp" \
+        || die "cannot write the OpenAPI document (are the workspace binaries built?)"
+    mv "$out.tmp" "$out"
+    rm -f "$out.commands" "$out.ws-fanout"
 }
 
 start_nginx() {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod files;
 pub mod json;
 pub mod listen;
+pub mod openapi;
 pub mod ops;
 pub mod pg;
 pub mod shutdown;

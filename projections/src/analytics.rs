@@ -164,24 +164,6 @@ impl AnalyticsProjector {
         vec![Topic::RoomEvents, Topic::UserEvents, Topic::PresenceEvents]
     }
 
-    pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        let rows: Vec<Position> = self
-            .client
-            .query(&format!("SELECT topic, partition, max(offset) AS last_offset FROM {}.events GROUP BY topic, partition", self.db))
-            .fetch_all()
-            .await
-            .map_err(ch)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|p| {
-                Some((
-                    (Topic::from_name(&p.topic)?, i32::from(p.partition)),
-                    p.offset as i64 + 1,
-                ))
-            })
-            .collect())
-    }
-
     async fn load_gate(&mut self) -> Result<(), ProjectionError> {
         if self.gate_loaded {
             return Ok(());
@@ -206,8 +188,32 @@ impl AnalyticsProjector {
         self.gate_loaded = true;
         Ok(())
     }
+}
 
-    async fn apply_batch(
+impl Project for AnalyticsProjector {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        let rows: Vec<Position> = self
+            .client
+            .query(&format!("SELECT topic, partition, max(offset) AS last_offset FROM {}.events GROUP BY topic, partition", self.db))
+            .fetch_all()
+            .await
+            .map_err(ch)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|p| {
+                Some((
+                    (Topic::from_name(&p.topic)?, i32::from(p.partition)),
+                    p.offset as i64 + 1,
+                ))
+            })
+            .collect())
+    }
+
+    async fn apply(
         &mut self,
         batch: &Batch,
         dead_letter: &DeadLetter,
@@ -258,24 +264,6 @@ impl AnalyticsProjector {
             insert.end().await.map_err(ch)?;
         }
         Ok(counts)
-    }
-}
-
-impl Project for AnalyticsProjector {
-    fn name(&self) -> &'static str {
-        "clickhouse"
-    }
-
-    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        AnalyticsProjector::checkpoints(self).await
-    }
-
-    async fn apply(
-        &mut self,
-        batch: &Batch,
-        dead_letter: &DeadLetter,
-    ) -> Result<Counts, ProjectionError> {
-        self.apply_batch(batch, dead_letter).await
     }
 
     fn reset(&mut self) {

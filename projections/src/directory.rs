@@ -45,8 +45,14 @@ impl DirectoryProjector {
     pub fn topics() -> Vec<Topic> {
         vec![Topic::UserEvents]
     }
+}
 
-    pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+impl Project for DirectoryProjector {
+    fn name(&self) -> &'static str {
+        "directory"
+    }
+
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
         let rows = sqlx::query("SELECT topic, partition, next FROM checkpoints")
             .fetch_all(&self.pool)
             .await?;
@@ -59,16 +65,6 @@ impl DirectoryProjector {
                 ))
             })
             .collect())
-    }
-}
-
-impl Project for DirectoryProjector {
-    fn name(&self) -> &'static str {
-        "directory"
-    }
-
-    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        DirectoryProjector::checkpoints(self).await
     }
 
     async fn apply(

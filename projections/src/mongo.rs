@@ -99,27 +99,6 @@ impl MongoProjector {
         vec![Topic::RoomEvents]
     }
 
-    /// The partition checkpoints: one document per topic, `{_id: "offsets:<topic>", next: {"<partition>": offset}}`,
-    /// so a batch moves all its checkpoints with one write.
-    pub async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        let mut positions = Positions::new();
-        let mut cursor = self.progress.find(doc! {"kind": "offsets"}).await?;
-        while let Some(d) = cursor.try_next().await? {
-            let (Ok(topic), Ok(next)) = (d.get_str("topic"), d.get_document("next")) else {
-                continue;
-            };
-            let Some(topic) = Topic::from_name(topic) else {
-                continue;
-            };
-            for (partition, offset) in next {
-                if let (Ok(partition), Some(offset)) = (partition.parse::<i32>(), offset.as_i64()) {
-                    positions.insert((topic, partition), offset);
-                }
-            }
-        }
-        Ok(positions)
-    }
-
     async fn restore_cursors(&mut self, batch: &Batch) -> Result<(), ProjectionError> {
         let unknown: Vec<String> = batch
             .records
@@ -156,279 +135,6 @@ impl MongoProjector {
             self.gate.restore(&room, cursor);
         }
         Ok(())
-    }
-
-    async fn apply_batch(
-        &mut self,
-        batch: &Batch,
-        dead_letter: &DeadLetter,
-    ) -> Result<Counts, ProjectionError> {
-        self.restore_cursors(batch).await?;
-        let mut stats = Counts::default();
-        // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
-        let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
-        let mut pending = Pending::default();
-        let mut postings = Postings::default();
-        let mut membership_status: HashMap<(String, String), String> = HashMap::new();
-        for record in &batch.records {
-            let envelope = record.event.envelope();
-            let (Some(room), Some(seq)) = (envelope.room_id.clone(), envelope.seq) else {
-                continue;
-            };
-            let before = self.gate.cursor(&room).map(|c| c.last_seq).unwrap_or(0);
-            if !self
-                .gate
-                .admit(record, &room, seq, dead_letter, &mut stats)
-                .await?
-            {
-                continue;
-            }
-            stats.applied += 1;
-            let delta = touched.entry(room.clone()).or_insert_with(|| RoomDelta {
-                before,
-                ..RoomDelta::default()
-            });
-            delta.last_seq = seq;
-            delta.last_event_id = envelope.event_id.clone();
-            delta.last_activity = envelope.occurred_at;
-            let at = DateTime::from_millis(envelope.occurred_at);
-            use DomainEvent as E;
-            match &record.event {
-                E::MessagePosted(e) => {
-                    let attachments: Vec<Document> = e
-                        .attachments
-                        .iter()
-                        .map(|a| doc! {"file_id": &a.file_id, "filename": &a.filename, "url": &a.url, "size": a.size, "mime_type": &a.mime_type})
-                        .collect();
-                    let tokens = text::tokens(&e.content);
-                    postings.add(&room, &tokens, seq, seq);
-                    let message = doc! {
-                        "_id": &e.message_id,
-                        "room_id": &room,
-                        "seq": seq,
-                        "user_id": &e.author_id,
-                        "content": &e.content,
-                        "message_type": enum_str(&e.message_type),
-                        "timestamp": at,
-                        "edited_at": Bson::Null,
-                        "reply_to": e.reply_to.clone().map(Bson::String).unwrap_or(Bson::Null),
-                        "reactions": [],
-                        "attachments": attachments,
-                        "deleted": false,
-                        "last_seq": seq,
-                    };
-                    let head = self.heads.entry(room.clone()).or_insert(-1);
-                    pending
-                        .history
-                        .add(&room, head, seq, history::stored_form(&message));
-                    delta.head = Some(*head);
-                    pending.posted.push(message);
-                    delta.messages += 1;
-                }
-                E::RoomCreated(e) => {
-                    self.rooms
-                        .update_one(
-                            doc! {"_id": &room},
-                            doc! {"$set": {
-                                "name": &e.name, "visibility": enum_str(&e.visibility), "topic": opt(&e.topic),
-                                "owner_id": &e.owner_id, "created_at": at, "member_count": 0_i64,
-                                "last_seq": 0_i64, "last_activity": at,
-                            }},
-                        )
-                        .upsert(true)
-                        .await?;
-                    self.set_membership(
-                        &room,
-                        &e.owner_id,
-                        doc! {"status": "member", "role": "owner", "joined_at": at},
-                    )
-                    .await?;
-                    membership_status.insert((room.clone(), e.owner_id.clone()), "member".into());
-                    delta.membership_changed = true;
-                }
-                E::RoomUpdated(e) => {
-                    self.rooms
-                        .update_one(doc! {"_id": &room}, doc! {"$set": {"name": &e.name, "visibility": enum_str(&e.visibility), "topic": opt(&e.topic)}})
-                        .await?;
-                }
-                E::MemberJoined(e) => {
-                    self.set_membership(
-                        &room,
-                        &e.member_id,
-                        doc! {"status": "member", "role": enum_str(&e.role), "joined_at": at},
-                    )
-                    .await?;
-                    delta.membership_changed = true;
-                    membership_status.insert((room.clone(), e.member_id.clone()), "member".into());
-                }
-                E::MemberLeft(e) => {
-                    self.set_membership(&room, &e.member_id, doc! {"status": "left"})
-                        .await?;
-                    delta.membership_changed = true;
-                    membership_status.insert((room.clone(), e.member_id.clone()), "left".into());
-                }
-                E::MemberBanned(e) => {
-                    self.set_membership(&room, &e.member_id, doc! {"status": "banned"})
-                        .await?;
-                    delta.membership_changed = true;
-                    membership_status.insert((room.clone(), e.member_id.clone()), "banned".into());
-                }
-                E::MemberInvited(e) => {
-                    let was = self
-                        .status(&mut membership_status, &room, &e.invitee_id)
-                        .await?;
-                    if was.as_deref() != Some("member") {
-                        self.set_membership(
-                            &room,
-                            &e.invitee_id,
-                            doc! {"status": "invited", "role": "member"},
-                        )
-                        .await?;
-                        membership_status
-                            .insert((room.clone(), e.invitee_id.clone()), "invited".into());
-                    }
-                }
-                E::MemberRoleChanged(e) => {
-                    self.set_membership(&room, &e.member_id, doc! {"role": enum_str(&e.new_role)})
-                        .await?;
-                }
-                E::MessageEdited(e) => {
-                    let edited = self
-                        .update_message(&mut pending, &e.message_id, seq, |m| {
-                            m.insert("content", &e.content);
-                            m.insert("edited_at", at);
-                        })
-                        .await?;
-                    // The words the message now holds find it where it stands in the room
-                    // (on a replay too: the postings of the first attempt may not have been
-                    // written before it stopped).
-                    if let Some((posted, message)) = edited
-                        && !message.get_bool("deleted").unwrap_or(false)
-                    {
-                        let now = text::tokens(message.get_str("content").unwrap_or_default());
-                        postings.add(&room, &now, posted, seq);
-                    }
-                }
-                E::MessageDeleted(e) => {
-                    // Deleted content leaves the read model: only the tombstone stays.
-                    self.update_message(&mut pending, &e.message_id, seq, |m| {
-                        m.insert("deleted", true);
-                        m.insert("content", "");
-                        for list in ["reactions", "attachments"] {
-                            m.insert(list, Bson::Array(Vec::new()));
-                        }
-                    })
-                    .await?;
-                }
-                E::ReactionAdded(e) => {
-                    self.update_message(&mut pending, &e.message_id, seq, |m| {
-                        let reaction =
-                            doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
-                        match m.get_array_mut("reactions") {
-                            Ok(list) => list.push(reaction.into()),
-                            Err(_) => {
-                                m.insert("reactions", vec![Bson::Document(reaction)]);
-                            }
-                        }
-                    })
-                    .await?;
-                }
-                E::ReactionRemoved(e) => {
-                    self.update_message(&mut pending, &e.message_id, seq, |m| {
-                        if let Ok(list) = m.get_array_mut("reactions") {
-                            list.retain(|r| {
-                                let r = r.as_document();
-                                r.and_then(|r| r.get_str("user_id").ok())
-                                    != Some(e.member_id.as_str())
-                                    || r.and_then(|r| r.get_str("emoji").ok())
-                                        != Some(e.emoji.as_str())
-                            });
-                        }
-                    })
-                    .await?;
-                }
-                E::ReadMarkerSet(e) => {
-                    self.memberships
-                        .update_one(
-                            doc! {"_id": membership_id(&room, &e.member_id)},
-                            doc! {"$max": {"read_seq": e.read_seq}},
-                        )
-                        .await?;
-                }
-                E::AttachmentUploaded(e) => {
-                    self.files
-                        .update_one(
-                            doc! {"_id": &e.file_id},
-                            doc! {
-                                "$set": {"uploader_id": &e.uploader_id, "filename": &e.filename, "size": e.size, "mime_type": &e.mime_type, "sha256": &e.sha256},
-                                "$addToSet": {"rooms": &room},
-                            },
-                        )
-                        .upsert(true)
-                        .await?;
-                }
-                E::CallStarted(_)
-                | E::CallJoined(_)
-                | E::CallLeft(_)
-                | E::CallEnded(_)
-                | E::UserRegistered(_)
-                | E::UserProfileUpdated(_)
-                | E::SessionRevoked(_)
-                | E::PresenceChanged(_) => {}
-            }
-        }
-        // Independent writes, all done before the rooms' progress moves: at once, so FerretDB
-        // and PostgreSQL work on them side by side.
-        let posting_docs = self.posting_docs(postings);
-        tokio::try_join!(
-            self.flush_posted(pending.posted),
-            self.flush_history(pending.history),
-            insert_refusing_duplicates(&self.search, &posting_docs),
-        )?;
-
-        // Progress per room, exactly once per batch: applied only while the room still stands
-        // where this batch started (a retried batch finds it moved and leaves it).
-        for (room, delta) in &touched {
-            let stored = self.rooms.find_one(doc! {"_id": room}).await?;
-            if stored.as_ref().and_then(|d| d.get_i64("last_seq").ok()) != Some(delta.before) {
-                continue;
-            }
-            let mut set = doc! {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)};
-            // Counted, not added up: a batch retried after a crash finds its membership writes
-            // already made, so a delta taken from the stored statuses would miss them. (A count
-            // may see a later batch's joins a crashed attempt already wrote; that batch recounts.)
-            if delta.membership_changed {
-                let members = self
-                    .memberships
-                    .count_documents(doc! {"room_id": room, "status": "member"})
-                    .await?;
-                set.insert("member_count", members as i64);
-            }
-            let mut update = doc! {"$set": set, "$inc": {"message_count": delta.messages}};
-            if let Some(head) = delta.head {
-                update.insert("$max", doc! {"history_head": head});
-            }
-            self.rooms.update_one(doc! {"_id": room}, update).await?;
-        }
-        let mut by_topic: BTreeMap<Topic, Document> = BTreeMap::new();
-        for ((topic, partition), next) in &batch.positions {
-            by_topic
-                .entry(*topic)
-                .or_default()
-                .insert(format!("next.{partition}"), *next);
-        }
-        for (topic, mut set) in by_topic {
-            set.insert("kind", "offsets");
-            set.insert("topic", topic.name());
-            self.progress
-                .update_one(
-                    doc! {"_id": format!("offsets:{}", topic.name())},
-                    doc! {"$set": set},
-                )
-                .upsert(true)
-                .await?;
-        }
-        Ok(stats)
     }
 
     /// Inserts the batch's posted messages as the batch left them. A message the store already
@@ -750,7 +456,22 @@ impl Project for MongoProjector {
     }
 
     async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        MongoProjector::checkpoints(self).await
+        let mut positions = Positions::new();
+        let mut cursor = self.progress.find(doc! {"kind": "offsets"}).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let (Ok(topic), Ok(next)) = (d.get_str("topic"), d.get_document("next")) else {
+                continue;
+            };
+            let Some(topic) = Topic::from_name(topic) else {
+                continue;
+            };
+            for (partition, offset) in next {
+                if let (Ok(partition), Some(offset)) = (partition.parse::<i32>(), offset.as_i64()) {
+                    positions.insert((topic, partition), offset);
+                }
+            }
+        }
+        Ok(positions)
     }
 
     async fn apply(
@@ -758,7 +479,272 @@ impl Project for MongoProjector {
         batch: &Batch,
         dead_letter: &DeadLetter,
     ) -> Result<Counts, ProjectionError> {
-        self.apply_batch(batch, dead_letter).await
+        self.restore_cursors(batch).await?;
+        let mut stats = Counts::default();
+        // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
+        let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
+        let mut pending = Pending::default();
+        let mut postings = Postings::default();
+        let mut membership_status: HashMap<(String, String), String> = HashMap::new();
+        for record in &batch.records {
+            let envelope = record.event.envelope();
+            let (Some(room), Some(seq)) = (envelope.room_id.clone(), envelope.seq) else {
+                continue;
+            };
+            let before = self.gate.cursor(&room).map(|c| c.last_seq).unwrap_or(0);
+            if !self
+                .gate
+                .admit(record, &room, seq, dead_letter, &mut stats)
+                .await?
+            {
+                continue;
+            }
+            stats.applied += 1;
+            let delta = touched.entry(room.clone()).or_insert_with(|| RoomDelta {
+                before,
+                ..RoomDelta::default()
+            });
+            delta.last_seq = seq;
+            delta.last_event_id = envelope.event_id.clone();
+            delta.last_activity = envelope.occurred_at;
+            let at = DateTime::from_millis(envelope.occurred_at);
+            use DomainEvent as E;
+            match &record.event {
+                E::MessagePosted(e) => {
+                    let attachments: Vec<Document> = e
+                        .attachments
+                        .iter()
+                        .map(|a| doc! {"file_id": &a.file_id, "filename": &a.filename, "url": &a.url, "size": a.size, "mime_type": &a.mime_type})
+                        .collect();
+                    let tokens = text::tokens(&e.content);
+                    postings.add(&room, &tokens, seq, seq);
+                    let message = doc! {
+                        "_id": &e.message_id,
+                        "room_id": &room,
+                        "seq": seq,
+                        "user_id": &e.author_id,
+                        "content": &e.content,
+                        "message_type": enum_str(&e.message_type),
+                        "timestamp": at,
+                        "edited_at": Bson::Null,
+                        "reply_to": e.reply_to.clone().map(Bson::String).unwrap_or(Bson::Null),
+                        "reactions": [],
+                        "attachments": attachments,
+                        "deleted": false,
+                        "last_seq": seq,
+                    };
+                    let head = self.heads.entry(room.clone()).or_insert(-1);
+                    pending
+                        .history
+                        .add(&room, head, seq, history::stored_form(&message));
+                    delta.head = Some(*head);
+                    pending.posted.push(message);
+                    delta.messages += 1;
+                }
+                E::RoomCreated(e) => {
+                    self.rooms
+                        .update_one(
+                            doc! {"_id": &room},
+                            doc! {"$set": {
+                                "name": &e.name, "visibility": enum_str(&e.visibility), "topic": opt(&e.topic),
+                                "owner_id": &e.owner_id, "created_at": at, "member_count": 0_i64,
+                                "last_seq": 0_i64, "last_activity": at,
+                            }},
+                        )
+                        .upsert(true)
+                        .await?;
+                    self.set_membership(
+                        &room,
+                        &e.owner_id,
+                        doc! {"status": "member", "role": "owner", "joined_at": at},
+                    )
+                    .await?;
+                    membership_status.insert((room.clone(), e.owner_id.clone()), "member".into());
+                    delta.membership_changed = true;
+                }
+                E::RoomUpdated(e) => {
+                    self.rooms
+                        .update_one(doc! {"_id": &room}, doc! {"$set": {"name": &e.name, "visibility": enum_str(&e.visibility), "topic": opt(&e.topic)}})
+                        .await?;
+                }
+                E::MemberJoined(e) => {
+                    self.set_membership(
+                        &room,
+                        &e.member_id,
+                        doc! {"status": "member", "role": enum_str(&e.role), "joined_at": at},
+                    )
+                    .await?;
+                    delta.membership_changed = true;
+                    membership_status.insert((room.clone(), e.member_id.clone()), "member".into());
+                }
+                E::MemberLeft(e) => {
+                    self.set_membership(&room, &e.member_id, doc! {"status": "left"})
+                        .await?;
+                    delta.membership_changed = true;
+                    membership_status.insert((room.clone(), e.member_id.clone()), "left".into());
+                }
+                E::MemberBanned(e) => {
+                    self.set_membership(&room, &e.member_id, doc! {"status": "banned"})
+                        .await?;
+                    delta.membership_changed = true;
+                    membership_status.insert((room.clone(), e.member_id.clone()), "banned".into());
+                }
+                E::MemberInvited(e) => {
+                    let was = self
+                        .status(&mut membership_status, &room, &e.invitee_id)
+                        .await?;
+                    if was.as_deref() != Some("member") {
+                        self.set_membership(
+                            &room,
+                            &e.invitee_id,
+                            doc! {"status": "invited", "role": "member"},
+                        )
+                        .await?;
+                        membership_status
+                            .insert((room.clone(), e.invitee_id.clone()), "invited".into());
+                    }
+                }
+                E::MemberRoleChanged(e) => {
+                    self.set_membership(&room, &e.member_id, doc! {"role": enum_str(&e.new_role)})
+                        .await?;
+                }
+                E::MessageEdited(e) => {
+                    let edited = self
+                        .update_message(&mut pending, &e.message_id, seq, |m| {
+                            m.insert("content", &e.content);
+                            m.insert("edited_at", at);
+                        })
+                        .await?;
+                    // The words the message now holds find it where it stands in the room
+                    // (on a replay too: the postings of the first attempt may not have been
+                    // written before it stopped).
+                    if let Some((posted, message)) = edited
+                        && !message.get_bool("deleted").unwrap_or(false)
+                    {
+                        let now = text::tokens(message.get_str("content").unwrap_or_default());
+                        postings.add(&room, &now, posted, seq);
+                    }
+                }
+                E::MessageDeleted(e) => {
+                    // Deleted content leaves the read model: only the tombstone stays.
+                    self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        m.insert("deleted", true);
+                        m.insert("content", "");
+                        for list in ["reactions", "attachments"] {
+                            m.insert(list, Bson::Array(Vec::new()));
+                        }
+                    })
+                    .await?;
+                }
+                E::ReactionAdded(e) => {
+                    self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        let reaction =
+                            doc! {"user_id": &e.member_id, "emoji": &e.emoji, "timestamp": at};
+                        match m.get_array_mut("reactions") {
+                            Ok(list) => list.push(reaction.into()),
+                            Err(_) => {
+                                m.insert("reactions", vec![Bson::Document(reaction)]);
+                            }
+                        }
+                    })
+                    .await?;
+                }
+                E::ReactionRemoved(e) => {
+                    self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        if let Ok(list) = m.get_array_mut("reactions") {
+                            list.retain(|r| {
+                                let r = r.as_document();
+                                r.and_then(|r| r.get_str("user_id").ok())
+                                    != Some(e.member_id.as_str())
+                                    || r.and_then(|r| r.get_str("emoji").ok())
+                                        != Some(e.emoji.as_str())
+                            });
+                        }
+                    })
+                    .await?;
+                }
+                E::ReadMarkerSet(e) => {
+                    self.memberships
+                        .update_one(
+                            doc! {"_id": membership_id(&room, &e.member_id)},
+                            doc! {"$max": {"read_seq": e.read_seq}},
+                        )
+                        .await?;
+                }
+                E::AttachmentUploaded(e) => {
+                    self.files
+                        .update_one(
+                            doc! {"_id": &e.file_id},
+                            doc! {
+                                "$set": {"uploader_id": &e.uploader_id, "filename": &e.filename, "size": e.size, "mime_type": &e.mime_type, "sha256": &e.sha256},
+                                "$addToSet": {"rooms": &room},
+                            },
+                        )
+                        .upsert(true)
+                        .await?;
+                }
+                E::CallStarted(_)
+                | E::CallJoined(_)
+                | E::CallLeft(_)
+                | E::CallEnded(_)
+                | E::UserRegistered(_)
+                | E::UserProfileUpdated(_)
+                | E::SessionRevoked(_)
+                | E::PresenceChanged(_) => {}
+            }
+        }
+        // Independent writes, all done before the rooms' progress moves: at once, so FerretDB
+        // and PostgreSQL work on them side by side.
+        let posting_docs = self.posting_docs(postings);
+        tokio::try_join!(
+            self.flush_posted(pending.posted),
+            self.flush_history(pending.history),
+            insert_refusing_duplicates(&self.search, &posting_docs),
+        )?;
+
+        // Progress per room, exactly once per batch: applied only while the room still stands
+        // where this batch started (a retried batch finds it moved and leaves it).
+        for (room, delta) in &touched {
+            let stored = self.rooms.find_one(doc! {"_id": room}).await?;
+            if stored.as_ref().and_then(|d| d.get_i64("last_seq").ok()) != Some(delta.before) {
+                continue;
+            }
+            let mut set = doc! {"last_seq": delta.last_seq, "last_event_id": &delta.last_event_id, "last_activity": DateTime::from_millis(delta.last_activity)};
+            // Counted, not added up: a batch retried after a crash finds its membership writes
+            // already made, so a delta taken from the stored statuses would miss them. (A count
+            // may see a later batch's joins a crashed attempt already wrote; that batch recounts.)
+            if delta.membership_changed {
+                let members = self
+                    .memberships
+                    .count_documents(doc! {"room_id": room, "status": "member"})
+                    .await?;
+                set.insert("member_count", members as i64);
+            }
+            let mut update = doc! {"$set": set, "$inc": {"message_count": delta.messages}};
+            if let Some(head) = delta.head {
+                update.insert("$max", doc! {"history_head": head});
+            }
+            self.rooms.update_one(doc! {"_id": room}, update).await?;
+        }
+        let mut by_topic: BTreeMap<Topic, Document> = BTreeMap::new();
+        for ((topic, partition), next) in &batch.positions {
+            by_topic
+                .entry(*topic)
+                .or_default()
+                .insert(format!("next.{partition}"), *next);
+        }
+        for (topic, mut set) in by_topic {
+            set.insert("kind", "offsets");
+            set.insert("topic", topic.name());
+            self.progress
+                .update_one(
+                    doc! {"_id": format!("offsets:{}", topic.name())},
+                    doc! {"$set": set},
+                )
+                .upsert(true)
+                .await?;
+        }
+        Ok(stats)
     }
 
     fn reset(&mut self) {

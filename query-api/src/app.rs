@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::State;
 use futures::FutureExt;
 use mongodb::Database;
 use platform::auth::TokenVerifier;
@@ -9,7 +9,10 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::Config;
-use crate::{files, messages, openapi, rooms};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::{files, messages, rooms};
 
 pub struct App {
     pub config: Config,
@@ -77,6 +80,37 @@ impl platform::auth::VerifiesTokens for App {
     }
 }
 
+/// The reads, each documented where it is routed (so none is served undocumented).
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(rooms::list))
+        .routes(routes!(rooms::detail))
+        .routes(routes!(rooms::members))
+        .routes(routes!(rooms::presence))
+        .routes(routes!(messages::history))
+        .routes(routes!(messages::search))
+        .routes(routes!(rooms::unread))
+        .routes(routes!(files::download))
+}
+
+/// This tier's part of the platform's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    platform::openapi::finish(routes().split_for_parts().1)
+}
+
+/// `GET /v1/openapi.json`: the platform's document (see `Config::openapi_file`).
+async fn openapi_document(State(app): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::fs::read(&app.config.openapi_file).await {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => axum::Json(openapi()).into_response(),
+    }
+}
+
 pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, prometheus::Error> {
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
     let (mongo, redis, pg) = (app.clone(), app.clone(), app.clone());
@@ -107,16 +141,9 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             }
             .boxed()
         });
-    let api = Router::new()
-        .route("/v1/rooms", get(rooms::list))
-        .route("/v1/rooms/{room_id}", get(rooms::detail))
-        .route("/v1/rooms/{room_id}/members", get(rooms::members))
-        .route("/v1/rooms/{room_id}/presence", get(rooms::presence))
-        .route("/v1/rooms/{room_id}/messages", get(messages::history))
-        .route("/v1/search", get(messages::search))
-        .route("/v1/me/unread", get(rooms::unread))
-        .route("/v1/files/{file_id}", get(files::download))
-        .route("/v1/openapi.json", get(openapi::document))
+    let (api, _) = routes().split_for_parts();
+    let api = api
+        .route("/v1/openapi.json", axum::routing::get(openapi_document))
         .fallback(|| async {
             platform::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

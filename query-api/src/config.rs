@@ -20,6 +20,10 @@ pub struct Config {
     pub jwks_url: String,
     /// `CHAT_FILES_DIR`: the file store the commands tier writes (same default).
     pub files_dir: PathBuf,
+    /// `CHAT_OPENAPI_FILE`, default `$CHAT_STATE_DIR/data/openapi.json`: the whole platform's
+    /// OpenAPI document, which `deploy/local` writes from every tier's part (no tier links
+    /// another); without it `/v1/openapi.json` serves this tier's part alone.
+    pub openapi_file: PathBuf,
 }
 
 impl Config {
@@ -44,6 +48,7 @@ impl Config {
             directory_schema: env_string("CHAT_DIRECTORY_PG_SCHEMA", "directory"),
             jwks_url: env_string("CHAT_JWKS_URL", "http://127.0.0.1:8090/v1/auth/jwks"),
             files_dir: env_or("CHAT_FILES_DIR", state_dir.join("files"))?,
+            openapi_file: env_or("CHAT_OPENAPI_FILE", state_dir.join("data/openapi.json"))?,
         })
     }
 }

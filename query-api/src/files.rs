@@ -13,6 +13,15 @@ use tokio_util::io::ReaderStream;
 use crate::app::AppState;
 use crate::error::QueryError;
 
+#[utoipa::path(
+    get,
+    path = "/v1/files/{file_id}",
+    tag = "files",
+    summary = "Download a file shared in one of the caller's rooms (or uploaded by the caller)",
+    params(("file_id" = String, Path, description = "the file")),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn download(
     State(app): State<AppState>,
     Caller(claims): Caller,

@@ -7,6 +7,5 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod messages;
-pub mod openapi;
 pub mod params;
 pub mod rooms;

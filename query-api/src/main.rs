@@ -10,6 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if platform::openapi::print_if_asked(query_api::app::openapi())? {
+        return Ok(());
+    }
     platform::telemetry::init("query-api");
     let config = Config::from_env()?;
     let mongo = mongodb::Client::with_uri_str(&config.mongo_url)

@@ -17,6 +17,15 @@ use crate::params::Params;
 /// `GET /v1/rooms/{room_id}/messages?before=SEQ|after=SEQ&limit=N` (1-200, default 50).
 /// Without a cursor: the newest messages. `before`: older ones, newest first; `after`: newer
 /// ones, oldest first. `next_before` / `next_after` continue the walk when there is more.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}/messages",
+    tag = "reads",
+    summary = "A page of history by seq",
+    params(("room_id" = String, Path, description = "the room"), ("before" = Option<i64>, Query, description = "messages with a smaller seq"), ("after" = Option<i64>, Query, description = "messages with a larger seq"), ("limit" = Option<i64>, Query, description = "1-200, default 50")),
+    responses((status = 200, description = "{messages: [message], next_before?, next_after?}", body = Object), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn history(
     State(app): State<AppState>,
     Caller(claims): Caller,
@@ -53,6 +62,15 @@ pub async fn history(
 /// the one public room given by `room_id`), newest first, from the postings of each room
 /// (`read_model::search`). `before` (a message id, from `next_before`) pages further back:
 /// message ids are UUID v7, so they sort by time.
+#[utoipa::path(
+    get,
+    path = "/v1/search",
+    tag = "reads",
+    summary = "Search the caller's readable rooms",
+    params(("q" = String, Query, description = "words that must all occur"), ("room_id" = Option<String>, Query, description = "only this room"), ("limit" = Option<i64>, Query, description = "1-100, default 20"), ("before" = Option<String>, Query, description = "the next_before of the previous page")),
+    responses((status = 200, description = "{messages: [message], next_before?}", body = Object), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn search(
     State(app): State<AppState>,
     Caller(claims): Caller,

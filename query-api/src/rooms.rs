@@ -47,6 +47,15 @@ pub fn room_json(room: &Document) -> Value {
 
 /// `GET /v1/rooms?scope=joined|public&limit=` — the caller's rooms (default), or public rooms
 /// by recent activity.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms",
+    tag = "reads",
+    summary = "Rooms the caller joined, or public rooms",
+    params(("scope" = Option<String>, Query, description = "joined (default) or public"), ("limit" = Option<i64>, Query, description = "1-200, default 50")),
+    responses((status = 200, description = "rooms: room_id, name, visibility, topic, member_count, last_activity, last_seq, role", body = [Object]), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(app): State<AppState>,
     Caller(claims): Caller,
@@ -92,6 +101,15 @@ pub async fn list(
 }
 
 /// `GET /v1/rooms/{room_id}`
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}",
+    tag = "reads",
+    summary = "Room detail (members; visitors of public rooms)",
+    params(("room_id" = String, Path, description = "the room")),
+    responses((status = 200, description = "room_id, name, visibility, topic, owner_id, member_count, message_count, last_seq, role", body = Object), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn detail(
     State(app): State<AppState>,
     Caller(claims): Caller,
@@ -115,6 +133,15 @@ pub async fn online(app: &App, room_id: &str) -> Result<Vec<String>, QueryError>
 }
 
 /// `GET /v1/rooms/{room_id}/members` — `[{user_id, username, role, online}]`.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}/members",
+    tag = "reads",
+    summary = "Members of a room",
+    params(("room_id" = String, Path, description = "the room")),
+    responses((status = 200, description = "user_id, username, role, online", body = [Object]), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn members(
     State(app): State<AppState>,
     Caller(claims): Caller,
@@ -162,6 +189,15 @@ pub async fn members(
 }
 
 /// `GET /v1/rooms/{room_id}/presence` — `{online: [user_id]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}/presence",
+    tag = "reads",
+    summary = "Members online",
+    params(("room_id" = String, Path, description = "the room")),
+    responses((status = 200, description = "{online: [user_id]}", body = Object), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn presence(
     State(app): State<AppState>,
     Caller(claims): Caller,
@@ -175,6 +211,14 @@ pub async fn presence(
 const UNREAD_CAP: u64 = 1000;
 
 /// `GET /v1/me/unread` — per joined room: messages by others after the read marker.
+#[utoipa::path(
+    get,
+    path = "/v1/me/unread",
+    tag = "reads",
+    summary = "Unread counts per joined room",
+    responses((status = 200, description = "room_id, unread, last_seq, read_seq", body = [Object]), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn unread(
     State(app): State<AppState>,
     Caller(claims): Caller,

@@ -8,6 +8,7 @@ use projections::live;
 use projections::model::Model;
 use projections::mongo::MongoProjector;
 use projections::presence::PresenceProjector;
+use projections::runner::Project;
 use projections::source::Positions;
 use schemas::EventCodec;
 

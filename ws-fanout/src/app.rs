@@ -1,22 +1,43 @@
 //! The node's HTTP surface: the socket upgrade at `/v1/ws` and the operations endpoints.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::response::Response;
-use axum::routing::get;
 use futures::FutureExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::socket::{self, Node};
 
+/// The query of a socket upgrade.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UpgradeQuery {
+    /// The access token, for clients that cannot set headers on a WebSocket (browsers); others
+    /// send `{"type":"auth","token":...}` as their first frame instead.
+    access_token: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "realtime",
+    summary = "Open the WebSocket (frames in API.md): subscribe to rooms, resume by seq, send, type",
+    params(UpgradeQuery),
+    responses(
+        (status = 101, description = "switched to the WebSocket protocol"),
+        (status = 400, description = "not a WebSocket upgrade request (plain text)"),
+        (status = 426, description = "the connection cannot be upgraded (plain text)"),
+    )
+)]
 async fn upgrade(
     State(node): State<Arc<Node>>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<UpgradeQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let token = query.get("access_token").cloned();
+    let token = query.access_token;
     let max = node.config.max_frame;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -26,6 +47,18 @@ async fn upgrade(
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .on_upgrade(move |ws| socket::serve(node, ws, token))
+}
+
+/// The socket and its long-polling fallback, each documented where it is routed.
+fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new()
+        .routes(routes!(upgrade))
+        .routes(routes!(crate::poll::poll))
+}
+
+/// This tier's part of the platform's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    platform::openapi::finish(routes().split_for_parts().1)
 }
 
 pub fn router(
@@ -50,9 +83,8 @@ pub fn router(
             }
             .boxed()
         });
-    let api = Router::new()
-        .route("/v1/ws", get(upgrade))
-        .route("/v1/poll", get(crate::poll::poll))
+    let (api, _) = routes().split_for_parts();
+    let api = api
         .fallback(|| async {
             platform::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -27,6 +27,20 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 /// After the first event arrives, how long the answer waits for more (batching a burst).
 const LINGER: Duration = Duration::from_millis(20);
 
+#[utoipa::path(
+    get,
+    path = "/v1/poll",
+    tag = "realtime",
+    summary = "Long-polling fallback: the room's events after since_seq, waiting up to wait_ms for one",
+    params(
+        ("room_id" = String, Query, description = "the room"),
+        ("since_seq" = i64, Query, description = "the last seq the client has"),
+        ("wait_ms" = Option<i64>, Query, description = "how long to wait for an event, at most 25000"),
+        ("access_token" = Option<String>, Query, description = "instead of the Authorization header"),
+    ),
+    responses((status = 200, description = "{events: [event], resync?}: events in seq order", body = Object), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
 pub async fn poll(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,

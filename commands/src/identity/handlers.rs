@@ -20,19 +20,23 @@ use super::validate;
 use crate::app::{App, AppState};
 use crate::error::CommandError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
     email: String,
     username: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RegisterResponse {
     user_id: String,
     username: String,
 }
 
+#[utoipa::path(post, path = "/v1/auth/register", tag = "identity",
+    summary = "Create an account",
+    request_body = RegisterRequest,
+    responses((status = 201, description = "registered", body = RegisterResponse), platform::openapi::Refused))]
 pub async fn register(
     State(app): State<AppState>,
     Json(request): Json<RegisterRequest>,
@@ -61,13 +65,13 @@ pub async fn register(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     login: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
     access_token: String,
     refresh_token: String,
@@ -76,6 +80,10 @@ pub struct TokenPair {
     user_id: String,
 }
 
+#[utoipa::path(post, path = "/v1/auth/login", tag = "identity",
+    summary = "Log in with username or e-mail; failures back off per account and address",
+    request_body = LoginRequest,
+    responses((status = 200, description = "a new session", body = TokenPair), platform::openapi::Refused))]
 pub async fn login(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -134,11 +142,15 @@ pub async fn login(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {
     refresh_token: String,
 }
 
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "identity",
+    summary = "Rotate the refresh token; reusing an old one revokes the session",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "a new token pair", body = TokenPair), platform::openapi::Refused))]
 pub async fn refresh(
     State(app): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -187,6 +199,10 @@ pub async fn refresh(
     }
 }
 
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "identity",
+    summary = "End this session: its tokens stop working in every tier at once",
+    responses((status = 204, description = "logged out"), platform::openapi::Refused),
+    security(("bearer" = [])))]
 pub async fn logout(
     State(app): State<AppState>,
     Caller(claims): Caller,
@@ -203,17 +219,24 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/auth/jwks", tag = "identity",
+    summary = "The public keys access tokens are signed with (JWK set)",
+    responses((status = 200, description = "JWK set", body = Object)))]
 pub async fn jwks(State(app): State<AppState>) -> impl IntoResponse {
     JsonResponse(app.signer.jwks().clone())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
     user_id: String,
     username: String,
     email: String,
 }
 
+#[utoipa::path(get, path = "/v1/users/me", tag = "identity",
+    summary = "The caller's account",
+    responses((status = 200, description = "the account", body = Me), platform::openapi::Refused),
+    security(("bearer" = [])))]
 pub async fn me(
     State(app): State<AppState>,
     Caller(claims): Caller,

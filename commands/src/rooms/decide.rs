@@ -17,7 +17,7 @@ pub struct Actor {
 
 /// An uploaded file, as answered to its uploader and as a post refers to it (the writer turns
 /// it into an `AttachmentUploaded` event with the post's envelope).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FileInfo {
     pub file_id: String,
     pub filename: String,
@@ -101,7 +101,7 @@ impl Command {
 
 /// The answer of a command. `seq` / `event_id` are those of the last event written (absent
 /// when the command changed nothing); `message_id` for posts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Outcome {
     pub room_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
