@@ -58,30 +58,24 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, platform::ConfigError> {
+        let shared = platform::config::Shared::from_env()?;
         let listen: SocketAddr = env_or(
             "CHAT_COMMANDS_LISTEN",
             SocketAddr::from(([127, 0, 0, 1], 8090)),
         )?;
-        let state_dir = std::env::var("CHAT_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::env::var("HOME")
-                    .map(|h| PathBuf::from(h).join(".local/state/chat-platform"))
-                    .unwrap_or_else(|_| PathBuf::from("."))
-            });
         Ok(Self {
             listen,
             advertise_url: env_string("CHAT_COMMANDS_ADVERTISE_URL", &format!("http://{listen}")),
-            brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
+            brokers: shared.brokers.clone(),
             registry_url: env_string("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL),
-            pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            pg_url: shared.pg_url.clone(),
             pg_schema: env_string("CHAT_COMMANDS_PG_SCHEMA", "identity"),
-            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
-            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
+            redis_url: shared.redis_url.clone(),
+            redis_prefix: shared.redis_prefix.clone(),
             group_id: env_string("CHAT_COMMANDS_GROUP", "chat-commands"),
             jwt_private_key_file: env_or(
                 "CHAT_JWT_PRIVATE_KEY_FILE",
-                state_dir.join("keys/jwt-private.pem"),
+                shared.state_dir.join("keys/jwt-private.pem"),
             )?,
             jwt_private_key_pem: std::env::var("CHAT_JWT_PRIVATE_KEY")
                 .ok()
@@ -96,7 +90,7 @@ impl Config {
             max_body_bytes: env_or("CHAT_MAX_BODY_BYTES", 64 * 1024)?,
             command_timeout: Duration::from_millis(env_or("CHAT_COMMAND_TIMEOUT_MS", 10_000u64)?),
             argon2_m_kib: env_or("CHAT_ARGON2_M_KIB", 19_456u32)?,
-            files_dir: env_or("CHAT_FILES_DIR", state_dir.join("files"))?,
+            files_dir: env_or("CHAT_FILES_DIR", shared.state_dir.join("files"))?,
             max_upload_bytes: env_or("CHAT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024u64)?,
         })
     }

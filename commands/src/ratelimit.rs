@@ -1,52 +1,46 @@
-//! Per-user posting limit: a token bucket per user (default 10 messages/s, bursts of 30).
-//!
-//! Kept in the memory of the instance that receives the request (before any forwarding), so
-//! the limit holds per instance; with several instances behind sticky routing a user meets
-//! one of them.
+//! Per-user posting limit: a token bucket per user (default 10 messages/s, bursts of 30), kept by
+//! `governor` (GCRA) in the memory of the instance that writes the room, where the forwarding
+//! layer delivers every command; with several instances a user's rooms may live on several of
+//! them, each counting what reaches it.
 
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
-use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: DashMap<String, (f64, Instant)>,
+    buckets: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
 }
 
 impl RateLimiter {
     pub fn new(rate_per_sec: f64, burst: f64) -> Self {
+        let period = Duration::from_secs_f64(1.0 / rate_per_sec.max(0.001));
+        let burst = NonZeroU32::new(burst.max(1.0) as u32).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
         Self {
-            rate: rate_per_sec.max(0.001),
-            burst: burst.max(1.0),
-            buckets: DashMap::new(),
+            buckets: DefaultKeyedRateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
         }
     }
 
     /// Takes a token for `user`; `Err(seconds)` says when one will be available.
     pub fn check(&self, user: &str) -> Result<(), u64> {
-        let now = Instant::now();
-        let mut entry = self
-            .buckets
-            .entry(user.to_string())
-            .or_insert((self.burst, now));
-        let (tokens, last) = *entry;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *entry = (tokens - 1.0, now);
-            Ok(())
-        } else {
-            *entry = (tokens, now);
-            Err(((1.0 - tokens) / self.rate).ceil().max(1.0) as u64)
-        }
+        self.buckets
+            .check_key(&user.to_string())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            })
     }
 
-    /// Drops buckets that have refilled completely (idle users), bounding memory.
+    /// Forgets users whose buckets have refilled completely (idle users), bounding memory.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        self.buckets.retain(|_, (tokens, last)| {
-            *tokens + now.duration_since(*last).as_secs_f64() * self.rate < self.burst
-        });
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
     }
 }
 

@@ -186,18 +186,13 @@ impl TokenVerifier {
         redis: ConnectionManager,
         redis_prefix: &str,
     ) -> Result<Self, AuthError> {
-        let mut attempt = 0;
-        loop {
-            match Self::from_url(jwks_url, redis.clone(), redis_prefix).await {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt < 60 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, "token keys not available yet; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        use backon::Retryable;
+        // About a minute and a half: the commands tier publishes the keys when it is up.
+        (|| Self::from_url(jwks_url, redis.clone(), redis_prefix))
+            .retry(crate::retry::policy().with_max_times(20))
+            .sleep(tokio::time::sleep)
+            .notify(|e: &AuthError, wait| crate::retry::note("jwks", e, wait))
+            .await
     }
 
     /// Verifies the `Authorization: Bearer` token of a request.

@@ -14,6 +14,7 @@ pub mod listen;
 pub mod openapi;
 pub mod ops;
 pub mod pg;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -25,6 +25,8 @@ pub struct Ops {
 
 impl Ops {
     pub fn new(registry: Registry) -> Self {
+        // Every tier retries through `crate::retry`; a second registration is refused, harmlessly.
+        let _ = registry.register(Box::new(crate::retry::RETRIES.clone()));
         Self {
             registry,
             probes: Vec::new(),

@@ -25,3 +25,12 @@ pub async fn ensure_schema(pool: &PgPool, schema: &str) -> Result<(), sqlx::Erro
         .await?;
     tx.commit().await
 }
+
+/// Readiness: PostgreSQL answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

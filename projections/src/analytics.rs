@@ -284,17 +284,10 @@ impl Project for AnalyticsProjector {
 
 /// `YYYYMM` of a Unix time in seconds (UTC), the table's partition key.
 fn month_of(secs: u32) -> u32 {
-    // Civil-from-days (Howard Hinnant), enough for a partition key.
-    let days = i64::from(secs) / 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year * 100 + month) as u32
+    // A u32 of seconds is always a valid instant.
+    let date = time::OffsetDateTime::from_unix_timestamp(i64::from(secs))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    date.year() as u32 * 100 + u32::from(u8::from(date.month()))
 }
 
 pub fn to_row(

@@ -40,6 +40,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, platform::ConfigError> {
+        let shared = platform::config::Shared::from_env()?;
         Ok(Self {
             listen: env_or(
                 "CHAT_PROJECTIONS_LISTEN",
@@ -50,16 +51,16 @@ impl Config {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
-            brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
+            brokers: shared.brokers.clone(),
             registry_url: env_string("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL),
-            mongo_url: env_string("CHAT_MONGO_URL", platform::config::LOCAL_MONGO_URL),
-            mongo_db: env_string("CHAT_MONGO_DB", "chat"),
+            mongo_url: shared.mongo_url.clone(),
+            mongo_db: shared.mongo_db.clone(),
             clickhouse_url: env_string("CHAT_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
             clickhouse_db: env_string("CHAT_CLICKHOUSE_DB", "chat"),
-            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
-            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
-            pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
-            directory_schema: env_string("CHAT_DIRECTORY_PG_SCHEMA", "directory"),
+            redis_url: shared.redis_url.clone(),
+            redis_prefix: shared.redis_prefix.clone(),
+            pg_url: shared.pg_url.clone(),
+            directory_schema: shared.directory_schema.clone(),
             group_prefix: env_string("CHAT_PROJECTION_GROUP_PREFIX", "chat-projection-"),
             max_batch: env_or("CHAT_PROJECTION_BATCH", 500usize)?,
             max_wait: Duration::from_millis(env_or("CHAT_PROJECTION_BATCH_MS", 50u64)?),

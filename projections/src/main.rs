@@ -52,13 +52,7 @@ async fn main() -> anyhow::Result<()> {
                 let probe_client = client.clone();
                 ops = ops.probe("mongo", move || {
                     let db = probe_client.database("admin");
-                    async move {
-                        db.run_command(mongodb::bson::doc! {"ping": 1})
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                    .boxed()
+                    async move { read_model::ping(&db).await }.boxed()
                 });
                 let base = config.mongo_db.clone();
                 let redis = platform::cache::connect(&config.redis_url)
@@ -113,14 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 let pool = projector.pool().clone();
                 ops = ops.probe("postgres", move || {
                     let pool = pool.clone();
-                    async move {
-                        sqlx::query("SELECT 1")
-                            .execute(&pool)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                    .boxed()
+                    async move { platform::pg::ping(&pool).await }.boxed()
                 });
                 let (url, schema) = (config.pg_url.clone(), config.directory_schema.clone());
                 let first = std::sync::Mutex::new(Some(projector));

@@ -290,196 +290,14 @@ impl MongoProjector {
             .await?;
         Ok(found.and_then(|d| d.get_str("status").ok().map(str::to_string)))
     }
-}
 
-#[derive(Debug, Default)]
-struct RoomDelta {
-    before: i64,
-    last_seq: i64,
-    last_event_id: String,
-    last_activity: i64,
-    /// Whether the batch joined, removed or banned anyone: the room's member count is then
-    /// recounted from the memberships.
-    membership_changed: bool,
-    messages: i64,
-    /// The room's newest history bucket after the batch, when the batch posted messages.
-    head: Option<i64>,
-}
-
-/// Inserts `docs` in slices, unordered: a replay inserts documents that are already there
-/// (keyed by message id or posting chunk), which are refused while the rest goes in. Returns
-/// the indexes of the refused ones. The checkpoint moves only after every slice went in.
-async fn insert_refusing_duplicates(
-    collection: &Collection<Document>,
-    docs: &[Document],
-) -> Result<Vec<usize>, ProjectionError> {
-    let mut refused = Vec::new();
-    for (n, slice) in docs.chunks(INSERT_SLICE).enumerate() {
-        let result = collection
-            .insert_many(slice)
-            .with_options(InsertManyOptions::builder().ordered(false).build())
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if is_duplicate_only(&e) => {
-                if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
-                    let errors = failure.write_errors.iter().flatten();
-                    refused.extend(errors.map(|w| n * INSERT_SLICE + w.index));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(refused)
-}
-
-/// What a batch writes at its end.
-#[derive(Default)]
-struct Pending {
-    posted: PostedInBatch,
-    history: PendingHistory,
-}
-
-/// Messages posted in the batch, waiting to be inserted.
-#[derive(Default)]
-struct PostedInBatch {
-    docs: Vec<Document>,
-    /// Message id to its place in `docs`.
-    index: HashMap<String, usize>,
-    /// Places of the messages changed after their post in this batch.
-    changed: std::collections::HashSet<usize>,
-}
-
-impl PostedInBatch {
-    fn push(&mut self, message: Document) {
-        let id = message.get_str("_id").unwrap_or_default().to_string();
-        self.index.insert(id, self.docs.len());
-        self.docs.push(message);
-    }
-}
-
-/// The batch's search postings, per (room, token, block).
-#[derive(Default)]
-struct Postings {
-    chunks: BTreeMap<(String, String, i64), Chunk>,
-}
-
-#[derive(Default)]
-struct Chunk {
-    seqs: std::collections::BTreeSet<i64>,
-    /// What makes the chunk's `_id` unique and the same on a replay of the same events: the
-    /// first and last event seq that added to it.
-    id: String,
-}
-
-impl Postings {
-    /// Message `posted` holds `tokens`, as event `event_seq` says (its post or an edit).
-    fn add(&mut self, room: &str, tokens: &[String], posted: i64, event_seq: i64) {
-        let block = search::block_of(posted);
-        for token in tokens {
-            let chunk = self
-                .chunks
-                .entry((room.to_string(), token.clone(), block))
-                .or_default();
-            chunk.seqs.insert(posted);
-            let first = chunk
-                .id
-                .split_once('-')
-                .map_or(event_seq, |(f, _)| f.parse().unwrap_or(event_seq));
-            chunk.id = format!("{first}-{event_seq}");
-        }
-    }
-}
-
-/// Bucket fields to set, per (room, bucket number), in bucket order.
-#[derive(Default)]
-struct PendingHistory {
-    buckets: BTreeMap<(String, i64), Document>,
-}
-
-impl PendingHistory {
-    /// Adds message `seq` of `room` to its bucket; a bucket beyond the room's `head` becomes
-    /// the new head, linked both ways to the previous one.
-    fn add(&mut self, room: &str, head: &mut i64, seq: i64, message: String) {
-        let bucket = history::bucket_of(seq);
-        if bucket > *head {
-            let fresh = self.fields(room, bucket);
-            fresh.insert("prev", *head);
-            if *head >= 0 {
-                self.fields(room, *head).insert("next", bucket);
-            }
-            *head = bucket;
-        }
-        self.fields(room, bucket)
-            .insert(history::message_field(seq), message);
-    }
-
-    /// The message's bucket copy, as it now stands.
-    fn set_message(&mut self, room: &str, seq: i64, message: String) {
-        self.fields(room, history::bucket_of(seq))
-            .insert(history::message_field(seq), message);
-    }
-
-    fn fields(&mut self, room: &str, bucket: i64) -> &mut Document {
-        self.buckets.entry((room.to_string(), bucket)).or_default()
-    }
-}
-
-fn opt(value: &Option<String>) -> Bson {
-    value.clone().map(Bson::String).unwrap_or(Bson::Null)
-}
-
-/// The snake_case name of a contract enum (its serde form).
-fn enum_str<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn is_duplicate_only(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        mongodb::error::ErrorKind::InsertMany(failure) => {
-            failure.write_concern_error.is_none()
-                && failure
-                    .write_errors
-                    .as_ref()
-                    .is_some_and(|errors| errors.iter().all(|w| w.code == 11000))
-        }
-        _ => false,
-    }
-}
-
-impl Project for MongoProjector {
-    fn name(&self) -> &'static str {
-        "mongo"
-    }
-
-    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
-        let mut positions = Positions::new();
-        let mut cursor = self.progress.find(doc! {"kind": "offsets"}).await?;
-        while let Some(d) = cursor.try_next().await? {
-            let (Ok(topic), Ok(next)) = (d.get_str("topic"), d.get_document("next")) else {
-                continue;
-            };
-            let Some(topic) = Topic::from_name(topic) else {
-                continue;
-            };
-            for (partition, offset) in next {
-                if let (Ok(partition), Some(offset)) = (partition.parse::<i32>(), offset.as_i64()) {
-                    positions.insert((topic, partition), offset);
-                }
-            }
-        }
-        Ok(positions)
-    }
-
-    async fn apply(
+    /// Folds a batch's admitted events into the writes they make: the history and search
+    /// documents to insert, and per room what the room document must become.
+    async fn fold(
         &mut self,
         batch: &Batch,
         dead_letter: &DeadLetter,
-    ) -> Result<Counts, ProjectionError> {
-        self.restore_cursors(batch).await?;
+    ) -> Result<Folded, ProjectionError> {
         let mut stats = Counts::default();
         // Per room: seq before the batch (the guard), and what the batch changes on the room doc.
         let mut touched: BTreeMap<String, RoomDelta> = BTreeMap::new();
@@ -693,18 +511,21 @@ impl Project for MongoProjector {
                 | E::PresenceChanged(_) => {}
             }
         }
-        // Independent writes, all done before the rooms' progress moves: at once, so FerretDB
-        // and PostgreSQL work on them side by side.
-        let posting_docs = self.posting_docs(postings);
-        tokio::try_join!(
-            self.flush_posted(pending.posted),
-            self.flush_history(pending.history),
-            insert_refusing_duplicates(&self.search, &posting_docs),
-        )?;
+        Ok(Folded {
+            stats,
+            touched,
+            pending,
+            postings,
+        })
+    }
 
-        // Progress per room, exactly once per batch: applied only while the room still stands
-        // where this batch started (a retried batch finds it moved and leaves it).
-        for (room, delta) in &touched {
+    /// Progress per room, exactly once per batch: applied only while the room still stands
+    /// where this batch started (a retried batch finds it moved and leaves it).
+    async fn advance_rooms(
+        &self,
+        touched: &BTreeMap<String, RoomDelta>,
+    ) -> Result<(), ProjectionError> {
+        for (room, delta) in touched {
             let stored = self.rooms.find_one(doc! {"_id": room}).await?;
             if stored.as_ref().and_then(|d| d.get_i64("last_seq").ok()) != Some(delta.before) {
                 continue;
@@ -726,8 +547,13 @@ impl Project for MongoProjector {
             }
             self.rooms.update_one(doc! {"_id": room}, update).await?;
         }
+        Ok(())
+    }
+
+    /// The partitions' checkpoints, written last: a crash before them re-applies the batch.
+    async fn store_checkpoints(&self, positions: &Positions) -> Result<(), ProjectionError> {
         let mut by_topic: BTreeMap<Topic, Document> = BTreeMap::new();
-        for ((topic, partition), next) in &batch.positions {
+        for ((topic, partition), next) in positions {
             by_topic
                 .entry(*topic)
                 .or_default()
@@ -744,6 +570,223 @@ impl Project for MongoProjector {
                 .upsert(true)
                 .await?;
         }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct RoomDelta {
+    before: i64,
+    last_seq: i64,
+    last_event_id: String,
+    last_activity: i64,
+    /// Whether the batch joined, removed or banned anyone: the room's member count is then
+    /// recounted from the memberships.
+    membership_changed: bool,
+    messages: i64,
+    /// The room's newest history bucket after the batch, when the batch posted messages.
+    head: Option<i64>,
+}
+
+/// Inserts `docs` in slices, unordered: a replay inserts documents that are already there
+/// (keyed by message id or posting chunk), which are refused while the rest goes in. Returns
+/// the indexes of the refused ones. The checkpoint moves only after every slice went in.
+async fn insert_refusing_duplicates(
+    collection: &Collection<Document>,
+    docs: &[Document],
+) -> Result<Vec<usize>, ProjectionError> {
+    let mut refused = Vec::new();
+    for (n, slice) in docs.chunks(INSERT_SLICE).enumerate() {
+        let result = collection
+            .insert_many(slice)
+            .with_options(InsertManyOptions::builder().ordered(false).build())
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_duplicate_only(&e) => {
+                if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
+                    let errors = failure.write_errors.iter().flatten();
+                    refused.extend(errors.map(|w| n * INSERT_SLICE + w.index));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(refused)
+}
+
+/// What a batch writes at its end.
+#[derive(Default)]
+struct Pending {
+    posted: PostedInBatch,
+    history: PendingHistory,
+}
+
+/// Messages posted in the batch, waiting to be inserted.
+#[derive(Default)]
+struct PostedInBatch {
+    docs: Vec<Document>,
+    /// Message id to its place in `docs`.
+    index: HashMap<String, usize>,
+    /// Places of the messages changed after their post in this batch.
+    changed: std::collections::HashSet<usize>,
+}
+
+impl PostedInBatch {
+    fn push(&mut self, message: Document) {
+        let id = message.get_str("_id").unwrap_or_default().to_string();
+        self.index.insert(id, self.docs.len());
+        self.docs.push(message);
+    }
+}
+
+/// The batch's search postings, per (room, token, block).
+#[derive(Default)]
+struct Postings {
+    chunks: BTreeMap<(String, String, i64), Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    seqs: std::collections::BTreeSet<i64>,
+    /// What makes the chunk's `_id` unique and the same on a replay of the same events: the
+    /// first and last event seq that added to it.
+    id: String,
+}
+
+impl Postings {
+    /// Message `posted` holds `tokens`, as event `event_seq` says (its post or an edit).
+    fn add(&mut self, room: &str, tokens: &[String], posted: i64, event_seq: i64) {
+        let block = search::block_of(posted);
+        for token in tokens {
+            let chunk = self
+                .chunks
+                .entry((room.to_string(), token.clone(), block))
+                .or_default();
+            chunk.seqs.insert(posted);
+            let first = chunk
+                .id
+                .split_once('-')
+                .map_or(event_seq, |(f, _)| f.parse().unwrap_or(event_seq));
+            chunk.id = format!("{first}-{event_seq}");
+        }
+    }
+}
+
+/// Bucket fields to set, per (room, bucket number), in bucket order.
+#[derive(Default)]
+struct PendingHistory {
+    buckets: BTreeMap<(String, i64), Document>,
+}
+
+impl PendingHistory {
+    /// Adds message `seq` of `room` to its bucket; a bucket beyond the room's `head` becomes
+    /// the new head, linked both ways to the previous one.
+    fn add(&mut self, room: &str, head: &mut i64, seq: i64, message: String) {
+        let bucket = history::bucket_of(seq);
+        if bucket > *head {
+            let fresh = self.fields(room, bucket);
+            fresh.insert("prev", *head);
+            if *head >= 0 {
+                self.fields(room, *head).insert("next", bucket);
+            }
+            *head = bucket;
+        }
+        self.fields(room, bucket)
+            .insert(history::message_field(seq), message);
+    }
+
+    /// The message's bucket copy, as it now stands.
+    fn set_message(&mut self, room: &str, seq: i64, message: String) {
+        self.fields(room, history::bucket_of(seq))
+            .insert(history::message_field(seq), message);
+    }
+
+    fn fields(&mut self, room: &str, bucket: i64) -> &mut Document {
+        self.buckets.entry((room.to_string(), bucket)).or_default()
+    }
+}
+
+fn opt(value: &Option<String>) -> Bson {
+    value.clone().map(Bson::String).unwrap_or(Bson::Null)
+}
+
+/// The snake_case name of a contract enum (its serde form).
+fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn is_duplicate_only(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_none()
+                && failure
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| w.code == 11000))
+        }
+        _ => false,
+    }
+}
+
+/// What a batch's events make: written by `apply` in three steps.
+struct Folded {
+    stats: Counts,
+    /// Per room: seq before the batch (the guard), and what the batch changes on the room doc.
+    touched: BTreeMap<String, RoomDelta>,
+    pending: Pending,
+    postings: Postings,
+}
+
+impl Project for MongoProjector {
+    fn name(&self) -> &'static str {
+        "mongo"
+    }
+
+    async fn checkpoints(&self) -> Result<Positions, ProjectionError> {
+        let mut positions = Positions::new();
+        let mut cursor = self.progress.find(doc! {"kind": "offsets"}).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let (Ok(topic), Ok(next)) = (d.get_str("topic"), d.get_document("next")) else {
+                continue;
+            };
+            let Some(topic) = Topic::from_name(topic) else {
+                continue;
+            };
+            for (partition, offset) in next {
+                if let (Ok(partition), Some(offset)) = (partition.parse::<i32>(), offset.as_i64()) {
+                    positions.insert((topic, partition), offset);
+                }
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &Batch,
+        dead_letter: &DeadLetter,
+    ) -> Result<Counts, ProjectionError> {
+        self.restore_cursors(batch).await?;
+        let Folded {
+            stats,
+            touched,
+            pending,
+            postings,
+        } = self.fold(batch, dead_letter).await?;
+        // Independent writes, all done before the rooms' progress moves: at once, so FerretDB
+        // and PostgreSQL work on them side by side.
+        let posting_docs = self.posting_docs(postings);
+        tokio::try_join!(
+            self.flush_posted(pending.posted),
+            self.flush_history(pending.history),
+            insert_refusing_duplicates(&self.search, &posting_docs),
+        )?;
+        self.advance_rooms(&touched).await?;
+        self.store_checkpoints(&batch.positions).await?;
         Ok(stats)
     }
 

@@ -1,6 +1,7 @@
 //! Drives one projector: read a batch, apply it (retrying until the store takes it, never
 //! skipping), commit positions for lag reporting, repeat until shutdown.
 
+use backon::BackoffBuilder;
 use std::time::{Duration, Instant};
 
 use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -158,7 +159,7 @@ pub async fn run<P: Project>(
             }
         }
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = platform::retry::policy().build();
         let counts = loop {
             if !batch.has_records() {
                 break Counts::default();
@@ -181,9 +182,8 @@ pub async fn run<P: Project>(
                     projector.reset();
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         };

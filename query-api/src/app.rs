@@ -117,14 +117,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
     let ops = platform::ops::Ops::new(registry)
         .probe("mongo", move || {
             let app = mongo.clone();
-            async move {
-                app.db()
-                    .run_command(mongodb::bson::doc! {"ping": 1})
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            .boxed()
+            async move { read_model::ping(&app.db()).await }.boxed()
         })
         .probe("redis", move || {
             let app = redis.clone();
@@ -132,14 +125,7 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         })
         .probe("postgres", move || {
             let app = pg.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&app.directory)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            .boxed()
+            async move { platform::pg::ping(&app.directory).await }.boxed()
         });
     let (api, _) = routes().split_for_parts();
     let api = api

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use platform::config::{env_or, env_string};
+use platform::config::env_or;
 
 /// Settings of the read API, read once from the environment.
 #[derive(Debug, Clone)]
@@ -28,27 +28,24 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, platform::ConfigError> {
-        let state_dir = std::env::var("CHAT_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::env::var("HOME")
-                    .map(|h| PathBuf::from(h).join(".local/state/chat-platform"))
-                    .unwrap_or_else(|_| PathBuf::from("."))
-            });
+        let shared = platform::config::Shared::from_env()?;
         Ok(Self {
             listen: env_or(
                 "CHAT_QUERY_LISTEN",
                 SocketAddr::from(([127, 0, 0, 1], 8091)),
             )?,
-            mongo_url: env_string("CHAT_MONGO_URL", platform::config::LOCAL_MONGO_URL),
-            mongo_db: env_string("CHAT_MONGO_DB", "chat"),
-            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
-            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
-            pg_url: env_string("CHAT_PG_URL", "postgres://postgres@127.0.0.1:5432/chat"),
-            directory_schema: env_string("CHAT_DIRECTORY_PG_SCHEMA", "directory"),
-            jwks_url: env_string("CHAT_JWKS_URL", "http://127.0.0.1:8090/v1/auth/jwks"),
-            files_dir: env_or("CHAT_FILES_DIR", state_dir.join("files"))?,
-            openapi_file: env_or("CHAT_OPENAPI_FILE", state_dir.join("data/openapi.json"))?,
+            mongo_url: shared.mongo_url.clone(),
+            mongo_db: shared.mongo_db.clone(),
+            redis_url: shared.redis_url.clone(),
+            redis_prefix: shared.redis_prefix.clone(),
+            pg_url: shared.pg_url.clone(),
+            directory_schema: shared.directory_schema.clone(),
+            jwks_url: shared.jwks_url.clone(),
+            files_dir: env_or("CHAT_FILES_DIR", shared.state_dir.join("files"))?,
+            openapi_file: env_or(
+                "CHAT_OPENAPI_FILE",
+                shared.state_dir.join("data/openapi.json"),
+            )?,
         })
     }
 }

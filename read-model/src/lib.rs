@@ -82,3 +82,11 @@ pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
 fn is_busy(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 112)
 }
+
+/// Readiness: the MongoDB-protocol server answers `ping`.
+pub async fn ping(db: &Database) -> Result<(), String> {
+    db.run_command(doc! {"ping": 1})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

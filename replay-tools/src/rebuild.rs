@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use backon::BackoffBuilder;
 use projections::analytics::AnalyticsProjector;
 use projections::config::Config;
 use projections::deadletter::DeadLetter;
@@ -253,17 +254,18 @@ async fn apply<P: Project>(
     batch: &projections::source::Batch,
     dead_letter: &DeadLetter,
 ) -> anyhow::Result<()> {
-    let mut attempt = 0;
+    let mut delays = platform::retry::policy().with_max_times(8).build();
     while batch.has_records() {
         match projector.apply(batch, dead_letter).await {
             Ok(_) => break,
-            Err(e) if attempt < 5 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "batch failed; retrying");
-                projector.reset();
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(e) => return Err(e).context("the store keeps refusing writes"),
+            Err(e) => match delays.next() {
+                Some(wait) => {
+                    platform::retry::note("rebuild_batch", &e, wait);
+                    projector.reset();
+                    tokio::time::sleep(wait).await;
+                }
+                None => return Err(e).context("the store keeps refusing writes"),
+            },
         }
     }
     Ok(())

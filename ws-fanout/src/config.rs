@@ -53,13 +53,14 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, platform::ConfigError> {
+        let shared = platform::config::Shared::from_env()?;
         Ok(Self {
             listen: env_or("CHAT_WS_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8092)))?,
-            brokers: env_string("CHAT_KAFKA_BROKERS", "127.0.0.1:9092"),
+            brokers: shared.brokers.clone(),
             registry_url: env_string("CHAT_REGISTRY_URL", schemas::DEFAULT_REGISTRY_URL),
-            redis_url: env_string("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
-            redis_prefix: env_string("CHAT_REDIS_PREFIX", ""),
-            jwks_url: env_string("CHAT_JWKS_URL", "http://127.0.0.1:8090/v1/auth/jwks"),
+            redis_url: shared.redis_url.clone(),
+            redis_prefix: shared.redis_prefix.clone(),
+            jwks_url: shared.jwks_url.clone(),
             commands_url: env_string("CHAT_COMMANDS_URL", "http://127.0.0.1:8090"),
             query_url: env_string("CHAT_QUERY_URL", "http://127.0.0.1:8091"),
             room_buffer: env_or("CHAT_WS_ROOM_BUFFER", 512usize)?.max(1),

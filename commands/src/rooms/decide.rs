@@ -152,342 +152,405 @@ pub fn decide(
             "room_exists",
             "the room already exists".into(),
         )),
-
         Command::UpdateRoom {
             name,
             topic,
             visibility,
-        } => {
-            let role = require_member(room, me)?;
-            if role > Role::Moderator {
-                return Err(forbidden(
-                    "not_allowed",
-                    "only owners and moderators can change the room",
-                ));
-            }
-            if visibility.is_some_and(|v| Some(v) != room.visibility) && role != Role::Owner {
-                return Err(forbidden(
-                    "not_allowed",
-                    "only owners can change the visibility",
-                ));
-            }
-            let new_name = name.unwrap_or_else(|| room.name.clone());
-            let new_topic = topic.unwrap_or_else(|| room.topic.clone());
-            let new_visibility = visibility.or(room.visibility).unwrap_or(Visibility::Public);
-            if new_name == room.name
-                && new_topic == room.topic
-                && Some(new_visibility) == room.visibility
-            {
-                return Ok(e.noop());
-            }
-            let event = RoomUpdated {
-                envelope: e.envelope(1),
-                name: new_name,
-                visibility: new_visibility,
-                topic: new_topic,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
-
-        Command::Join => {
-            if room.banned.contains(me) {
-                return Err(hidden_or(
-                    room,
-                    forbidden("banned", "you are banned from this room"),
-                ));
-            }
-            if room.members.contains_key(me) {
-                return Ok(e.noop());
-            }
-            if room.is_private() && !room.invited.contains(me) {
-                return Err(CommandError::NotFound("room"));
-            }
-            let event = MemberJoined {
-                envelope: e.envelope(1),
-                member_id: me.to_string(),
-                role: Role::Member,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
-
-        Command::Leave => {
-            if !room.members.contains_key(me) {
-                return if room.is_private() {
-                    Err(CommandError::NotFound("room"))
-                } else {
-                    Ok(e.noop())
-                };
-            }
-            if room.role_of(me) == Some(Role::Owner) && room.owners() == 1 && room.members.len() > 1
-            {
-                return Err(CommandError::Conflict(
-                    "last_owner",
-                    "you are the only owner; make another member owner before leaving".into(),
-                ));
-            }
-            let event = MemberLeft {
-                envelope: e.envelope(1),
-                member_id: me.to_string(),
-                reason: None,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
-
-        Command::Invite { user_id } => {
-            let role = require_member(room, me)?;
-            if !room.is_private() {
-                return Err(CommandError::invalid(
-                    "public rooms need no invite; anyone can join",
-                ));
-            }
-            if role > Role::Moderator {
-                return Err(forbidden(
-                    "not_allowed",
-                    "only owners and moderators can invite",
-                ));
-            }
-            if room.banned.contains(&user_id) {
-                return Err(CommandError::Conflict(
-                    "user_banned",
-                    "that user is banned from this room".into(),
-                ));
-            }
-            if room.members.contains_key(&user_id) || room.invited.contains(&user_id) {
-                return Ok(e.noop());
-            }
-            let event = MemberInvited {
-                envelope: e.envelope(1),
-                invitee_id: user_id,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
-
-        Command::Ban { user_id, reason } => {
-            let role = require_member(room, me)?;
-            if role > Role::Moderator {
-                return Err(forbidden(
-                    "not_allowed",
-                    "only owners and moderators can ban",
-                ));
-            }
-            if user_id == me {
-                return Err(CommandError::invalid("you cannot ban yourself"));
-            }
-            if room.banned.contains(&user_id) {
-                return Ok(e.noop());
-            }
-            // Nobody bans an equal or a superior: moderators ban members, owners ban moderators.
-            if let Some(target) = room.role_of(&user_id)
-                && target <= role
-            {
-                return Err(forbidden(
-                    "not_allowed",
-                    "you can only ban members below your role",
-                ));
-            }
-            let event = MemberBanned {
-                envelope: e.envelope(1),
-                member_id: user_id,
-                reason,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
-
+        } => update_room(&e, room, me, name, topic, visibility),
+        Command::Join => join(&e, room, me),
+        Command::Leave => leave(&e, room, me),
+        Command::Invite { user_id } => invite(&e, room, me, user_id),
+        Command::Ban { user_id, reason } => ban(&e, room, me, user_id, reason),
         Command::SetRole {
             user_id,
             role: new_role,
-        } => {
-            let role = require_member(room, me)?;
-            if role != Role::Owner {
-                return Err(forbidden("not_allowed", "only owners can change roles"));
-            }
-            let Some(old_role) = room.role_of(&user_id) else {
-                return Err(CommandError::NotFound("member"));
-            };
-            if old_role == new_role {
-                return Ok(e.noop());
-            }
-            if old_role == Role::Owner && room.owners() == 1 {
-                return Err(CommandError::Conflict(
-                    "last_owner",
-                    "a room needs at least one owner".into(),
-                ));
-            }
-            let event = MemberRoleChanged {
-                envelope: e.envelope(1),
-                member_id: user_id,
-                old_role,
-                new_role,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
-
+        } => set_role(&e, room, me, user_id, new_role),
         Command::Post {
             client_msg_id,
             content,
             reply_to,
             attachments,
-        } => {
-            if let Some(first) = room.posted(me, &client_msg_id) {
-                // A retry: the first answer, nothing written.
-                return Ok(Decision::Noop(Outcome {
-                    room_id: room_id.to_string(),
-                    message_id: Some(first.message_id.to_string()),
-                    seq: Some(first.seq),
-                    event_id: Some(first.event_id.to_string()),
-                }));
-            }
-            require_member(room, me)?;
-            if let Some(parent) = &reply_to
-                && room.message(parent).is_none_or(|m| m.deleted)
-            {
-                return Err(CommandError::invalid(
-                    "reply_to names no message of this room",
-                ));
-            }
-            let message_type = match attachments.first() {
-                None => MessageType::Text,
-                Some(_)
-                    if attachments
-                        .iter()
-                        .all(|a| a.mime_type.starts_with("image/")) =>
-                {
-                    MessageType::Image
-                }
-                Some(_) => MessageType::File,
-            };
-            let mut events: Vec<DomainEvent> = Vec::with_capacity(attachments.len() + 1);
-            let mut refs = Vec::with_capacity(attachments.len());
-            for (i, file) in attachments.into_iter().enumerate() {
-                refs.push(Attachment {
-                    file_id: file.file_id.clone(),
-                    filename: file.filename.clone(),
-                    size: file.size,
-                    mime_type: file.mime_type.clone(),
-                    url: file.url.clone(),
-                });
-                events.push(
-                    AttachmentUploaded {
-                        envelope: e.envelope(i as i64 + 1),
-                        file_id: file.file_id,
-                        uploader_id: me.to_string(),
-                        filename: file.filename,
-                        size: file.size,
-                        mime_type: file.mime_type,
-                        sha256: file.sha256,
-                        url: file.url,
-                    }
-                    .into(),
-                );
-            }
-            let mut envelope = e.envelope(events.len() as i64 + 1);
-            envelope.idempotency_key = Some(client_msg_id);
-            let message_id = uuid::Uuid::now_v7().to_string();
-            events.push(
-                MessagePosted {
-                    envelope,
-                    message_id: message_id.clone(),
-                    author_id: me.to_string(),
-                    content,
-                    message_type,
-                    reply_to,
-                    attachments: refs,
-                }
-                .into(),
-            );
-            Ok(e.emit(events, Some(message_id)))
-        }
-
+        } => post(&e, room, me, client_msg_id, content, reply_to, attachments),
         Command::Edit {
             message_id,
             content,
-        } => {
-            require_member(room, me)?;
-            let message = live_message(room, &message_id)?;
-            if message.author != key(me) {
-                return Err(forbidden(
-                    "not_author",
-                    "only the author can edit a message",
-                ));
-            }
-            let event = MessageEdited {
-                envelope: e.envelope(1),
-                message_id: message_id.clone(),
-                content,
-            };
-            Ok(e.emit(vec![event.into()], Some(message_id)))
-        }
-
-        Command::Delete { message_id } => {
-            let role = require_member(room, me)?;
-            let Some(message) = room.message(&message_id) else {
-                return Err(CommandError::NotFound("message"));
-            };
-            if message.author != key(me) && role > Role::Moderator {
-                return Err(forbidden(
-                    "not_allowed",
-                    "only the author or a moderator can delete a message",
-                ));
-            }
-            if message.deleted {
-                return Ok(e.noop());
-            }
-            let event = MessageDeleted {
-                envelope: e.envelope(1),
-                message_id: message_id.clone(),
-            };
-            Ok(e.emit(vec![event.into()], Some(message_id)))
-        }
-
-        Command::React { message_id, emoji } => {
-            require_member(room, me)?;
-            live_message(room, &message_id)?;
-            if room.has_reaction(&message_id, me, &emoji) {
-                return Ok(e.noop());
-            }
-            let event = ReactionAdded {
-                envelope: e.envelope(1),
-                message_id: message_id.clone(),
-                member_id: me.to_string(),
-                emoji,
-            };
-            Ok(e.emit(vec![event.into()], Some(message_id)))
-        }
-
-        Command::Unreact { message_id, emoji } => {
-            require_member(room, me)?;
-            live_message(room, &message_id)?;
-            if !room.has_reaction(&message_id, me, &emoji) {
-                return Ok(e.noop());
-            }
-            let event = ReactionRemoved {
-                envelope: e.envelope(1),
-                message_id: message_id.clone(),
-                member_id: me.to_string(),
-                emoji,
-            };
-            Ok(e.emit(vec![event.into()], Some(message_id)))
-        }
-
-        Command::MarkRead { seq } => {
-            require_member(room, me)?;
-            if seq < 0 || seq > room.seq {
-                return Err(CommandError::invalid(format!(
-                    "seq must be between 0 and {}",
-                    room.seq
-                )));
-            }
-            if room.read_markers.get(me).is_some_and(|&read| read >= seq) {
-                return Ok(e.noop());
-            }
-            let event = ReadMarkerSet {
-                envelope: e.envelope(1),
-                member_id: me.to_string(),
-                read_seq: seq,
-            };
-            Ok(e.emit(vec![event.into()], None))
-        }
+        } => edit(&e, room, me, message_id, content),
+        Command::Delete { message_id } => delete(&e, room, me, message_id),
+        Command::React { message_id, emoji } => react(&e, room, me, message_id, emoji),
+        Command::Unreact { message_id, emoji } => unreact(&e, room, me, message_id, emoji),
+        Command::MarkRead { seq } => mark_read(&e, room, me, seq),
     }
+}
+
+fn update_room(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    name: Option<String>,
+    topic: Option<Option<String>>,
+    visibility: Option<Visibility>,
+) -> Result<Decision, CommandError> {
+    let role = require_member(room, me)?;
+    if role > Role::Moderator {
+        return Err(forbidden(
+            "not_allowed",
+            "only owners and moderators can change the room",
+        ));
+    }
+    if visibility.is_some_and(|v| Some(v) != room.visibility) && role != Role::Owner {
+        return Err(forbidden(
+            "not_allowed",
+            "only owners can change the visibility",
+        ));
+    }
+    let new_name = name.unwrap_or_else(|| room.name.clone());
+    let new_topic = topic.unwrap_or_else(|| room.topic.clone());
+    let new_visibility = visibility.or(room.visibility).unwrap_or(Visibility::Public);
+    if new_name == room.name && new_topic == room.topic && Some(new_visibility) == room.visibility {
+        return Ok(e.noop());
+    }
+    let event = RoomUpdated {
+        envelope: e.envelope(1),
+        name: new_name,
+        visibility: new_visibility,
+        topic: new_topic,
+    };
+    Ok(e.emit(vec![event.into()], None))
+}
+
+fn join(e: &Emitter, room: &RoomState, me: &str) -> Result<Decision, CommandError> {
+    if room.banned.contains(me) {
+        return Err(hidden_or(
+            room,
+            forbidden("banned", "you are banned from this room"),
+        ));
+    }
+    if room.members.contains_key(me) {
+        return Ok(e.noop());
+    }
+    if room.is_private() && !room.invited.contains(me) {
+        return Err(CommandError::NotFound("room"));
+    }
+    let event = MemberJoined {
+        envelope: e.envelope(1),
+        member_id: me.to_string(),
+        role: Role::Member,
+    };
+    Ok(e.emit(vec![event.into()], None))
+}
+
+fn leave(e: &Emitter, room: &RoomState, me: &str) -> Result<Decision, CommandError> {
+    if !room.members.contains_key(me) {
+        return if room.is_private() {
+            Err(CommandError::NotFound("room"))
+        } else {
+            Ok(e.noop())
+        };
+    }
+    if room.role_of(me) == Some(Role::Owner) && room.owners() == 1 && room.members.len() > 1 {
+        return Err(CommandError::Conflict(
+            "last_owner",
+            "you are the only owner; make another member owner before leaving".into(),
+        ));
+    }
+    let event = MemberLeft {
+        envelope: e.envelope(1),
+        member_id: me.to_string(),
+        reason: None,
+    };
+    Ok(e.emit(vec![event.into()], None))
+}
+
+fn invite(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    user_id: String,
+) -> Result<Decision, CommandError> {
+    let role = require_member(room, me)?;
+    if !room.is_private() {
+        return Err(CommandError::invalid(
+            "public rooms need no invite; anyone can join",
+        ));
+    }
+    if role > Role::Moderator {
+        return Err(forbidden(
+            "not_allowed",
+            "only owners and moderators can invite",
+        ));
+    }
+    if room.banned.contains(&user_id) {
+        return Err(CommandError::Conflict(
+            "user_banned",
+            "that user is banned from this room".into(),
+        ));
+    }
+    if room.members.contains_key(&user_id) || room.invited.contains(&user_id) {
+        return Ok(e.noop());
+    }
+    let event = MemberInvited {
+        envelope: e.envelope(1),
+        invitee_id: user_id,
+    };
+    Ok(e.emit(vec![event.into()], None))
+}
+
+fn ban(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    user_id: String,
+    reason: Option<String>,
+) -> Result<Decision, CommandError> {
+    let role = require_member(room, me)?;
+    if role > Role::Moderator {
+        return Err(forbidden(
+            "not_allowed",
+            "only owners and moderators can ban",
+        ));
+    }
+    if user_id == me {
+        return Err(CommandError::invalid("you cannot ban yourself"));
+    }
+    if room.banned.contains(&user_id) {
+        return Ok(e.noop());
+    }
+    // Nobody bans an equal or a superior: moderators ban members, owners ban moderators.
+    if let Some(target) = room.role_of(&user_id)
+        && target <= role
+    {
+        return Err(forbidden(
+            "not_allowed",
+            "you can only ban members below your role",
+        ));
+    }
+    let event = MemberBanned {
+        envelope: e.envelope(1),
+        member_id: user_id,
+        reason,
+    };
+    Ok(e.emit(vec![event.into()], None))
+}
+
+fn set_role(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    user_id: String,
+    new_role: Role,
+) -> Result<Decision, CommandError> {
+    let role = require_member(room, me)?;
+    if role != Role::Owner {
+        return Err(forbidden("not_allowed", "only owners can change roles"));
+    }
+    let Some(old_role) = room.role_of(&user_id) else {
+        return Err(CommandError::NotFound("member"));
+    };
+    if old_role == new_role {
+        return Ok(e.noop());
+    }
+    if old_role == Role::Owner && room.owners() == 1 {
+        return Err(CommandError::Conflict(
+            "last_owner",
+            "a room needs at least one owner".into(),
+        ));
+    }
+    let event = MemberRoleChanged {
+        envelope: e.envelope(1),
+        member_id: user_id,
+        old_role,
+        new_role,
+    };
+    Ok(e.emit(vec![event.into()], None))
+}
+
+fn post(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    client_msg_id: String,
+    content: String,
+    reply_to: Option<String>,
+    attachments: Vec<FileInfo>,
+) -> Result<Decision, CommandError> {
+    if let Some(first) = room.posted(me, &client_msg_id) {
+        // A retry: the first answer, nothing written.
+        return Ok(Decision::Noop(Outcome {
+            room_id: e.room_id.to_string(),
+            message_id: Some(first.message_id.to_string()),
+            seq: Some(first.seq),
+            event_id: Some(first.event_id.to_string()),
+        }));
+    }
+    require_member(room, me)?;
+    if let Some(parent) = &reply_to
+        && room.message(parent).is_none_or(|m| m.deleted)
+    {
+        return Err(CommandError::invalid(
+            "reply_to names no message of this room",
+        ));
+    }
+    let message_type = match attachments.first() {
+        None => MessageType::Text,
+        Some(_)
+            if attachments
+                .iter()
+                .all(|a| a.mime_type.starts_with("image/")) =>
+        {
+            MessageType::Image
+        }
+        Some(_) => MessageType::File,
+    };
+    let mut events: Vec<DomainEvent> = Vec::with_capacity(attachments.len() + 1);
+    let mut refs = Vec::with_capacity(attachments.len());
+    for (i, file) in attachments.into_iter().enumerate() {
+        refs.push(Attachment {
+            file_id: file.file_id.clone(),
+            filename: file.filename.clone(),
+            size: file.size,
+            mime_type: file.mime_type.clone(),
+            url: file.url.clone(),
+        });
+        events.push(
+            AttachmentUploaded {
+                envelope: e.envelope(i as i64 + 1),
+                file_id: file.file_id,
+                uploader_id: me.to_string(),
+                filename: file.filename,
+                size: file.size,
+                mime_type: file.mime_type,
+                sha256: file.sha256,
+                url: file.url,
+            }
+            .into(),
+        );
+    }
+    let mut envelope = e.envelope(events.len() as i64 + 1);
+    envelope.idempotency_key = Some(client_msg_id);
+    let message_id = uuid::Uuid::now_v7().to_string();
+    events.push(
+        MessagePosted {
+            envelope,
+            message_id: message_id.clone(),
+            author_id: me.to_string(),
+            content,
+            message_type,
+            reply_to,
+            attachments: refs,
+        }
+        .into(),
+    );
+    Ok(e.emit(events, Some(message_id)))
+}
+
+fn edit(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    message_id: String,
+    content: String,
+) -> Result<Decision, CommandError> {
+    require_member(room, me)?;
+    let message = live_message(room, &message_id)?;
+    if message.author != key(me) {
+        return Err(forbidden(
+            "not_author",
+            "only the author can edit a message",
+        ));
+    }
+    let event = MessageEdited {
+        envelope: e.envelope(1),
+        message_id: message_id.clone(),
+        content,
+    };
+    Ok(e.emit(vec![event.into()], Some(message_id)))
+}
+
+fn delete(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    message_id: String,
+) -> Result<Decision, CommandError> {
+    let role = require_member(room, me)?;
+    let Some(message) = room.message(&message_id) else {
+        return Err(CommandError::NotFound("message"));
+    };
+    if message.author != key(me) && role > Role::Moderator {
+        return Err(forbidden(
+            "not_allowed",
+            "only the author or a moderator can delete a message",
+        ));
+    }
+    if message.deleted {
+        return Ok(e.noop());
+    }
+    let event = MessageDeleted {
+        envelope: e.envelope(1),
+        message_id: message_id.clone(),
+    };
+    Ok(e.emit(vec![event.into()], Some(message_id)))
+}
+
+fn react(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    message_id: String,
+    emoji: String,
+) -> Result<Decision, CommandError> {
+    require_member(room, me)?;
+    live_message(room, &message_id)?;
+    if room.has_reaction(&message_id, me, &emoji) {
+        return Ok(e.noop());
+    }
+    let event = ReactionAdded {
+        envelope: e.envelope(1),
+        message_id: message_id.clone(),
+        member_id: me.to_string(),
+        emoji,
+    };
+    Ok(e.emit(vec![event.into()], Some(message_id)))
+}
+
+fn unreact(
+    e: &Emitter,
+    room: &RoomState,
+    me: &str,
+    message_id: String,
+    emoji: String,
+) -> Result<Decision, CommandError> {
+    require_member(room, me)?;
+    live_message(room, &message_id)?;
+    if !room.has_reaction(&message_id, me, &emoji) {
+        return Ok(e.noop());
+    }
+    let event = ReactionRemoved {
+        envelope: e.envelope(1),
+        message_id: message_id.clone(),
+        member_id: me.to_string(),
+        emoji,
+    };
+    Ok(e.emit(vec![event.into()], Some(message_id)))
+}
+
+fn mark_read(e: &Emitter, room: &RoomState, me: &str, seq: i64) -> Result<Decision, CommandError> {
+    require_member(room, me)?;
+    if seq < 0 || seq > room.seq {
+        return Err(CommandError::invalid(format!(
+            "seq must be between 0 and {}",
+            room.seq
+        )));
+    }
+    if room.read_markers.get(me).is_some_and(|&read| read >= seq) {
+        return Ok(e.noop());
+    }
+    let event = ReadMarkerSet {
+        envelope: e.envelope(1),
+        member_id: me.to_string(),
+        read_seq: seq,
+    };
+    Ok(e.emit(vec![event.into()], None))
 }
 
 fn forbidden(code: &'static str, message: &str) -> CommandError {

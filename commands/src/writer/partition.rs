@@ -82,10 +82,9 @@ impl PartitionWriter {
         let Some(appender) = self.take_over().await else {
             return;
         };
-        let mut rooms = Rooms::default();
-        if !self.rebuild(&mut rooms).await {
+        let Some(mut rooms) = self.rebuild().await else {
             return;
-        }
+        };
         let _ = self.ready.send(true);
         // Announce at once so other instances forward here without waiting for the refresh.
         if let Err(e) = self.directory.claim(&[p]).await {
@@ -135,10 +134,8 @@ impl PartitionWriter {
                             }
                             let Some(fresh) = self.take_over().await else { return };
                             idle = Some(fresh);
-                            rooms = Rooms::default();
-                            if !self.rebuild(&mut rooms).await {
-                                return;
-                            }
+                            let Some(rebuilt) = self.rebuild().await else { return };
+                            rooms = rebuilt;
                         }
                     }
                 }
@@ -152,10 +149,10 @@ impl PartitionWriter {
             if poisoned && committing.is_none() {
                 self.metrics.rebuilds.inc();
                 self.refuse(waiting.drain(..), "the room state is being rebuilt; retry");
-                rooms = Rooms::default();
-                if !self.rebuild(&mut rooms).await {
+                let Some(rebuilt) = self.rebuild().await else {
                     return;
-                }
+                };
+                rooms = rebuilt;
                 poisoned = false;
             }
             if committing.is_none()
@@ -182,35 +179,22 @@ impl PartitionWriter {
     /// Fences earlier writers of the partition, retrying until it succeeds or the writer is
     /// stopped (`None`).
     async fn take_over(&self) -> Option<Appender> {
-        loop {
-            match Appender::open(self.log.brokers(), &self.id_prefix, self.partition).await {
-                Ok(appender) => return Some(appender),
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, error = %e, "cannot take the partition over yet; retrying");
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        }
+        platform::retry::until_ok("take_partition", &self.stop, || {
+            Appender::open(self.log.brokers(), &self.id_prefix, self.partition)
+        })
+        .await
     }
 
-    /// Catches up from the log's start until it succeeds (`true`) or the writer is stopped.
-    async fn rebuild(&self, rooms: &mut Rooms) -> bool {
-        loop {
-            match catch_up(&self.log, self.partition, 0, rooms, &self.metrics).await {
-                Ok(_) => return true,
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, error = %e, "catch-up failed; retrying");
-                    *rooms = Rooms::default();
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return false,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        }
+    /// The partition's rooms read back from the log's start, retried until it succeeds (`None`
+    /// when the writer is stopped first).
+    async fn rebuild(&self) -> Option<Rooms> {
+        platform::retry::until_ok("catch_up", &self.stop, || async {
+            let mut rooms = Rooms::default();
+            catch_up(&self.log, self.partition, 0, &mut rooms, &self.metrics)
+                .await
+                .map(|_| rooms)
+        })
+        .await
     }
 
     /// Decides one command against the state as it will be once everything before it commits,
