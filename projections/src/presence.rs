@@ -19,6 +19,13 @@ use crate::gate::{Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
 
+fn visibility(v: schemas::events::Visibility) -> &'static str {
+    match v {
+        schemas::events::Visibility::Public => "public",
+        schemas::events::Visibility::Private => "private",
+    }
+}
+
 const PRESENCE_TTL_SECS: i64 = 24 * 3600;
 const STATS_TTL_SECS: i64 = 30 * 24 * 3600;
 /// `room_stats.member_count = SCARD members`, and the stats' expiry (KEYS: stats, members).
@@ -139,6 +146,21 @@ impl PresenceProjector {
         Ok((online, rooms_of))
     }
 
+    fn part(
+        &self,
+        tx: &mut redis::Pipeline,
+        room: &str,
+        user: &str,
+        rooms_of: &mut HashMap<String, HashSet<String>>,
+    ) {
+        tx.srem(keys::members(&self.prefix, room), user).ignore();
+        tx.srem(keys::user_rooms(&self.prefix, user), room).ignore();
+        tx.srem(keys::presence(&self.prefix, room), user).ignore();
+        if let Some(rooms) = rooms_of.get_mut(user) {
+            rooms.remove(room);
+        }
+    }
+
     fn join(
         &self,
         tx: &mut redis::Pipeline,
@@ -214,28 +236,40 @@ impl Project for PresenceProjector {
             match &record.event {
                 E::RoomCreated(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
+                    tx.hset(
+                        keys::room_access(&self.prefix, room),
+                        "visibility",
+                        visibility(e.visibility),
+                    )
+                    .ignore();
                     self.join(&mut tx, room, &e.owner_id, &online, &mut rooms_of);
                     tx.hset(keys::room_stats(&self.prefix, room), "last_activity", at)
                         .ignore();
                     tx.hset(keys::room_stats(&self.prefix, room), "message_count", 0)
                         .ignore();
                 }
+                E::RoomUpdated(e) => {
+                    let room = envelope.room_id.as_deref().unwrap_or_default();
+                    tx.hset(
+                        keys::room_access(&self.prefix, room),
+                        "visibility",
+                        visibility(e.visibility),
+                    )
+                    .ignore();
+                }
                 E::MemberJoined(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
                     self.join(&mut tx, room, &e.member_id, &online, &mut rooms_of);
                 }
-                E::MemberLeft(schemas::events::MemberLeft { member_id, .. })
-                | E::MemberBanned(schemas::events::MemberBanned { member_id, .. }) => {
+                E::MemberBanned(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
-                    tx.srem(keys::members(&self.prefix, room), member_id)
+                    tx.sadd(keys::banned(&self.prefix, room), &e.member_id)
                         .ignore();
-                    tx.srem(keys::user_rooms(&self.prefix, member_id), room)
-                        .ignore();
-                    tx.srem(keys::presence(&self.prefix, room), member_id)
-                        .ignore();
-                    if let Some(rooms) = rooms_of.get_mut(member_id) {
-                        rooms.remove(room);
-                    }
+                    self.part(&mut tx, room, &e.member_id, &mut rooms_of);
+                }
+                E::MemberLeft(e) => {
+                    let room = envelope.room_id.as_deref().unwrap_or_default();
+                    self.part(&mut tx, room, &e.member_id, &mut rooms_of);
                 }
                 E::MessagePosted(_) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();

@@ -8,6 +8,9 @@
 //! - `room_stats:{room_id}`: hash `{member_count, message_count, last_activity}`.
 //! - `members:{room_id}` / `user_rooms:{user_id}`: who is in a room, and a user's rooms.
 //! - `online:{user_id}`: the user's current status while not offline.
+//! - `room_access:{room_id}`: hash `{visibility}` (`public` / `private`), and `banned:{room_id}`:
+//!   set of users banned from the room; with `members:` they say who may read a room, for the
+//!   fan-out nodes that did not see the room's events themselves (see [`standing`]).
 //! - `proj:redis:room_seq` and `proj:redis:offsets:{topic}`: the projector's progress, written in
 //!   the same transaction as each batch, so read together they agree (see [`room_snapshot`]).
 
@@ -39,6 +42,14 @@ pub fn online(prefix: &str, user: &str) -> String {
     format!("{prefix}online:{user}")
 }
 
+pub fn room_access(prefix: &str, room: &str) -> String {
+    format!("{prefix}room_access:{room}")
+}
+
+pub fn banned(prefix: &str, room: &str) -> String {
+    format!("{prefix}banned:{room}")
+}
+
 /// Hash `partition -> next offset` of `topic` (its name) that the projector has applied.
 pub fn offsets(prefix: &str, topic: &str) -> String {
     format!("{prefix}proj:redis:offsets:{topic}")
@@ -57,6 +68,8 @@ pub const FAMILIES: &[&str] = &[
     "members:",
     "user_rooms:",
     "online:",
+    "room_access:",
+    "banned:",
     "proj:redis:",
 ];
 
@@ -111,6 +124,35 @@ pub async fn room_snapshot(
         checkpoint.unwrap_or(0),
         seq.as_deref().and_then(seq_of).unwrap_or(0),
     ))
+}
+
+/// What the model says of a user in a room, read in one round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standing {
+    pub member: bool,
+    pub banned: bool,
+    /// `None` when the model has no such room (yet).
+    pub public: Option<bool>,
+}
+
+pub async fn standing(
+    redis: &ConnectionManager,
+    prefix: &str,
+    room_id: &str,
+    user_id: &str,
+) -> redis::RedisResult<Standing> {
+    let mut redis = redis.clone();
+    let (member, banned, visibility): (bool, bool, Option<String>) = redis::pipe()
+        .sismember(members(prefix, room_id), user_id)
+        .sismember(banned(prefix, room_id), user_id)
+        .hget(room_access(prefix, room_id), "visibility")
+        .query_async(&mut redis)
+        .await?;
+    Ok(Standing {
+        member,
+        banned,
+        public: visibility.map(|v| v == "public"),
+    })
 }
 
 /// Whether the projector lists `user_id` among the room's members.

@@ -1,32 +1,30 @@
-//! Who may subscribe to a room: the read API decides (members always, visitors of public
-//! rooms unless banned, a private room is invisible), asked with the caller's own token so the
-//! answer is exactly what an HTTP read would get. What the log showed since this node started
-//! decides first (see `Hub::verdict`), because the read model may not have projected it yet.
+//! Who may read a room on this node: one truth, the log, with one fallback.
+//!
+//! The truth is what the log showed this node since its tail started (`Hub::verdict`): members
+//! always; banned, never; for a room whose whole history the tail holds, public rooms to
+//! everyone and private ones to nobody else. When the tail has not seen enough of a room (it
+//! is older than what the node read at start), the fallback is the presence projector's read
+//! model in Redis (`read_model::presence::standing`: the room's members, bans and visibility).
+//! That model lags the log, so an answer of "no" from it is checked against the log's end once
+//! more (a room joined or created a moment ago) before the caller is refused. Typing and
+//! presence ask the same two places in the same order (`Hub::standing`, then the read model).
 
 use std::time::Duration;
 
 use crate::error::FanoutError;
+use crate::heads::Heads;
 use crate::hub::{Hub, Verdict};
 use crate::tail::Watermarks;
 
 pub struct Access {
-    http: reqwest::Client,
-    query_url: String,
-    /// For the log's end when the read API does not know a room yet.
+    /// For the log's end when the tail and the read model do not say yet.
     watermarks: Watermarks,
     partitions: i32,
 }
 
 impl Access {
-    pub fn new(
-        http: reqwest::Client,
-        query_url: &str,
-        brokers: &str,
-        partitions: i32,
-    ) -> Result<Self, FanoutError> {
+    pub fn new(brokers: &str, partitions: i32) -> Result<Self, FanoutError> {
         Ok(Self {
-            http,
-            query_url: query_url.trim_end_matches('/').to_string(),
             watermarks: Watermarks::new(brokers)?,
             partitions,
         })
@@ -43,59 +41,38 @@ impl Access {
     pub async fn check(
         &self,
         hub: &Hub,
+        heads: &Heads,
         room_id: &str,
         user_id: &str,
-        token: &str,
     ) -> Result<(), FanoutError> {
-        match hub.verdict(room_id, user_id) {
-            Some(Verdict::Allow) => return Ok(()),
-            Some(Verdict::Banned) => {
-                return Err(FanoutError::Forbidden(
-                    "you are banned from this room".into(),
-                ));
-            }
-            Some(Verdict::Invisible) => return Err(FanoutError::NotFound),
-            None => {}
+        if let Some(verdict) = hub.verdict(room_id, user_id) {
+            return allowed(verdict);
         }
-        let response = self
-            .http
-            .get(format!("{}/v1/rooms/{room_id}", self.query_url))
-            .bearer_auth(token)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        match status {
-            200 => Ok(()),
-            // Maybe only not projected yet: what the log says decides.
-            404 => {
-                self.catch_up(hub, room_id).await?;
-                match hub.verdict(room_id, user_id) {
-                    Some(Verdict::Allow) => Ok(()),
-                    Some(Verdict::Banned) => Err(FanoutError::Forbidden(
-                        "you are banned from this room".into(),
-                    )),
-                    _ => Err(FanoutError::NotFound),
-                }
-            }
-            _ => {
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                let code = body["error"]["code"].as_str().unwrap_or("upstream_error");
-                let message = body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("the read API refused")
-                    .to_string();
-                match status {
-                    403 => Err(FanoutError::Forbidden(message)),
-                    401 => Err(FanoutError::Upstream {
-                        status,
-                        code: code.to_string(),
-                        message,
-                    }),
-                    _ => Err(FanoutError::Unavailable(format!(
-                        "the read API answered {status}: {message}"
-                    ))),
-                }
-            }
+        let standing = heads.standing(room_id, user_id).await?;
+        let fallback = if standing.member {
+            Verdict::Allow
+        } else if standing.banned {
+            Verdict::Banned
+        } else if standing.public == Some(true) {
+            Verdict::Allow
+        } else {
+            Verdict::Invisible
+        };
+        if fallback == Verdict::Allow {
+            return Ok(());
         }
+        // The read model may not have projected the latest events: the log decides.
+        self.catch_up(hub, room_id).await?;
+        allowed(hub.verdict(room_id, user_id).unwrap_or(fallback))
+    }
+}
+
+fn allowed(verdict: Verdict) -> Result<(), FanoutError> {
+    match verdict {
+        Verdict::Allow => Ok(()),
+        Verdict::Banned => Err(FanoutError::Forbidden(
+            "you are banned from this room".into(),
+        )),
+        Verdict::Invisible => Err(FanoutError::NotFound),
     }
 }

@@ -71,6 +71,18 @@ impl Heads {
 }
 
 impl Heads {
+    /// What the presence projector's read model says of `user_id` in `room_id` (see `Access`).
+    pub async fn standing(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<keys::Standing, FanoutError> {
+        let prefix = self.prefix().await?;
+        keys::standing(&self.redis, &prefix, room_id, user_id)
+            .await
+            .map_err(|e| FanoutError::Unavailable(format!("redis: {e}")))
+    }
+
     /// Whether the presence projector's read model lists `user_id` among the room's members
     /// (asked when the log since the tail's start does not say).
     pub async fn is_member(&self, room_id: &str, user_id: &str) -> Result<bool, FanoutError> {

@@ -94,7 +94,7 @@ pub enum Standing {
     Banned,
 }
 
-/// A subscription decision the node can make without the read API.
+/// Who may read a room, as far as the log has shown this node (see `crate::access`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,

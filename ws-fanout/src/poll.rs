@@ -96,7 +96,7 @@ async fn answer(
             .ok_or_else(|| FanoutError::Invalid(format!("wait_ms must be 0 to {MAX_WAIT_MS}")))?,
     };
     node.access
-        .check(&node.hub, room_id, &claims.sub, &token)
+        .check(&node.hub, &node.heads, room_id, &claims.sub)
         .await?;
 
     let (outlet, mut rx) = Outlet::new(node.next_socket_id(), claims.sub.clone(), MAX_EVENTS + 1);

@@ -68,12 +68,7 @@ impl Node {
         typing: Arc<Typing>,
         presence: Arc<Presence>,
     ) -> Result<Self, FanoutError> {
-        let access = Access::new(
-            http.clone(),
-            &config.query_url,
-            &config.brokers,
-            hub.partitions() as i32,
-        )?;
+        let access = Access::new(&config.brokers, hub.partitions() as i32)?;
         Ok(Self {
             config,
             hub,
@@ -437,7 +432,7 @@ async fn subscribe(
     reference: Option<&str>,
 ) -> Result<(), FanoutError> {
     node.access
-        .check(&node.hub, room_id, &session.claims.sub, &session.token)
+        .check(&node.hub, &node.heads, room_id, &session.claims.sub)
         .await?;
     // Re-subscribing restarts the room's stream from `since`.
     node.hub.leave(room_id, session.outlet.id);
