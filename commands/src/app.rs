@@ -1,66 +1,15 @@
-//! Shared state of the HTTP handlers and the router.
-
-use std::net::SocketAddr;
-use std::sync::Arc;
+//! The router: every public route with its documentation, the operations endpoints.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderMap;
 use axum::routing::get;
 use futures::FutureExt;
-use platform::auth::TokenVerifier;
-use redis::aio::ConnectionManager;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::Config;
-use crate::identity::passwords::Passwords;
-use crate::identity::store::IdentityStore;
-use crate::identity::throttle::Throttle;
-use crate::identity::tokens::Signer;
-use crate::ratelimit::RateLimiter;
-use crate::writer::Writer;
 use crate::{identity, rooms_http};
 
-pub struct App {
-    pub config: Config,
-    pub store: IdentityStore,
-    pub passwords: Passwords,
-    pub signer: Signer,
-    pub verifier: TokenVerifier,
-    pub throttle: Throttle,
-    pub redis: ConnectionManager,
-    pub writer: Writer,
-    pub limiter: RateLimiter,
-    pub http: reqwest::Client,
-    pub files: crate::files::FileStore,
-}
-
-pub type AppState = Arc<App>;
-
-impl App {
-    /// The client address for login throttling: the peer, or the first `X-Forwarded-For` hop
-    /// when the peer is the local proxy (nginx on loopback).
-    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> String {
-        if peer.ip().is_loopback()
-            && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
-            && let Some(first) = forwarded
-                .split(',')
-                .next()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-        {
-            return first.to_string();
-        }
-        peer.ip().to_string()
-    }
-}
-
-impl platform::auth::VerifiesTokens for App {
-    fn verifier(&self) -> &TokenVerifier {
-        &self.verifier
-    }
-}
+pub use crate::state::{App, AppState};
 
 /// The room commands, each documented where it is routed (so none is served undocumented).
 fn rooms() -> OpenApiRouter<AppState> {
@@ -134,27 +83,10 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         ))
         .merge(identity_and_files(max_upload))
         .split_for_parts();
-    let api = api
-        .fallback(|| async {
-            platform::ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            )
-        })
-        .method_not_allowed_fallback(|| async {
-            platform::ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed here",
-            )
-        })
+    let api = platform::ops::api_fallbacks(api)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(app)
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            platform::ops::HttpMetrics::track,
-        ));
+        .with_state(app);
+    let api = http_metrics.around(api);
     let ownership_app = ownership_state.clone();
     let ownership = Router::new().route(
         "/ownership",

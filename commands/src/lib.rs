@@ -15,4 +15,5 @@ pub mod log;
 pub mod ratelimit;
 pub mod rooms;
 pub mod rooms_http;
+pub mod state;
 pub mod writer;

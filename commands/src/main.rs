@@ -19,10 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if platform::openapi::print_if_asked(commands::app::openapi())? {
+    if platform::openapi::start("commands", commands::app::openapi)? {
         return Ok(());
     }
-    platform::telemetry::init("commands");
     let config = Config::from_env()?;
     let registry = prometheus::Registry::new();
 

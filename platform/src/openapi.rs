@@ -99,14 +99,24 @@ pub fn finish(routes: OpenApi) -> OpenApi {
     doc
 }
 
+/// The start of a tier's `main`: with `--openapi`, prints the tier's document and returns
+/// `true` (the process exits); otherwise sets up logging for `service` and returns `false`.
+pub fn start(service: &'static str, own: impl FnOnce() -> OpenApi) -> Result<bool, std::io::Error> {
+    if print_if_asked(own)? {
+        return Ok(true);
+    }
+    crate::telemetry::init(service);
+    Ok(false)
+}
+
 /// When the process was started with `--openapi [DOC.json ...]`: prints `own` merged with the
 /// given documents and returns `true` (the caller exits); otherwise `false`.
-pub fn print_if_asked(own: OpenApi) -> Result<bool, std::io::Error> {
+fn print_if_asked(own: impl FnOnce() -> OpenApi) -> Result<bool, std::io::Error> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("--openapi") {
         return Ok(false);
     }
-    let mut doc = own;
+    let mut doc = own();
     for path in args {
         let text = std::fs::read_to_string(&path)?;
         let other: OpenApi = serde_json::from_str(&text).map_err(std::io::Error::other)?;

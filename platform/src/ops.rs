@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::ApiError;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -134,6 +135,11 @@ impl HttpMetrics {
     }
 
     /// Middleware body; install with `axum::middleware::from_fn_with_state(metrics, HttpMetrics::track)`.
+    /// `router` with every request counted and timed.
+    pub fn around(self, router: Router) -> Router {
+        router.layer(axum::middleware::from_fn_with_state(self, Self::track))
+    }
+
     pub async fn track(
         State(metrics): State<HttpMetrics>,
         request: Request,
@@ -158,6 +164,25 @@ impl HttpMetrics {
             .inc();
         response
     }
+}
+
+/// The answers every tier gives outside its routes, in the API's error shape: 404 for an
+/// unknown path, 405 for a known path asked with another method.
+pub fn api_fallbacks<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
 }
 
 #[cfg(test)]

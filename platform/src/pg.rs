@@ -1,6 +1,11 @@
 //! PostgreSQL helpers shared by the tiers that own tables.
 
+use std::str::FromStr;
+use std::time::Duration;
+
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Creates `schema` if it is missing. `CREATE SCHEMA IF NOT EXISTS` is not safe against a
 /// concurrent twin (two instances starting together: one fails on the catalog's unique index),
@@ -24,6 +29,31 @@ pub async fn ensure_schema(pool: &PgPool, schema: &str) -> Result<(), sqlx::Erro
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+/// A pool whose connections work in `schema` (its `search_path`), waiting at most 5 s for a
+/// connection. The tier that owns the schema passes its migrations: the schema is then made if
+/// missing and brought up to date.
+pub async fn connect_in_schema(
+    url: &str,
+    schema: &str,
+    max_connections: u32,
+    owner: Option<&Migrator>,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    if let Some(migrations) = owner {
+        ensure_schema(&pool, schema).await?;
+        migrations
+            .run(&pool)
+            .await
+            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+    }
+    Ok(pool)
 }
 
 /// Readiness: PostgreSQL answers a trivial query.

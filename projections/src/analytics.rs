@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deadletter::DeadLetter;
 use crate::error::ProjectionError;
-use crate::gate::{Gate, RoomCursor};
+use crate::gate::{Admission, Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
 
@@ -223,18 +223,8 @@ impl Project for AnalyticsProjector {
         // Month partition -> rows, so each INSERT lands in one part.
         let mut months: BTreeMap<u32, Vec<EventRow>> = BTreeMap::new();
         for record in &batch.records {
-            let envelope = record.event.envelope();
-            if record.topic == Topic::RoomEvents {
-                let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
-                    continue;
-                };
-                if !self
-                    .gate
-                    .admit(record, room, seq, dead_letter, &mut counts)
-                    .await?
-                {
-                    continue;
-                }
+            if let Admission::Skip = self.gate.sort(record, dead_letter, &mut counts).await? {
+                continue;
             }
             counts.applied += 1;
             let row = to_row(

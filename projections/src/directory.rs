@@ -5,13 +5,10 @@
 //! by id and a profile change applies only if its event is newer than the last one applied
 //! (UUID v7 ids sort by time), which absorbs the outbox's at-least-once redeliveries.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use schemas::DomainEvent;
 use schemas::topics::Topic;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 
 use crate::deadletter::DeadLetter;
 use crate::error::ProjectionError;
@@ -24,17 +21,9 @@ pub struct DirectoryProjector {
 
 impl DirectoryProjector {
     pub async fn open(url: &str, schema: &str) -> Result<Self, ProjectionError> {
-        let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        platform::pg::ensure_schema(&pool, schema).await?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| ProjectionError::Other(format!("directory migrations: {e}")))?;
+        let pool =
+            platform::pg::connect_in_schema(url, schema, 4, Some(&sqlx::migrate!("./migrations")))
+                .await?;
         Ok(Self { pool })
     }
 

@@ -8,6 +8,16 @@ use crate::error::ProjectionError;
 use crate::runner::Counts;
 use crate::source::Record;
 
+/// What a batch's record is to a projector once the gate has seen it.
+pub enum Admission<'r> {
+    /// A room event to apply: its room and seq.
+    Room(&'r str, i64),
+    /// A record of another topic.
+    Other,
+    /// Not to be applied: a duplicate, a conflict, or a room event without room or seq.
+    Skip,
+}
+
 /// How many recent event ids per room tell a re-read from a second writer's event.
 const RECENT: usize = 64;
 
@@ -106,6 +116,30 @@ impl Gate {
             "room {room}: expected seq {}, got {seq} ({event_id})",
             cursor.last_seq + 1
         ))
+    }
+
+    /// Sorts a batch's record: a room event goes through [`Gate::admit`]; a record of another
+    /// topic is not the gate's business.
+    pub async fn sort<'r>(
+        &mut self,
+        record: &'r Record,
+        dead_letter: &DeadLetter,
+        counts: &mut Counts,
+    ) -> Result<Admission<'r>, ProjectionError> {
+        if record.topic != schemas::topics::Topic::RoomEvents {
+            return Ok(Admission::Other);
+        }
+        let envelope = record.event.envelope();
+        let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
+            return Ok(Admission::Skip);
+        };
+        Ok(
+            if self.admit(record, room, seq, dead_letter, counts).await? {
+                Admission::Room(room, seq)
+            } else {
+                Admission::Skip
+            },
+        )
     }
 
     /// Judges a room event and does what every projector does with the verdict: counts a

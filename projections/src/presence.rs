@@ -15,16 +15,9 @@ use schemas::topics::Topic;
 
 use crate::deadletter::DeadLetter;
 use crate::error::ProjectionError;
-use crate::gate::{Gate, RoomCursor};
+use crate::gate::{Admission, Gate, RoomCursor};
 use crate::runner::{Counts, Project};
 use crate::source::{Batch, Positions};
-
-fn visibility(v: schemas::events::Visibility) -> &'static str {
-    match v {
-        schemas::events::Visibility::Public => "public",
-        schemas::events::Visibility::Private => "private",
-    }
-}
 
 const PRESENCE_TTL_SECS: i64 = 24 * 3600;
 const STATS_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -146,6 +139,20 @@ impl PresenceProjector {
         Ok((online, rooms_of))
     }
 
+    fn set_visibility(
+        &self,
+        tx: &mut redis::Pipeline,
+        room: &str,
+        visibility: schemas::events::Visibility,
+    ) {
+        let value = match visibility {
+            schemas::events::Visibility::Public => "public",
+            schemas::events::Visibility::Private => "private",
+        };
+        tx.hset(keys::room_access(&self.prefix, room), "visibility", value)
+            .ignore();
+    }
+
     fn part(
         &self,
         tx: &mut redis::Pipeline,
@@ -213,22 +220,16 @@ impl Project for PresenceProjector {
         let mut touched_rooms: BTreeSet<String> = BTreeSet::new();
         for record in &batch.records {
             let envelope = record.event.envelope();
-            if record.topic == Topic::RoomEvents {
-                let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
-                    continue;
-                };
-                if !self
-                    .gate
-                    .admit(record, room, seq, dead_letter, &mut counts)
-                    .await?
-                {
-                    continue;
+            match self.gate.sort(record, dead_letter, &mut counts).await? {
+                Admission::Skip => continue,
+                Admission::Other => {}
+                Admission::Room(room, seq) => {
+                    progress.insert(
+                        room.to_string(),
+                        keys::room_seq_value(seq, &envelope.event_id),
+                    );
+                    touched_rooms.insert(room.to_string());
                 }
-                progress.insert(
-                    room.to_string(),
-                    keys::room_seq_value(seq, &envelope.event_id),
-                );
-                touched_rooms.insert(room.to_string());
             }
             counts.applied += 1;
             let at = envelope.occurred_at;
@@ -236,12 +237,7 @@ impl Project for PresenceProjector {
             match &record.event {
                 E::RoomCreated(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
-                    tx.hset(
-                        keys::room_access(&self.prefix, room),
-                        "visibility",
-                        visibility(e.visibility),
-                    )
-                    .ignore();
+                    self.set_visibility(&mut tx, room, e.visibility);
                     self.join(&mut tx, room, &e.owner_id, &online, &mut rooms_of);
                     tx.hset(keys::room_stats(&self.prefix, room), "last_activity", at)
                         .ignore();
@@ -250,12 +246,7 @@ impl Project for PresenceProjector {
                 }
                 E::RoomUpdated(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();
-                    tx.hset(
-                        keys::room_access(&self.prefix, room),
-                        "visibility",
-                        visibility(e.visibility),
-                    )
-                    .ignore();
+                    self.set_visibility(&mut tx, room, e.visibility);
                 }
                 E::MemberJoined(e) => {
                     let room = envelope.room_id.as_deref().unwrap_or_default();

@@ -1,9 +1,9 @@
 //! Drives one projector: read a batch, apply it (retrying until the store takes it, never
 //! skipping), commit positions for lag reporting, repeat until shutdown.
 
-use backon::BackoffBuilder;
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
 use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -191,22 +191,17 @@ pub async fn run<P: Project>(
             .batch_seconds
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
-        metrics
-            .events
-            .with_label_values(&[name, "applied"])
-            .inc_by(counts.applied as u64);
-        metrics
-            .events
-            .with_label_values(&[name, "duplicate"])
-            .inc_by(counts.duplicates as u64);
-        metrics
-            .events
-            .with_label_values(&[name, "conflict"])
-            .inc_by(counts.conflicts as u64);
-        metrics
-            .events
-            .with_label_values(&[name, "undecodable"])
-            .inc_by(batch.undecodable as u64);
+        for (outcome, n) in [
+            ("applied", counts.applied),
+            ("duplicate", counts.duplicates),
+            ("conflict", counts.conflicts),
+            ("undecodable", batch.undecodable),
+        ] {
+            metrics
+                .events
+                .with_label_values(&[name, outcome])
+                .inc_by(n as u64);
+        }
         for ((topic, partition), next) in &batch.positions {
             metrics
                 .position

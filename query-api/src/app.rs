@@ -1,84 +1,14 @@
-use std::sync::Arc;
+//! The router: every public route with its documentation, the operations endpoints.
 
 use axum::Router;
 use axum::extract::State;
 use futures::FutureExt;
-use mongodb::Database;
-use platform::auth::TokenVerifier;
-use redis::aio::ConnectionManager;
-use sqlx::PgPool;
-
-use crate::config::Config;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{files, messages, rooms};
 
-pub struct App {
-    pub config: Config,
-    /// The live generation of the history (follows `read_model::live`; see `follow_live`).
-    pub db: std::sync::RwLock<Database>,
-    /// The live key prefix of the Redis read model.
-    pub presence_prefix: std::sync::RwLock<String>,
-    pub mongo: mongodb::Client,
-    pub redis: ConnectionManager,
-    pub directory: PgPool,
-    pub verifier: TokenVerifier,
-}
-
-pub type AppState = Arc<App>;
-
-impl App {
-    pub fn db(&self) -> Database {
-        match self.db.read() {
-            Ok(db) => db.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn presence_prefix(&self) -> String {
-        match self.presence_prefix.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Re-reads which generation of each read model is live, so a rebuild's switch-over
-    /// reaches this process within a second.
-    pub async fn follow_live(&self) {
-        match read_model::live::mongo_live(
-            &self.redis,
-            &self.config.redis_prefix,
-            &self.config.mongo_db,
-        )
-        .await
-        {
-            Ok(name) if name != self.db().name() => {
-                tracing::info!(db = %name, "the live history generation moved");
-                if let Ok(mut db) = self.db.write() {
-                    *db = self.mongo.database(&name);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the live history generation"),
-        }
-        match read_model::live::redis_live(&self.redis, &self.config.redis_prefix).await {
-            Ok(prefix) if prefix != self.presence_prefix() => {
-                if let Ok(mut p) = self.presence_prefix.write() {
-                    *p = prefix;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the live presence generation"),
-        }
-    }
-}
-
-impl platform::auth::VerifiesTokens for App {
-    fn verifier(&self) -> &TokenVerifier {
-        &self.verifier
-    }
-}
+pub use crate::state::{App, AppState};
 
 /// The reads, each documented where it is routed (so none is served undocumented).
 fn routes() -> OpenApiRouter<AppState> {
@@ -128,26 +58,9 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             async move { platform::pg::ping(&app.directory).await }.boxed()
         });
     let (api, _) = routes().split_for_parts();
-    let api = api
+    let api = platform::ops::api_fallbacks(api)
         .route("/v1/openapi.json", axum::routing::get(openapi_document))
-        .fallback(|| async {
-            platform::ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            )
-        })
-        .method_not_allowed_fallback(|| async {
-            platform::ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed here",
-            )
-        })
-        .with_state(app)
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            platform::ops::HttpMetrics::track,
-        ));
+        .with_state(app);
+    let api = http_metrics.around(api);
     Ok(api.merge(ops.router()))
 }

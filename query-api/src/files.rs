@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use mongodb::bson::{Document, doc};
 use platform::auth::Caller;
+use read_model::documents::FileDoc;
 use read_model::{FILES, MEMBERSHIPS};
 use tokio_util::io::ReaderStream;
 
@@ -31,23 +32,17 @@ pub async fn download(
         .ok_or(QueryError::NotFound("file"))?;
     let file = app
         .db()
-        .collection::<Document>(FILES)
+        .collection::<FileDoc>(FILES)
         .find_one(doc! {"_id": &file_id})
         .await?
         .ok_or(QueryError::NotFound("file"))?;
-    let rooms: Vec<String> = file
-        .get_array("rooms")
-        .map(|r| {
-            r.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let uploader = file.get_str("uploader_id").unwrap_or_default() == claims.sub;
+    let uploader = file.uploader_id == claims.sub;
     let member = app
         .db()
         .collection::<Document>(MEMBERSHIPS)
-        .find_one(doc! {"user_id": &claims.sub, "status": "member", "room_id": {"$in": &rooms}})
+        .find_one(
+            doc! {"user_id": &claims.sub, "status": "member", "room_id": {"$in": &file.rooms}},
+        )
         .await?
         .is_some();
     if !uploader && !member {
@@ -57,9 +52,10 @@ pub async fn download(
         .await
         .map_err(|_| QueryError::NotFound("file"))?;
     let mime = file
-        .get_str("mime_type")
+        .mime_type
+        .as_deref()
         .unwrap_or("application/octet-stream");
-    let filename = file.get_str("filename").unwrap_or("file");
+    let filename = file.filename.as_deref().unwrap_or("file");
     // Images are shown inline; anything else is a download, never rendered by the browser.
     let disposition = if mime.starts_with("image/") && mime != "image/svg+xml" {
         "inline"
@@ -86,7 +82,7 @@ pub async fn download(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(size) = file.get_i64("size") {
+    if let Some(size) = file.size {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
     if let Ok(value) = HeaderValue::from_str(&format!("{disposition}; filename*=UTF-8''{encoded}"))

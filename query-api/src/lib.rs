@@ -9,3 +9,4 @@ pub mod files;
 pub mod messages;
 pub mod params;
 pub mod rooms;
+pub mod state;

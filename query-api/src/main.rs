@@ -1,4 +1,3 @@
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -6,14 +5,12 @@ use anyhow::Context;
 use platform::auth::TokenVerifier;
 use query_api::app::{self, App};
 use query_api::config::Config;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if platform::openapi::print_if_asked(query_api::app::openapi())? {
+    if platform::openapi::start("query-api", query_api::app::openapi)? {
         return Ok(());
     }
-    platform::telemetry::init("query-api");
     let config = Config::from_env()?;
     let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
         .await
@@ -21,15 +18,10 @@ async fn main() -> anyhow::Result<()> {
     let redis = platform::cache::connect(&config.redis_url)
         .await
         .context("cannot connect to Redis")?;
-    let directory = PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(
-            PgConnectOptions::from_str(&config.pg_url)?
-                .options([("search_path", config.directory_schema.as_str())]),
-        )
-        .await
-        .context("cannot open the user directory")?;
+    let directory =
+        platform::pg::connect_in_schema(&config.pg_url, &config.directory_schema, 8, None)
+            .await
+            .context("cannot open the user directory")?;
     let verifier =
         TokenVerifier::from_url_when_up(&config.jwks_url, redis.clone(), &config.redis_prefix)
             .await

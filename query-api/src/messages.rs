@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use mongodb::bson::{Document, doc};
 use platform::auth::Caller;
+use read_model::documents::RoomDoc;
 use read_model::history::{self, Start};
 use read_model::search::{self, Below};
 use read_model::{MESSAGES, ROOMS};
@@ -44,7 +45,14 @@ pub async fn history(
         (Some(before), None) => Start::Before(before),
         (None, None) => Start::Newest,
     };
-    let (page, more) = history::page(&app.db(), &room_id, &room, start, limit as usize).await?;
+    let (page, more) = history::page(
+        &app.db(),
+        &room_id,
+        room.history_head,
+        start,
+        limit as usize,
+    )
+    .await?;
     let mut body = json!({"messages": page});
     if more {
         let edge = page.last().map(|m| m["seq"].clone());
@@ -97,20 +105,16 @@ pub async fn search(
     let rooms: Vec<(String, i64)> = match params.get("room_id") {
         Some(room_id) => {
             let (room, _) = readable_room(&app, room_id, &claims.sub).await?;
-            vec![(
-                room_id.to_string(),
-                history::integer(&room, "last_seq").unwrap_or(0),
-            )]
+            vec![(room_id.to_string(), room.last_seq)]
         }
         None => {
             let mut rooms = Vec::new();
             for room_id in member_rooms(&app, &claims.sub).await? {
                 let room = db
-                    .collection::<Document>(ROOMS)
+                    .collection::<RoomDoc>(ROOMS)
                     .find_one(doc! {"_id": &room_id})
                     .await?;
-                let last_seq = room.and_then(|r| history::integer(&r, "last_seq"));
-                rooms.push((room_id, last_seq.unwrap_or(0)));
+                rooms.push((room_id, room.map_or(0, |r| r.last_seq)));
             }
             rooms
         }

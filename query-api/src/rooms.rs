@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{DateTime, doc};
 use mongodb::options::FindOptions;
 use platform::auth::Caller;
+use read_model::documents::{MembershipDoc, RoomDoc};
 use read_model::history::{Start, Walk};
 use read_model::{MEMBERSHIPS, ROOMS, membership_id};
 use serde_json::{Value, json};
@@ -18,30 +19,22 @@ use crate::app::{App, AppState};
 use crate::error::QueryError;
 use crate::params::Params;
 
-fn millis(d: &Document, key: &str) -> Value {
-    d.get_datetime(key)
-        .map(|t| json!(t.timestamp_millis()))
-        .unwrap_or(Value::Null)
+fn millis(t: Option<DateTime>) -> Value {
+    t.map_or(Value::Null, |t| json!(t.timestamp_millis()))
 }
 
-fn int(d: &Document, key: &str) -> i64 {
-    d.get_i64(key)
-        .or_else(|_| d.get_i32(key).map(i64::from))
-        .unwrap_or(0)
-}
-
-pub fn room_json(room: &Document) -> Value {
+pub fn room_json(room: &RoomDoc) -> Value {
     json!({
-        "room_id": room.get_str("_id").unwrap_or_default(),
-        "name": room.get_str("name").unwrap_or_default(),
-        "visibility": room.get_str("visibility").unwrap_or_default(),
-        "topic": room.get_str("topic").ok(),
-        "owner_id": room.get_str("owner_id").ok(),
-        "member_count": int(room, "member_count"),
-        "message_count": int(room, "message_count"),
-        "last_seq": int(room, "last_seq"),
-        "created_at": millis(room, "created_at"),
-        "last_activity": millis(room, "last_activity"),
+        "room_id": room.room_id,
+        "name": room.name,
+        "visibility": room.visibility,
+        "topic": room.topic,
+        "owner_id": room.owner_id,
+        "member_count": room.member_count,
+        "message_count": room.message_count,
+        "last_seq": room.last_seq,
+        "created_at": millis(room.created_at),
+        "last_activity": millis(room.last_activity),
     })
 }
 
@@ -62,8 +55,8 @@ pub async fn list(
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
     let limit = params.int("limit", 100, 1..=500)?;
-    let rooms = app.db().collection::<Document>(ROOMS);
-    let docs: Vec<Document> = match params.get("scope").unwrap_or("joined") {
+    let rooms = app.db().collection::<RoomDoc>(ROOMS);
+    let docs: Vec<RoomDoc> = match params.get("scope").unwrap_or("joined") {
         "joined" => {
             let ids = member_rooms(&app, &claims.sub).await?;
             rooms
@@ -148,20 +141,16 @@ pub async fn members(
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
     readable_room(&app, &room_id, &claims.sub).await?;
-    let memberships: Vec<Document> = app
+    let memberships: Vec<MembershipDoc> = app
         .db()
-        .collection::<Document>(MEMBERSHIPS)
+        .collection::<MembershipDoc>(MEMBERSHIPS)
         .find(doc! {"room_id": &room_id, "status": "member"})
         .await?
         .try_collect()
         .await?;
     let ids: Vec<uuid::Uuid> = memberships
         .iter()
-        .filter_map(|m| {
-            m.get_str("user_id")
-                .ok()
-                .and_then(|u| uuid::Uuid::parse_str(u).ok())
-        })
+        .filter_map(|m| uuid::Uuid::parse_str(&m.user_id).ok())
         .collect();
     let names: HashMap<String, String> =
         sqlx::query("SELECT user_id::text, username FROM users WHERE user_id = ANY($1)")
@@ -175,12 +164,11 @@ pub async fn members(
     let mut members: Vec<Value> = memberships
         .iter()
         .map(|m| {
-            let user = m.get_str("user_id").unwrap_or_default();
             json!({
-                "user_id": user,
-                "username": names.get(user),
-                "role": m.get_str("role").unwrap_or("member"),
-                "online": online.iter().any(|o| o == user),
+                "user_id": m.user_id,
+                "username": names.get(&m.user_id),
+                "role": m.role,
+                "online": online.contains(&m.user_id),
             })
         })
         .collect();
@@ -225,26 +213,25 @@ pub async fn unread(
 ) -> Result<Json<Value>, QueryError> {
     let me = claims.sub.as_str();
     let room_ids = member_rooms(&app, me).await?;
-    let rooms: Vec<Document> = app
+    let rooms: Vec<RoomDoc> = app
         .db()
-        .collection::<Document>(ROOMS)
+        .collection::<RoomDoc>(ROOMS)
         .find(doc! {"_id": {"$in": &room_ids}})
         .await?
         .try_collect()
         .await?;
     let db = app.db();
-    let memberships = db.collection::<Document>(MEMBERSHIPS);
+    let memberships = db.collection::<MembershipDoc>(MEMBERSHIPS);
     let mut out = Vec::with_capacity(rooms.len());
     for room in &rooms {
-        let room_id = room.get_str("_id").unwrap_or_default();
+        let room_id = room.room_id.as_str();
         let read_seq = memberships
             .find_one(doc! {"_id": membership_id(room_id, me)})
             .await?
-            .map(|m| int(&m, "read_seq"))
-            .unwrap_or(0);
+            .map_or(0, |m| m.read_seq);
         // Newest first through the history buckets, until the read marker or the cap.
         let mut unread = 0_u64;
-        let mut walk = Walk::from_room(&db, room_id, Some(room), Start::Newest);
+        let mut walk = Walk::from_room(&db, room_id, room.history_head, Start::Newest);
         'walk: while let Some(messages) = walk.next_bucket().await? {
             for m in messages {
                 if m["seq"].as_i64().unwrap_or(0) <= read_seq || unread >= UNREAD_CAP {
@@ -255,7 +242,7 @@ pub async fn unread(
                 }
             }
         }
-        out.push(json!({"room_id": room_id, "unread": unread, "last_seq": int(room, "last_seq"), "read_seq": read_seq}));
+        out.push(json!({"room_id": room_id, "unread": unread, "last_seq": room.last_seq, "read_seq": read_seq}));
     }
     Ok(Json(json!(out)))
 }

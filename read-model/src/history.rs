@@ -82,20 +82,20 @@ impl<'a> Walk<'a> {
         start: Start,
     ) -> mongodb::error::Result<Self> {
         let stored = db
-            .collection::<Document>(ROOMS)
+            .collection::<crate::documents::RoomDoc>(ROOMS)
             .find_one(doc! {"_id": room})
             .await?;
-        Ok(Self::from_room(db, room, stored.as_ref(), start))
+        Ok(Self::from_room(
+            db,
+            room,
+            stored.and_then(|r| r.history_head),
+            start,
+        ))
     }
 
-    /// A walk of `room` whose document (the source of `history_head`) the caller has read.
-    pub fn from_room(
-        db: &'a Database,
-        room: &'a str,
-        stored: Option<&Document>,
-        start: Start,
-    ) -> Self {
-        let head = stored.and_then(|r| integer(r, "history_head"));
+    /// A walk of `room` from its newest bucket `head` (the room document's `history_head`,
+    /// which the caller has read).
+    pub fn from_room(db: &'a Database, room: &'a str, head: Option<i64>, start: Start) -> Self {
         let next = head.map(|head| match start {
             Start::Newest => head,
             Start::Before(seq) => bucket_of(seq).min(head),
@@ -237,11 +237,11 @@ pub fn stored_form(m: &Document) -> String {
 pub async fn page(
     db: &Database,
     room: &str,
-    stored: &Document,
+    head: Option<i64>,
     start: Start,
     limit: usize,
 ) -> mongodb::error::Result<(Vec<Value>, bool)> {
-    let mut walk = Walk::from_room(db, room, Some(stored), start);
+    let mut walk = Walk::from_room(db, room, head, start);
     let mut out = Vec::with_capacity(limit + 1);
     while out.len() <= limit {
         match walk.next_bucket().await? {

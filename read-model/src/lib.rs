@@ -18,6 +18,7 @@
 //!
 //! The Redis model (presence, room stats, membership sets) is described in [`presence`].
 
+pub mod documents;
 pub mod history;
 pub mod live;
 pub mod presence;

@@ -176,11 +176,7 @@ pub async fn rooms_of(
     prefix: &str,
     user_id: &str,
 ) -> redis::RedisResult<Vec<String>> {
-    let mut redis = redis.clone();
-    redis::cmd("SMEMBERS")
-        .arg(user_rooms(prefix, user_id))
-        .query_async(&mut redis)
-        .await
+    members_of_set(redis, user_rooms(prefix, user_id)).await
 }
 
 /// The room's members who are online.
@@ -189,9 +185,13 @@ pub async fn online_members(
     prefix: &str,
     room_id: &str,
 ) -> redis::RedisResult<Vec<String>> {
+    members_of_set(redis, presence(prefix, room_id)).await
+}
+
+async fn members_of_set(redis: &ConnectionManager, key: String) -> redis::RedisResult<Vec<String>> {
     let mut redis = redis.clone();
     redis::cmd("SMEMBERS")
-        .arg(presence(prefix, room_id))
+        .arg(key)
         .query_async(&mut redis)
         .await
 }

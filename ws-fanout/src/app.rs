@@ -84,18 +84,7 @@ pub fn router(
             .boxed()
         });
     let (api, _) = routes().split_for_parts();
-    let api = api
-        .fallback(|| async {
-            platform::ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            )
-        })
-        .with_state(node)
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            platform::ops::HttpMetrics::track,
-        ));
+    let api = platform::ops::api_fallbacks(api).with_state(node);
+    let api = http_metrics.around(api);
     Ok(api.merge(ops.router()))
 }

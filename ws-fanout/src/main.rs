@@ -19,10 +19,9 @@ const KEPT_EVENTS_BUDGET: usize = 200_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if platform::openapi::print_if_asked(ws_fanout::app::openapi())? {
+    if platform::openapi::start("ws-fanout", ws_fanout::app::openapi)? {
         return Ok(());
     }
-    platform::telemetry::init("ws-fanout");
     let config = Config::from_env()?;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;

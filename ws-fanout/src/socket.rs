@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
+use crate::commands::{CommandsClient, Refused};
 use crate::config::Config;
 use crate::error::FanoutError;
 use crate::heads::Heads;
@@ -47,7 +48,7 @@ pub struct Node {
     pub heads: Heads,
     pub access: Access,
     pub verifier: TokenVerifier,
-    pub http: reqwest::Client,
+    pub commands: CommandsClient,
     pub metrics: Metrics,
     pub stop: CancellationToken,
     pub typing: Arc<Typing>,
@@ -69,13 +70,14 @@ impl Node {
         presence: Arc<Presence>,
     ) -> Result<Self, FanoutError> {
         let access = Access::new(&config.brokers, hub.partitions() as i32)?;
+        let commands = CommandsClient::new(http, &config.commands_url);
         Ok(Self {
             config,
             hub,
             heads,
             access,
             verifier,
-            http,
+            commands,
             metrics,
             stop,
             typing,
@@ -522,49 +524,24 @@ fn send(
     let token = session.token.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut body = serde_json::json!({"client_msg_id": &client_msg_id, "content": content});
-        if let Some(r) = reply_to {
-            body["reply_to"] = serde_json::json!(r);
-        }
-        let url = format!(
-            "{}/v1/rooms/{room_id}/messages",
-            node.config.commands_url.trim_end_matches('/')
-        );
-        let answer = match node
-            .http
-            .post(url)
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                if (200..300).contains(&status) {
-                    match (body["message_id"].as_str(), body["seq"].as_i64()) {
-                        (Some(m), Some(seq)) => protocol::ack_frame(&client_msg_id, m, seq),
-                        _ => protocol::error_frame(
-                            "internal",
-                            "the write API gave no message id",
-                            Some(&client_msg_id),
-                        ),
-                    }
-                } else {
-                    protocol::error_frame(
-                        body["error"]["code"].as_str().unwrap_or("upstream_error"),
-                        body["error"]["message"]
-                            .as_str()
-                            .unwrap_or("the write API refused"),
-                        Some(&client_msg_id),
-                    )
-                }
+        let posted = node
+            .commands
+            .post(
+                &token,
+                &room_id,
+                &client_msg_id,
+                &content,
+                reply_to.as_deref(),
+            )
+            .await;
+        let answer = match posted {
+            Ok(p) => protocol::ack_frame(&client_msg_id, &p.message_id, p.seq),
+            Err(Refused::Api { code, message }) => {
+                protocol::error_frame(&code, &message, Some(&client_msg_id))
             }
-            Err(e) => protocol::error_frame(
-                "unavailable",
-                &format!("the write API is unreachable: {e}"),
-                Some(&client_msg_id),
-            ),
+            Err(Refused::Unreachable(message)) => {
+                protocol::error_frame("unavailable", &message, Some(&client_msg_id))
+            }
         };
         outlet.push(text(answer));
     });

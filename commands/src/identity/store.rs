@@ -1,12 +1,11 @@
 //! PostgreSQL side of identity: users, sessions, refresh-token families and the outbox rows
 //! written in the same transaction as each change.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use schemas::DomainEvent;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 use crate::error::CommandError;
@@ -54,17 +53,9 @@ impl IdentityStore {
                 "CHAT_COMMANDS_PG_SCHEMA={schema:?} must be a lowercase SQL identifier"
             )));
         }
-        let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        platform::pg::ensure_schema(&pool, schema).await?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| CommandError::Internal(format!("identity migrations: {e}")))?;
+        let pool =
+            platform::pg::connect_in_schema(url, schema, 16, Some(&sqlx::migrate!("./migrations")))
+                .await?;
         Ok(Self { pool })
     }
 

@@ -176,8 +176,8 @@ pub fn decide(
             content,
         } => edit(&e, room, me, message_id, content),
         Command::Delete { message_id } => delete(&e, room, me, message_id),
-        Command::React { message_id, emoji } => react(&e, room, me, message_id, emoji),
-        Command::Unreact { message_id, emoji } => unreact(&e, room, me, message_id, emoji),
+        Command::React { message_id, emoji } => reaction(&e, room, me, message_id, emoji, true),
+        Command::Unreact { message_id, emoji } => reaction(&e, room, me, message_id, emoji, false),
         Command::MarkRead { seq } => mark_read(&e, room, me, seq),
     }
 }
@@ -492,46 +492,39 @@ fn delete(
     Ok(e.emit(vec![event.into()], Some(message_id)))
 }
 
-fn react(
+/// Adds (`add`) or removes the caller's reaction; asking for what already is changes nothing.
+fn reaction(
     e: &Emitter,
     room: &RoomState,
     me: &str,
     message_id: String,
     emoji: String,
+    add: bool,
 ) -> Result<Decision, CommandError> {
     require_member(room, me)?;
     live_message(room, &message_id)?;
-    if room.has_reaction(&message_id, me, &emoji) {
+    if room.has_reaction(&message_id, me, &emoji) == add {
         return Ok(e.noop());
     }
-    let event = ReactionAdded {
-        envelope: e.envelope(1),
-        message_id: message_id.clone(),
-        member_id: me.to_string(),
-        emoji,
+    let (envelope, member_id, id) = (e.envelope(1), me.to_string(), message_id.clone());
+    let event: DomainEvent = if add {
+        ReactionAdded {
+            envelope,
+            message_id: id,
+            member_id,
+            emoji,
+        }
+        .into()
+    } else {
+        ReactionRemoved {
+            envelope,
+            message_id: id,
+            member_id,
+            emoji,
+        }
+        .into()
     };
-    Ok(e.emit(vec![event.into()], Some(message_id)))
-}
-
-fn unreact(
-    e: &Emitter,
-    room: &RoomState,
-    me: &str,
-    message_id: String,
-    emoji: String,
-) -> Result<Decision, CommandError> {
-    require_member(room, me)?;
-    live_message(room, &message_id)?;
-    if !room.has_reaction(&message_id, me, &emoji) {
-        return Ok(e.noop());
-    }
-    let event = ReactionRemoved {
-        envelope: e.envelope(1),
-        message_id: message_id.clone(),
-        member_id: me.to_string(),
-        emoji,
-    };
-    Ok(e.emit(vec![event.into()], Some(message_id)))
+    Ok(e.emit(vec![event], Some(message_id)))
 }
 
 fn mark_read(e: &Emitter, room: &RoomState, me: &str, seq: i64) -> Result<Decision, CommandError> {
