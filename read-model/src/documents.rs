@@ -7,32 +7,23 @@ use mongodb::bson::DateTime;
 use serde::Deserialize;
 
 /// A document of [`crate::ROOMS`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct RoomDoc {
     #[serde(rename = "_id")]
     pub room_id: String,
-    #[serde(default)]
     pub name: String,
     /// `public` or `private` (the event contract's `Visibility`, snake_case).
-    #[serde(default)]
     pub visibility: String,
-    #[serde(default)]
     pub topic: Option<String>,
-    #[serde(default)]
     pub owner_id: Option<String>,
-    #[serde(default)]
     pub member_count: i64,
-    #[serde(default)]
     pub message_count: i64,
     /// The seq of the last event the projector applied to the room.
-    #[serde(default)]
     pub last_seq: i64,
-    #[serde(default)]
     pub created_at: Option<DateTime>,
-    #[serde(default)]
     pub last_activity: Option<DateTime>,
     /// The newest history bucket (see [`crate::history`]); absent before the first message.
-    #[serde(default)]
     pub history_head: Option<i64>,
 }
 
@@ -62,17 +53,13 @@ fn member() -> String {
 }
 
 /// A document of [`crate::FILES`], `_id` = the file id.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct FileDoc {
-    #[serde(default)]
     pub uploader_id: String,
-    #[serde(default)]
     pub filename: Option<String>,
-    #[serde(default)]
     pub mime_type: Option<String>,
-    #[serde(default)]
     pub size: Option<i64>,
     /// The rooms the file was shared in.
-    #[serde(default)]
     pub rooms: Vec<String>,
 }

@@ -149,19 +149,7 @@ impl IdentityStore {
         .bind(ip)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
-             VALUES ($1, $2, now() + make_interval(secs => $3))",
-        )
-        .bind(refresh_hash)
-        .bind(session_id)
-        .bind(ttl.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE users SET last_active = now() WHERE id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        issue_refresh(&mut tx, refresh_hash, session_id, user_id, ttl).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -210,19 +198,7 @@ impl IdentityStore {
             .bind(old_hash)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
-             VALUES ($1, $2, now() + make_interval(secs => $3))",
-        )
-        .bind(new_hash)
-        .bind(session_id)
-        .bind(ttl.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE users SET last_active = now() WHERE id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        issue_refresh(&mut tx, new_hash, session_id, user_id, ttl).await?;
         tx.commit().await?;
         Ok(Rotation::Rotated {
             user_id,
@@ -277,6 +253,30 @@ async fn enqueue(tx: &mut sqlx::PgConnection, event: &DomainEvent) -> Result<(),
         .await?;
     sqlx::query("SELECT pg_notify('chat_outbox', '')")
         .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Stores a refresh token of the session and marks its user active (a login or a rotation).
+async fn issue_refresh(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    hash: &[u8],
+    session_id: Uuid,
+    user_id: Uuid,
+    ttl: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3))",
+    )
+    .bind(hash)
+    .bind(session_id)
+    .bind(ttl.as_secs_f64())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE users SET last_active = now() WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
         .await?;
     Ok(())
 }
