@@ -11,6 +11,9 @@ use schemas::{DomainEvent, EventCodec};
 
 use crate::error::CommandError;
 
+/// How long a batch's answers wait for the fast channel's publish at most.
+const NOTIFY_AT_MOST: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct EventLog {
     producer: FutureProducer,
     codec: EventCodec,
@@ -61,8 +64,18 @@ impl EventLog {
             pipe.publish(channel, payload.as_slice()).ignore();
         }
         let mut redis = redis.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
-            tracing::debug!(error = %e, "fast channel publish failed; the log will deliver");
+        // Best effort, and the writer's answers wait for it: a slow Redis must not hold them.
+        match tokio::time::timeout(NOTIFY_AT_MOST, pipe.query_async::<()>(&mut redis)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "fast channel publish failed; the log will deliver");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    waited_ms = NOTIFY_AT_MOST.as_millis() as u64,
+                    "fast channel publish is slow; not waiting for it (the log will deliver)"
+                );
+            }
         }
     }
 

@@ -226,6 +226,15 @@ impl PartitionWriter {
                 Err(e) => return (answer(Err(e), Vec::new()), true),
             }
         }
+        if started.elapsed() >= Duration::from_secs(1) {
+            // Every later command of the partition waited for this one.
+            tracing::warn!(
+                partition = self.partition,
+                command,
+                ms = started.elapsed().as_millis() as u64,
+                "slow decision (encoding asks the schema registry for a new schema's id)"
+            );
+        }
         for event in &events {
             if let Applied::Conflict(reason) = rooms.apply(event) {
                 // Cannot happen unless decide and apply disagree; refuse rather than write it.

@@ -35,6 +35,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// transaction timeout the coordinator has settled it one way or the other.
 const COMMIT_RETRIES_FOR: Duration = Duration::from_secs(60);
 
+/// An append slower than this is logged with where its time went.
+const SLOW_APPEND: Duration = Duration::from_secs(2);
+
 /// One record to append: key and encoded value.
 pub type Record = (String, Vec<u8>);
 
@@ -104,6 +107,7 @@ impl Appender {
 
     /// Appends `records` to the partition, in order, as one transaction; `Ok` once committed.
     pub async fn append(&mut self, records: &[Record]) -> Result<(), AppendError> {
+        let started = std::time::Instant::now();
         let producer = self.producers[self.turn].clone();
         producer
             .begin_transaction()
@@ -139,10 +143,11 @@ impl Appender {
         if let Some(e) = failure {
             return Err(self.abort_after(&producer, e, "produce").await);
         }
+        let produced = started.elapsed();
         // A commit that timed out is still under way: librdkafka refuses an abort meanwhile,
         // and the broker may yet commit it, so the answers wait until it settles (committed,
         // fenced or abortable) instead of being refused while their records may land.
-        let started = std::time::Instant::now();
+        let commit_started = std::time::Instant::now();
         let committed = loop {
             let committing = producer.clone();
             let result =
@@ -154,13 +159,23 @@ impl Appender {
                     })?;
             match result {
                 Err(KafkaError::Transaction(e))
-                    if e.is_retriable() && started.elapsed() < COMMIT_RETRIES_FOR =>
+                    if e.is_retriable() && commit_started.elapsed() < COMMIT_RETRIES_FOR =>
                 {
                     tracing::warn!(partition = self.partition, error = %e, "commit not settled yet; retrying it");
                 }
                 other => break other,
             }
         };
+        if started.elapsed() >= SLOW_APPEND {
+            // Answers wait for this; past the command timeout their clients were told 503.
+            tracing::warn!(
+                partition = self.partition,
+                records = records.len(),
+                produce_ms = produced.as_millis() as u64,
+                commit_ms = commit_started.elapsed().as_millis() as u64,
+                "slow append"
+            );
+        }
         match committed {
             Ok(()) => {
                 self.turn ^= 1;
