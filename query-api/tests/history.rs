@@ -35,23 +35,36 @@ fn content_for(room: usize, i: usize) -> String {
     }
 }
 
+/// One command, retried like a client does on 503 (`Retry-After`, same request): under the
+/// suite's load a commit can outlast the write tier's 10 s answer timeout while it still lands.
+/// Every command here is idempotent on retry (reactions and deletes answer a no-op, an edit
+/// writes the same content again), and commands of a room are sent one at a time, so a no-op
+/// answer to a retry means the first attempt took the next seq.
 async fn command(
     commands: &Api,
     user: &User,
     method: Method,
     path: &str,
     body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let answer = commands
-        .call(method, path, Some(&user.access_token), body)
-        .await?;
-    anyhow::ensure!(
-        answer.status.is_success(),
-        "{path}: {} {}",
-        answer.status,
-        answer.body
-    );
-    Ok(answer.body)
+    last_seq: i64,
+) -> anyhow::Result<i64> {
+    for _ in 0..5 {
+        let answer = commands
+            .call(method.clone(), path, Some(&user.access_token), body.clone())
+            .await?;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            tokio::time::sleep(Duration::from_secs(answer.retry_after.unwrap_or(1))).await;
+            continue;
+        }
+        anyhow::ensure!(
+            answer.status.is_success(),
+            "{path}: {} {}",
+            answer.status,
+            answer.body
+        );
+        return Ok(answer.body["seq"].as_i64().unwrap_or(last_seq + 1));
+    }
+    anyhow::bail!("{path}: still unavailable after 5 attempts")
 }
 
 /// Builds 5 rooms (the last private) with 2,000 messages, edits, deletes and reactions, and
@@ -74,6 +87,7 @@ async fn populate(commands: &Api) -> anyhow::Result<Vec<Room>> {
                     Method::POST,
                     &format!("/v1/rooms/{id}/invites"),
                     Some(json!({"user_id": user.user_id})),
+                    0,
                 )
                 .await?;
             }
@@ -120,45 +134,46 @@ async fn populate(commands: &Api) -> anyhow::Result<Vec<Room>> {
                     let path = format!("/v1/rooms/{id}/messages/{message_id}");
                     if i % 10 == 0 {
                         expected.content = format!("{} (edited)", expected.content);
-                        let b = command(
+                        last_seq = command(
                             &commands,
                             author,
                             Method::PATCH,
                             &path,
                             Some(json!({"content": expected.content})),
+                            last_seq,
                         )
                         .await?;
-                        last_seq = b["seq"].as_i64().unwrap();
                         expected.edited = true;
                     }
                     if i % 7 == 0 {
                         let fan = &members[(i + 1) % members.len()];
-                        let b = command(
+                        last_seq = command(
                             &commands,
                             fan,
                             Method::PUT,
                             &format!("{path}/reactions/%F0%9F%91%8D"),
                             None,
+                            last_seq,
                         )
                         .await?;
-                        last_seq = b["seq"].as_i64().unwrap();
                         expected.thumbs.push(fan.user_id.clone());
                         if i % 21 == 0 {
-                            let b = command(
+                            last_seq = command(
                                 &commands,
                                 fan,
                                 Method::DELETE,
                                 &format!("{path}/reactions/%F0%9F%91%8D"),
                                 None,
+                                last_seq,
                             )
                             .await?;
-                            last_seq = b["seq"].as_i64().unwrap();
                             expected.thumbs.clear();
                         }
                     }
                     if i % 15 == 0 {
-                        let b = command(&commands, author, Method::DELETE, &path, None).await?;
-                        last_seq = b["seq"].as_i64().unwrap();
+                        last_seq =
+                            command(&commands, author, Method::DELETE, &path, None, last_seq)
+                                .await?;
                         expected.deleted = true;
                         expected.content = String::new();
                         expected.thumbs.clear();
