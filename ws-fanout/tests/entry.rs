@@ -72,3 +72,84 @@ async fn one_address_serves_identity_writes_reads_sockets_and_polls() -> anyhow:
     assert_eq!(body["error"]["code"], "not_found");
     Ok(())
 }
+
+/// The entry's own guards: security headers on every answer, small bodies except for uploads,
+/// and a flood guard on the credential endpoints per client address, each refusal in the API's
+/// error shape. (Bodies of `{}` are refused by the commands tier without counting as a failed
+/// login, so the flood locks no account or address for the other tests.)
+#[tokio::test]
+async fn the_entry_sets_security_headers_bounds_bodies_and_floods() -> anyhow::Result<()> {
+    let entry = env::entry_url();
+    let http = reqwest::Client::new();
+
+    let health = http.get(format!("{entry}/healthz")).send().await?;
+    let headers = health.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()?
+            .contains("default-src 'none'")
+    );
+    assert!(
+        headers
+            .get("server")
+            .is_none_or(|s| !s.to_str().unwrap_or("").contains('.'))
+    );
+
+    // A 200 kB JSON body where 64 kB are taken: refused at the entry.
+    let api = Api::new(&entry);
+    let user = api.user("entrybody").await?;
+    let big = json!({"name": "x".repeat(200 * 1024), "visibility": "public"});
+    let refused = http
+        .post(format!("{entry}/v1/rooms"))
+        .bearer_auth(&user.access_token)
+        .json(&big)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 413);
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    // Uploads still take megabytes.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![b'a'; 1024 * 1024]).file_name("big.txt"),
+    );
+    let upload = http
+        .post(format!("{entry}/v1/files"))
+        .bearer_auth(&user.access_token)
+        .multipart(form)
+        .send()
+        .await?;
+    assert_eq!(upload.status(), 201);
+
+    // A flood of the credential endpoints from one address.
+    let answers = futures::future::join_all((0..150).map(|_| {
+        http.post(format!("{entry}/v1/auth/register"))
+            .json(&json!({}))
+            .send()
+    }))
+    .await;
+    let mut limited = 0;
+    for answer in answers {
+        let answer = answer?;
+        if answer.status() == 429 {
+            assert!(answer.headers().contains_key("retry-after"));
+            let body: serde_json::Value = answer.json().await?;
+            assert_eq!(body["error"]["code"], "rate_limited");
+            limited += 1;
+        } else {
+            assert_eq!(answer.status(), 400, "an empty registration is invalid");
+        }
+    }
+    assert!(
+        limited >= 50,
+        "150 at once against a burst of 60: {limited} limited"
+    );
+    // The budget refills: a moment later registration works again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    api.user("entryafter").await?;
+    Ok(())
+}
