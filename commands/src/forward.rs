@@ -12,7 +12,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawPathParams, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -102,16 +102,11 @@ async fn relay(
     let upstream = request.send().await.map_err(|e| {
         CommandError::Unavailable(format!("the room's writer at {owner} is unreachable: {e}"))
     })?;
-    let status =
-        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = Response::builder().status(status);
+    // reqwest and axum share the `http` crate: status and header values pass through as they are.
+    let mut response = Response::builder().status(upstream.status());
     for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
-        if let Some(value) = upstream
-            .headers()
-            .get(name.as_str())
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-        {
-            response = response.header(name, value);
+        if let Some(value) = upstream.headers().get(&name) {
+            response = response.header(name, value.clone());
         }
     }
     let bytes = upstream.bytes().await.map_err(|e| {

@@ -153,6 +153,7 @@ fn posts_by_key(events: &[DomainEvent]) -> BTreeMap<String, i64> {
 /// accepted (for up to `patience`).
 struct PostStream {
     acked: Arc<AtomicUsize>,
+    total: usize,
     writers: Vec<tokio::task::JoinHandle<anyhow::Result<BTreeMap<String, i64>>>>,
 }
 
@@ -177,7 +178,11 @@ impl PostStream {
                 })
             })
             .collect();
-        Self { acked, writers }
+        Self {
+            acked,
+            total: 4 * each,
+            writers,
+        }
     }
 
     fn acked(&self) -> usize {
@@ -191,6 +196,25 @@ impl PostStream {
             || async { (self.acked() >= count).then_some(()) },
         )
         .await
+    }
+
+    /// Waits for every post's answer, checks that the fault (when `at_fault` posts were
+    /// acknowledged) hit mid-stream and that the room's log holds exactly what was answered.
+    async fn check_complete(
+        self,
+        cluster: &Cluster,
+        room: &str,
+        instance: &Instance,
+        at_fault: usize,
+    ) -> anyhow::Result<()> {
+        let total = self.total;
+        let answered = self.answers(instance).await?;
+        assert_eq!(answered.len(), total);
+        assert!(
+            at_fault < total,
+            "the fault hit mid-stream ({at_fault} acknowledged)"
+        );
+        check_log(cluster, room, &answered, instance).await
     }
 
     /// Every post's answered seq, by key.
@@ -209,6 +233,14 @@ impl PostStream {
         }
         Ok(answered)
     }
+}
+
+/// After a fault, the room takes a post as before, at the next seq.
+async fn posting_goes_on(api: &Api, user: &User, room: &str, seq: i64) -> anyhow::Result<()> {
+    let next = api.post(user, room, "after", "payload").await?;
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
+    assert_eq!(next.body["seq"], seq);
+    Ok(())
 }
 
 /// The room's log holds its creation and every answered post exactly once, seqs gap-free,
@@ -285,11 +317,7 @@ async fn kill_9_mid_stream_loses_nothing_and_reuses_no_seq() -> anyhow::Result<(
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.service.start()?;
 
-    let answered = stream.answers(&a).await?;
-    assert_eq!(answered.len(), 600);
-    assert!(at_kill < 600, "the kill happened mid-stream");
-    check_log(&cluster, &room, &answered, &a).await?;
-    Ok(())
+    stream.check_complete(&cluster, &room, &a, at_kill).await
 }
 
 /// Sets the room topic's configuration to what the platform creates it with, plus `extra`
@@ -347,14 +375,10 @@ async fn appends_the_broker_refuses_mid_stream_leave_no_gap_and_lose_nothing() -
     })?;
     set_room_topic_config(&cluster, &[]).await?;
 
-    let answered = stream.answers(&a).await?;
-    assert_eq!(answered.len(), 400);
-    assert!(at_refusal < 400, "the broker refused mid-stream");
-    check_log(&cluster, &room, &answered, &a).await?;
-    let next = api.post(&user, &room, "after", "payload").await?;
-    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
-    assert_eq!(next.body["seq"], 402);
-    Ok(())
+    stream
+        .check_complete(&cluster, &room, &a, at_refusal)
+        .await?;
+    posting_goes_on(&api, &user, &room, 402).await
 }
 
 /// The broker stops answering (SIGSTOP) in the middle of a post stream for longer than the
@@ -386,19 +410,12 @@ async fn appends_failing_mid_stream_leave_no_gap_and_lose_nothing() -> anyhow::R
     tokio::time::sleep(Duration::from_secs(20)).await;
     test_support::signal_only(broker, "CONT")?;
 
-    let answered = stream.answers(&a).await?;
-    assert_eq!(answered.len(), 400);
-    assert!(at_stop < 400, "the broker stopped mid-stream");
+    stream.check_complete(&cluster, &room, &a, at_stop).await?;
     assert!(
         a.metric("commands_catchup_events_total").await > caught_up_before,
         "the writer read its rooms back from the log before deciding again"
     );
-    check_log(&cluster, &room, &answered, &a).await?;
-    // And the room takes posts as before.
-    let next = api.post(&user, &room, "after", "payload").await?;
-    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
-    assert_eq!(next.body["seq"], 402);
-    Ok(())
+    posting_goes_on(&api, &user, &room, 402).await
 }
 
 #[tokio::test]

@@ -7,25 +7,11 @@
 //! its own document merged with the given ones (`deploy/local` runs the three and points
 //! query-api's `CHAT_OPENAPI_FILE` at the result).
 
+use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi, OpenApiBuilder};
-use utoipa::{Modify, ToSchema};
 
-/// The error body of every failed request (`crate::ApiError`).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Machine-readable, stable (`invalid_input`, `missing_token`, `room_not_found`, ...).
-    code: String,
-    /// For people; may change.
-    message: String,
-}
+use crate::error::ErrorBody;
 
 /// The refusals every operation may answer, each with [`ErrorBody`] (see API.md's error table).
 #[derive(utoipa::IntoResponses)]

@@ -19,6 +19,14 @@ pub mod verify;
 
 pub use error::ProjectionError;
 
+/// The snake_case name of a contract enum (its serde form), as the read models store it.
+pub(crate) fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The names of the projectors, as `CHAT_PROJECTORS` and `replay-tools` spell them.
 pub const PROJECTORS: [&str; 4] = ["mongo", "redis", "clickhouse", "directory"];
 

@@ -19,6 +19,7 @@ use schemas::DomainEvent;
 use schemas::topics::Topic;
 
 use crate::deadletter::DeadLetter;
+use crate::enum_str;
 use crate::error::ProjectionError;
 use crate::gate::{Gate, RoomCursor};
 use crate::runner::{Counts, Project};
@@ -709,14 +710,6 @@ impl PendingHistory {
 
 fn opt(value: &Option<String>) -> Bson {
     value.clone().map(Bson::String).unwrap_or(Bson::Null)
-}
-
-/// The snake_case name of a contract enum (its serde form).
-fn enum_str<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn is_duplicate_only(e: &mongodb::error::Error) -> bool {

@@ -145,12 +145,12 @@ impl PresenceProjector {
         room: &str,
         visibility: schemas::events::Visibility,
     ) {
-        let value = match visibility {
-            schemas::events::Visibility::Public => "public",
-            schemas::events::Visibility::Private => "private",
-        };
-        tx.hset(keys::room_access(&self.prefix, room), "visibility", value)
-            .ignore();
+        tx.hset(
+            keys::room_access(&self.prefix, room),
+            "visibility",
+            crate::enum_str(&visibility),
+        )
+        .ignore();
     }
 
     fn part(

@@ -2,6 +2,7 @@
 //! with the sender's own token, so it gets exactly the write API's validation, idempotency and
 //! rate limits. Typed here once, so a change of that contract shows up in one place.
 
+use platform::error::ErrorBody;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone)]
@@ -23,17 +24,6 @@ struct PostBody<'a> {
 pub struct Posted {
     pub message_id: String,
     pub seq: i64,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
 }
 
 /// Why a post was not accepted: the write API's own refusal, or no answer from it.

@@ -23,18 +23,12 @@ pub enum FanoutError {
     TooManyInFlight(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("{code}: {message}")]
-    Upstream {
-        status: u16,
-        code: String,
-        message: String,
-    },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl FanoutError {
-    /// The error code of API.md (for an upstream answer: "upstream_error"; see `frame_code`).
+    /// The error code of API.md.
     pub fn code(&self) -> &'static str {
         match self {
             FanoutError::InvalidFrame(_) => "invalid_frame",
@@ -51,16 +45,7 @@ impl FanoutError {
             FanoutError::Invalid(_) => "invalid_input",
             FanoutError::TooManyInFlight(_) => "too_many_in_flight",
             FanoutError::Unavailable(_) => "unavailable",
-            FanoutError::Upstream { .. } => "upstream_error",
             FanoutError::Internal(_) => "internal",
-        }
-    }
-
-    /// The code an error frame carries: the commands tier's own code for a refused `send`.
-    pub fn frame_code(&self) -> &str {
-        match self {
-            FanoutError::Upstream { code, .. } => code,
-            other => other.code(),
         }
     }
 
@@ -75,17 +60,7 @@ impl FanoutError {
             FanoutError::Forbidden(_) => StatusCode::FORBIDDEN,
             FanoutError::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
             FanoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            FanoutError::Upstream { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
-            }
             FanoutError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            FanoutError::Upstream { message, .. } => message.clone(),
-            other => other.to_string(),
         }
     }
 }
@@ -96,16 +71,10 @@ impl From<redis::RedisError> for FanoutError {
     }
 }
 
-impl From<reqwest::Error> for FanoutError {
-    fn from(e: reqwest::Error) -> Self {
-        FanoutError::Unavailable(format!("upstream: {e}"))
-    }
-}
-
 impl From<FanoutError> for platform::ApiError {
     fn from(e: FanoutError) -> Self {
         let retry = matches!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let error = platform::ApiError::new(e.status(), e.code(), e.message());
+        let error = platform::ApiError::new(e.status(), e.code(), e.to_string());
         if retry {
             error.with_retry_after(1)
         } else {

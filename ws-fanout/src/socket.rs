@@ -236,7 +236,7 @@ async fn authenticate(
         Err(e) => {
             send_bounded(
                 socket,
-                text_message(protocol::error_frame(e.code(), &e.message(), None)),
+                text_message(protocol::error_frame(e.code(), &e.to_string(), None)),
             )
             .await;
             close_with(socket, close::POLICY, e.code()).await;
@@ -305,7 +305,7 @@ async fn run(
                 if let Err(e) = node.verifier.verify(&session.token).await {
                     let e = FanoutError::from(e);
                     if e.code() != "auth_unavailable" {
-                        send_bounded(socket, text_message(protocol::error_frame(e.code(), &e.message(), None))).await;
+                        send_bounded(socket, text_message(protocol::error_frame(e.code(), &e.to_string(), None))).await;
                         close_with(socket, close::TOKEN, e.code()).await;
                         return "token_revoked";
                     }
@@ -382,8 +382,8 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
                 .with_label_values(&["invalid", "error"])
                 .inc();
             session.outlet.push(text(protocol::error_frame(
-                e.frame_code(),
-                &e.message(),
+                e.code(),
+                &e.to_string(),
                 reference.as_deref(),
             )));
             return;
@@ -419,8 +419,8 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
         .inc();
     if let Err(e) = result {
         session.outlet.push(text(protocol::error_frame(
-            e.frame_code(),
-            &e.message(),
+            e.code(),
+            &e.to_string(),
             reference.as_deref(),
         )));
     }

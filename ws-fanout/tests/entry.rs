@@ -113,16 +113,13 @@ async fn the_entry_sets_security_headers_bounds_bodies_and_floods() -> anyhow::R
     assert_eq!(body["error"]["code"], "payload_too_large");
 
     // Uploads still take megabytes.
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(vec![b'a'; 1024 * 1024]).file_name("big.txt"),
-    );
-    let upload = http
-        .post(format!("{entry}/v1/files"))
-        .bearer_auth(&user.access_token)
-        .multipart(form)
-        .send()
-        .await?;
+    let upload = common::upload(
+        &http,
+        &user.access_token,
+        "big.txt",
+        vec![b'a'; 1024 * 1024],
+    )
+    .await?;
     assert_eq!(upload.status(), 201);
 
     // A flood of the credential endpoints from one address.

@@ -145,16 +145,13 @@ impl Fixture {
 }
 
 async fn upload(http: &reqwest::Client, user: &User) -> anyhow::Result<Value> {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(b"hello file".to_vec()).file_name("hello.txt"),
-    );
-    let response = http
-        .post(format!("{}/v1/files", env::entry_url()))
-        .bearer_auth(&user.access_token)
-        .multipart(form)
-        .send()
-        .await?;
+    let response = common::upload(
+        http,
+        &user.access_token,
+        "hello.txt",
+        b"hello file".to_vec(),
+    )
+    .await?;
     if response.status() != reqwest::StatusCode::CREATED {
         bail!("upload: {}", response.status());
     }

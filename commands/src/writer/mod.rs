@@ -184,13 +184,17 @@ impl Writer {
         if self.local(partition).is_some() {
             return None;
         }
-        match self.inner.directory.owner(partition).await {
-            Ok(Some(owner)) if owner != self.inner.directory.me() => {
-                self.inner.metrics.forwarded.inc();
-                Some(owner)
-            }
-            _ => None,
+        self.remote_owner(partition).await.ok().flatten()
+    }
+
+    /// The directory's owner of `partition` when it is another instance (counted as a forward).
+    async fn remote_owner(&self, partition: i32) -> Result<Option<String>, CommandError> {
+        let owner = self.inner.directory.owner(partition).await?;
+        let remote = owner.filter(|o| o != self.inner.directory.me());
+        if remote.is_some() {
+            self.inner.metrics.forwarded.inc();
         }
+        Ok(remote)
     }
 
     /// Runs a command on its room's writer; [`CommandError::Moved`] when another instance
@@ -209,13 +213,8 @@ impl Writer {
             if let Some(local) = self.local(partition) {
                 break local;
             }
-            match self.inner.directory.owner(partition).await {
-                Ok(Some(owner)) if owner != self.inner.directory.me() => {
-                    self.inner.metrics.forwarded.inc();
-                    return Err(CommandError::Moved(owner));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e),
+            if let Some(owner) = self.remote_owner(partition).await? {
+                return Err(CommandError::Moved(owner));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(CommandError::Unavailable(format!(

@@ -153,3 +153,21 @@ impl Client {
         }
     }
 }
+
+/// Uploads `bytes` as `name` through the entry with `token` (`POST /v1/files`, multipart).
+pub async fn upload(
+    http: &reqwest::Client,
+    token: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+    );
+    http.post(format!("{}/v1/files", env::entry_url()))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+}
