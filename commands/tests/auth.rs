@@ -523,3 +523,96 @@ async fn the_jwks_names_the_key_tokens_are_signed_with() -> anyhow::Result<()> {
     assert!(key.get("d").is_none(), "no private part in the JWK set");
     Ok(())
 }
+
+/// Fifty guesses sent at once get no more password checks than five sent one after another:
+/// the attempt is counted before the password is verified.
+#[tokio::test]
+async fn parallel_guesses_cannot_outrun_the_account_backoff() -> anyhow::Result<()> {
+    let api = api();
+    let (_, username, _) = api.register("swarm").await?;
+    let guesses = (0..50).map(|i| {
+        // Each guess from its own address, so only the account's budget applies.
+        let api = Api::new(env::commands_url());
+        let username = username.clone();
+        async move { api.login(&username, &format!("wrong-{i}")).await }
+    });
+    let answers = futures::future::join_all(guesses).await;
+    let (mut verified, mut refused) = (0, 0);
+    for answer in answers {
+        let answer = answer?;
+        match answer.status {
+            StatusCode::UNAUTHORIZED => verified += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(answer.retry_after.is_some(), "{}", answer.body);
+                refused += 1
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert_eq!(
+        (verified, refused),
+        (5, 45),
+        "five checked passwords, the rest refused"
+    );
+    Ok(())
+}
+
+/// Parallel guesses at many accounts from one address stop at the address's budget (20).
+#[tokio::test]
+async fn parallel_spraying_cannot_outrun_the_address_backoff() -> anyhow::Result<()> {
+    let api = api();
+    let guesses = (0..60).map(|i| {
+        let api = api.clone();
+        async move {
+            let login = format!(
+                "nobody{i}{}",
+                &uuid::Uuid::now_v7().simple().to_string()[20..]
+            );
+            api.login(&login, "guess-guess").await
+        }
+    });
+    let answers = futures::future::join_all(guesses).await;
+    let mut verified = 0;
+    for answer in answers {
+        let answer = answer?;
+        match answer.status {
+            StatusCode::UNAUTHORIZED => verified += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert_eq!(verified, 20, "the address's budget, however many at once");
+    Ok(())
+}
+
+/// An account's user name and e-mail address are two spellings of one login: guesses through
+/// either count against one budget.
+#[tokio::test]
+async fn username_and_email_share_one_budget() -> anyhow::Result<()> {
+    let (_, username, password) = api().register("twoname").await?;
+    let email = format!("{username}@EXAMPLE.test");
+    for (i, login) in [&username, &email, &username, &email, &username]
+        .into_iter()
+        .enumerate()
+    {
+        let answer = Api::new(env::commands_url())
+            .login(login, "wrong-password")
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "guess {i}: {}",
+            answer.body
+        );
+    }
+    let locked = Api::new(env::commands_url())
+        .login(&email, &password)
+        .await?;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.body
+    );
+    Ok(())
+}

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::store::Rotation;
+use super::throttle::Attempt;
 use super::tokens::{hash_refresh_token, new_refresh_token};
 use super::validate;
 use crate::app::{App, AppState};
@@ -95,8 +96,14 @@ pub async fn login(
         return Err(CommandError::invalid("login and password are required"));
     }
     let ip = app.client_ip(peer, &headers);
-    app.throttle.check(&request.login, &ip).await?;
     let account = app.store.find_login(&request.login).await?;
+    let attempt = Attempt::new(
+        &account
+            .as_ref()
+            .map_or_else(|| request.login.clone(), |a| a.id.to_string()),
+        &ip,
+    );
+    app.throttle.begin(&attempt).await?;
     let ok = app
         .passwords
         .verify(
@@ -106,12 +113,9 @@ pub async fn login(
         .await?;
     let account = match account {
         Some(account) if ok => account,
-        _ => {
-            app.throttle.failed(&request.login, &ip).await?;
-            return Err(CommandError::BadCredentials);
-        }
+        _ => return Err(CommandError::BadCredentials),
     };
-    app.throttle.succeeded(&request.login, &ip).await?;
+    app.throttle.succeeded(&attempt).await?;
     let session_id = Uuid::now_v7();
     let (refresh_token, refresh_hash) = new_refresh_token();
     let user_agent = headers
