@@ -164,7 +164,7 @@ fn scenarios(args: &Args) -> Vec<Scenario> {
 }
 
 /// Senders per room so that none posts faster than 7 messages/s: the commands tier allows a
-/// user 10/s (`CHAT_MESSAGE_RATE_PER_SEC`), and a refusal would measure the limit, not the path.
+/// user 10/s (`CHAT_LIMIT_POSTS`), and a refusal would measure the limit, not the path.
 fn senders_for(per_minute: u64, rooms: usize) -> usize {
     (per_minute as f64 / 60.0 / rooms.max(1) as f64 / 7.0)
         .ceil()

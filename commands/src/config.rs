@@ -39,10 +39,8 @@ pub struct Config {
     pub access_token_ttl: Duration,
     /// `CHAT_REFRESH_TOKEN_TTL_SECS`, default 30 days.
     pub refresh_token_ttl: Duration,
-    /// `CHAT_MESSAGE_RATE_PER_SEC` / `CHAT_MESSAGE_BURST`, default 10/s with bursts of 30:
-    /// per-user posting limit.
-    pub message_rate_per_sec: f64,
-    pub message_burst: f64,
+    /// `CHAT_LIMIT_<NAME>` = `<per second>/<burst>`: the budgets of `crate::limits`.
+    pub budgets: crate::limits::Budgets,
     /// `CHAT_MAX_BODY_BYTES`, default 64 KiB: largest accepted JSON body.
     pub max_body_bytes: usize,
     /// `CHAT_COMMAND_TIMEOUT_MS`, default 10000: how long a command may wait for its room's
@@ -85,8 +83,7 @@ impl Config {
                 "CHAT_REFRESH_TOKEN_TTL_SECS",
                 30 * 24 * 3600u64,
             )?),
-            message_rate_per_sec: env_or("CHAT_MESSAGE_RATE_PER_SEC", 10.0)?,
-            message_burst: env_or("CHAT_MESSAGE_BURST", 30.0)?,
+            budgets: crate::limits::Budgets::from_env()?,
             max_body_bytes: env_or("CHAT_MAX_BODY_BYTES", 64 * 1024)?,
             command_timeout: Duration::from_millis(env_or("CHAT_COMMAND_TIMEOUT_MS", 10_000u64)?),
             argon2_m_kib: env_or("CHAT_ARGON2_M_KIB", 19_456u32)?,

@@ -102,6 +102,7 @@ pub async fn upload(
     Caller(claims): Caller,
     mut multipart: Multipart,
 ) -> Result<impl IntoResponse, CommandError> {
+    app.limits.uploads.check(&claims.sub)?;
     let uploader = Uuid::parse_str(&claims.sub)
         .map_err(|_| CommandError::Auth(platform::auth::AuthError::Invalid))?;
     let store = &app.files;

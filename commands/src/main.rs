@@ -9,8 +9,8 @@ use commands::identity::passwords::Passwords;
 use commands::identity::store::IdentityStore;
 use commands::identity::throttle::Throttle;
 use commands::identity::tokens::Signer;
+use commands::limits::Limits;
 use commands::log::EventLog;
-use commands::ratelimit::RateLimiter;
 use commands::writer::Writer;
 use commands::writer::directory::OwnerDirectory;
 use commands::writer::metrics::WriterMetrics;
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Arc::new(App {
         passwords: Passwords::new(config.argon2_m_kib, 2)?,
         throttle: Throttle::new(redis.clone(), config.redis_prefix.clone()),
-        limiter: RateLimiter::new(config.message_rate_per_sec, config.message_burst),
+        limits: Limits::new(&config.budgets, &platform::limits::refusals(&registry)?),
         http: reqwest::Client::builder()
             .timeout(config.command_timeout + Duration::from_secs(2))
             .build()?,
@@ -88,15 +88,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let sweeper = {
         let app = app.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => app.limiter.sweep(),
-                }
-            }
-        })
+        platform::limits::sweep_every_minute(move || app.limits.sweep(), shutdown.clone())
     };
 
     let router = app::router(app, registry)?;

@@ -57,6 +57,7 @@ pub async fn create_room(
     Caller(caller): Caller,
     Json(body): Json<CreateRoomRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.rooms.check(&caller.sub)?;
     let command = Command::CreateRoom {
         name: validate::room_name(&body.name)?,
         visibility: body.visibility,
@@ -93,6 +94,7 @@ pub async fn update_room(
     Path(room_id): Path<String>,
     Json(body): Json<UpdateRoomRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.rooms.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let command = Command::UpdateRoom {
         name: body.name.as_deref().map(validate::room_name).transpose()?,
@@ -123,6 +125,7 @@ pub async fn join(
     Caller(caller): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Response, CommandError> {
+    app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     run(&app, room_id, caller, Command::Join, StatusCode::OK).await
 }
@@ -141,6 +144,7 @@ pub async fn leave(
     Caller(caller): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Response, CommandError> {
+    app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     run(&app, room_id, caller, Command::Leave, StatusCode::OK).await
 }
@@ -178,6 +182,7 @@ pub async fn invite(
     Path(room_id): Path<String>,
     Json(body): Json<InviteRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let user_id = existing_user(&app, &body.user_id).await?;
     run(
@@ -213,6 +218,7 @@ pub async fn ban(
     Path(room_id): Path<String>,
     Json(body): Json<BanRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let user_id = existing_user(&app, &body.user_id).await?;
     let reason =
@@ -248,6 +254,7 @@ pub async fn set_role(
     Path((room_id, user_id)): Path<(String, String)>,
     Json(body): Json<RoleRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let user_id = validate::id(&user_id, "user_id")?;
     run(
@@ -290,9 +297,7 @@ pub async fn post_message(
     Json(body): Json<PostRequest>,
 ) -> Result<Response, CommandError> {
     let room_id = room_path_id(&room_id)?;
-    app.limiter
-        .check(&caller.sub)
-        .map_err(|retry_after| CommandError::RateLimited { retry_after })?;
+    app.limits.posts.check(&caller.sub)?;
     let client_msg_id = validate::client_msg_id(&body.client_msg_id)?;
     let content = validate::content(&body.content)?;
     let reply_to = body
@@ -332,6 +337,7 @@ pub async fn edit_message(
     Path((room_id, message_id)): Path<(String, String)>,
     Json(body): Json<EditRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.edits.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let message_id = validate::id(&message_id, "message_id")?;
     let content = validate::content(&body.content)?;
@@ -362,6 +368,7 @@ pub async fn delete_message(
     Caller(caller): Caller,
     Path((room_id, message_id)): Path<(String, String)>,
 ) -> Result<Response, CommandError> {
+    app.limits.edits.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let message_id = validate::id(&message_id, "message_id")?;
     run(
@@ -388,6 +395,7 @@ pub async fn react(
     Caller(caller): Caller,
     Path((room_id, message_id, emoji)): Path<(String, String, String)>,
 ) -> Result<Response, CommandError> {
+    app.limits.reactions.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let message_id = validate::id(&message_id, "message_id")?;
     let emoji = validate::emoji(&emoji)?;
@@ -415,6 +423,7 @@ pub async fn unreact(
     Caller(caller): Caller,
     Path((room_id, message_id, emoji)): Path<(String, String, String)>,
 ) -> Result<Response, CommandError> {
+    app.limits.reactions.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let message_id = validate::id(&message_id, "message_id")?;
     let emoji = validate::emoji(&emoji)?;
@@ -449,6 +458,7 @@ pub async fn mark_read(
     Path(room_id): Path<String>,
     Json(body): Json<ReadRequest>,
 ) -> Result<Response, CommandError> {
+    app.limits.read_markers.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     run(
         &app,

@@ -12,7 +12,7 @@ use crate::identity::passwords::Passwords;
 use crate::identity::store::IdentityStore;
 use crate::identity::throttle::Throttle;
 use crate::identity::tokens::Signer;
-use crate::ratelimit::RateLimiter;
+use crate::limits::Limits;
 use crate::writer::Writer;
 
 pub struct App {
@@ -24,7 +24,7 @@ pub struct App {
     pub throttle: Throttle,
     pub redis: ConnectionManager,
     pub writer: Writer,
-    pub limiter: RateLimiter,
+    pub limits: Limits,
     pub http: reqwest::Client,
     pub files: crate::files::FileStore,
 }

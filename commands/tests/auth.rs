@@ -43,18 +43,60 @@ async fn twenty_concurrent_registrations_of_one_username_yield_one_account() -> 
         }
     }
     assert_eq!(created, 1);
-    // The e-mail address is unique too, whatever its case.
-    let (_, name, _) = api.register("dup").await?;
-    let again = api
-        .call(
-            Method::POST,
-            "/v1/auth/register",
-            None,
-            Some(json!({"email": format!("{}@EXAMPLE.test", name.to_uppercase()), "username": unique("other").replace('-', "")[..20].to_string(), "password": "password123"})),
-        )
-        .await?;
-    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
-    assert_eq!(again.code(), "email_taken");
+    Ok(())
+}
+
+/// An e-mail address is unique whatever its case, and registering with one in use answers
+/// exactly like a fresh registration (so nobody can test which addresses have accounts) while
+/// creating nothing; the address's owner logs in as before.
+#[tokio::test]
+async fn registration_does_not_reveal_which_emails_exist() -> anyhow::Result<()> {
+    let api = api();
+    let (owner_id, name, password) = api.register("dup").await?;
+    let email = format!("{}@EXAMPLE.test", name.to_uppercase());
+    let register = |username: String, email: String| {
+        let api = api.with_fresh_address();
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/auth/register",
+                None,
+                Some(json!({"email": email, "username": username, "password": "password123"})),
+            )
+            .await
+        }
+    };
+    let newcomer = unique("other").replace('-', "")[..20].to_string();
+    let in_use = register(newcomer.clone(), email.clone()).await?;
+    let fresh = register(
+        unique("fresh").replace('-', "")[..20].to_string(),
+        format!("{}@example.test", unique("fresh")),
+    )
+    .await?;
+    assert_eq!(
+        in_use.status, fresh.status,
+        "{} / {}",
+        in_use.body, fresh.body
+    );
+    assert_eq!(in_use.status, StatusCode::CREATED);
+    let keys = |body: &Value| {
+        body.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+    };
+    assert_eq!(keys(&in_use.body), keys(&fresh.body));
+    assert_eq!(in_use.body["username"], newcomer.as_str());
+    // Nothing was created: the newcomer's name does not log in, the owner's address does.
+    assert_eq!(
+        api.login(&newcomer, "password123").await?.code(),
+        "bad_credentials"
+    );
+    let owner = api.login(&email, &password).await?;
+    assert_eq!(owner.status, StatusCode::OK, "{}", owner.body);
+    assert_eq!(owner.body["user_id"], owner_id.as_str());
+    // A taken user name is said (user names are public), even when the address is taken too.
+    let both = register(name.clone(), email).await?;
+    assert_eq!(both.status, StatusCode::CONFLICT, "{}", both.body);
+    assert_eq!(both.code(), "username_taken");
     Ok(())
 }
 
@@ -614,5 +656,58 @@ async fn username_and_email_share_one_budget() -> anyhow::Result<()> {
         "{}",
         locked.body
     );
+    Ok(())
+}
+
+/// Anonymous identity calls spend their client address's budget: registrations (20 at once,
+/// one per 10 s) and refreshes (30 at once, one per second).
+#[tokio::test]
+async fn anonymous_calls_spend_the_address_budget() -> anyhow::Result<()> {
+    let api = api();
+    let mut statuses = Vec::new();
+    for i in 0..24 {
+        let name = format!(
+            "addr{i}x{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let answer = api
+            .call(
+                Method::POST,
+                "/v1/auth/register",
+                None,
+                Some(json!({"email": format!("{name}@example.test"), "username": name, "password": "password123"})),
+            )
+            .await?;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(answer.code(), "rate_limited");
+            assert!(answer.retry_after.is_some_and(|s| (1..=10).contains(&s)));
+        }
+        statuses.push(answer.status.as_u16());
+    }
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        (20..=21).contains(&created) && statuses.iter().all(|s| *s == 201 || *s == 429),
+        "{statuses:?}"
+    );
+    // Another address registers as usual.
+    api.with_fresh_address().register("addr").await?;
+
+    let mut refused = 0;
+    for _ in 0..40 {
+        let answer = api
+            .call(
+                Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(json!({"refresh_token": "not-a-token"})),
+            )
+            .await?;
+        match answer.status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("{other}: {}", answer.body),
+        }
+    }
+    assert!(refused >= 5, "{refused} of 40 refreshes refused");
     Ok(())
 }

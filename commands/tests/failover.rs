@@ -53,8 +53,7 @@ impl Cluster {
             ("CHAT_REDIS_PREFIX", self.prefix.clone()),
             ("CHAT_COMMANDS_GROUP", group.to_string()),
             ("CHAT_JWT_PRIVATE_KEY_FILE", env::jwt_private_key_file()),
-            ("CHAT_MESSAGE_RATE_PER_SEC", "100000".into()),
-            ("CHAT_MESSAGE_BURST", "100000".into()),
+            ("CHAT_LIMIT_POSTS", "100000/100000".into()),
             ("RUST_LOG", "info".into()),
         ]
         .into_iter()

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod json;
+pub mod limits;
 pub mod listen;
 pub mod openapi;
 pub mod ops;

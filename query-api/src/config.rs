@@ -24,6 +24,8 @@ pub struct Config {
     /// OpenAPI document, which `deploy/local` writes from every tier's part (no tier links
     /// another); without it `/v1/openapi.json` serves this tier's part alone.
     pub openapi_file: PathBuf,
+    /// `CHAT_LIMIT_<NAME>` = `<per second>/<burst>`: the budgets of `crate::limits`.
+    pub budgets: crate::limits::Budgets,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             directory_schema: shared.directory_schema.clone(),
             jwks_url: shared.jwks_url.clone(),
             files_dir: env_or("CHAT_FILES_DIR", shared.state_dir.join("files"))?,
+            budgets: crate::limits::Budgets::from_env()?,
             openapi_file: env_or(
                 "CHAT_OPENAPI_FILE",
                 shared.state_dir.join("data/openapi.json"),

@@ -21,6 +21,8 @@ pub enum QueryError {
     Redis(#[from] redis::RedisError),
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
+    #[error("too many requests; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -57,6 +59,10 @@ impl From<QueryError> for ApiError {
                 },
                 message,
             ),
+            QueryError::RateLimited { retry_after } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                    .with_retry_after(retry_after)
+            }
             QueryError::Mongo(inner) => {
                 tracing::error!(error = %inner, "mongodb error");
                 unavailable("history_unavailable", "message history")

@@ -28,6 +28,7 @@ pub async fn download(
     Caller(claims): Caller,
     Path(file_id): Path<String>,
 ) -> Result<Response, QueryError> {
+    app.limits.downloads.check(&claims.sub)?;
     let path = platform::files::path_of(&app.config.files_dir, &file_id)
         .ok_or(QueryError::NotFound("file"))?;
     let file = app

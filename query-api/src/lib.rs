@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod limits;
 pub mod messages;
 pub mod params;
 pub mod rooms;

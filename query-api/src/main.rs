@@ -26,7 +26,11 @@ async fn main() -> anyhow::Result<()> {
         TokenVerifier::from_url_when_up(&config.jwks_url, redis.clone(), &config.redis_prefix)
             .await
             .context("cannot fetch the token keys (CHAT_JWKS_URL)")?;
+    let registry = prometheus::Registry::new();
+    let limits =
+        query_api::limits::Limits::new(&config.budgets, &platform::limits::refusals(&registry)?);
     let app = Arc::new(App {
+        limits,
         db: std::sync::RwLock::new(mongo.database(&config.mongo_db)),
         presence_prefix: std::sync::RwLock::new(config.redis_prefix.clone()),
         mongo,
@@ -43,7 +47,12 @@ async fn main() -> anyhow::Result<()> {
             follower.follow_live().await;
         }
     });
-    let router = app::router(app, prometheus::Registry::new())?;
+    let sweeper = app.clone();
+    platform::limits::sweep_every_minute(
+        move || sweeper.limits.sweep(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let router = app::router(app, registry)?;
     let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "query-api ready");

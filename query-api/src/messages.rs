@@ -33,6 +33,7 @@ pub async fn history(
     Path(room_id): Path<String>,
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.history.check(&claims.sub)?;
     let (room, _) = readable_room(&app, &room_id, &claims.sub).await?;
     let limit = params.int("limit", 50, 1..=200)?;
     let before = params.opt_int("before", 1..=i64::MAX)?;
@@ -84,6 +85,7 @@ pub async fn search(
     Caller(claims): Caller,
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.search.check(&claims.sub)?;
     let q = params
         .get("q")
         .ok_or_else(|| QueryError::invalid("q is required"))?;

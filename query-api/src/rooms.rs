@@ -54,6 +54,7 @@ pub async fn list(
     Caller(claims): Caller,
     params: Params,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.reads.check(&claims.sub)?;
     let limit = params.int("limit", 100, 1..=500)?;
     let rooms = app.db().collection::<RoomDoc>(ROOMS);
     let docs: Vec<RoomDoc> = match params.get("scope").unwrap_or("joined") {
@@ -108,6 +109,7 @@ pub async fn detail(
     Caller(claims): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.reads.check(&claims.sub)?;
     let (room, access) = readable_room(&app, &room_id, &claims.sub).await?;
     let mut body = room_json(&room);
     body["my_role"] = match access {
@@ -140,6 +142,7 @@ pub async fn members(
     Caller(claims): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.reads.check(&claims.sub)?;
     readable_room(&app, &room_id, &claims.sub).await?;
     let memberships: Vec<MembershipDoc> = app
         .db()
@@ -191,6 +194,7 @@ pub async fn presence(
     Caller(claims): Caller,
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.reads.check(&claims.sub)?;
     readable_room(&app, &room_id, &claims.sub).await?;
     Ok(Json(json!({"online": online(&app, &room_id).await?})))
 }
@@ -211,6 +215,7 @@ pub async fn unread(
     State(app): State<AppState>,
     Caller(claims): Caller,
 ) -> Result<Json<Value>, QueryError> {
+    app.limits.reads.check(&claims.sub)?;
     let me = claims.sub.as_str();
     let room_ids = member_rooms(&app, me).await?;
     let rooms: Vec<RoomDoc> = app

@@ -19,6 +19,7 @@ pub struct App {
     pub redis: ConnectionManager,
     pub directory: PgPool,
     pub verifier: TokenVerifier,
+    pub limits: crate::limits::Limits,
 }
 
 pub type AppState = Arc<App>;

@@ -21,6 +21,12 @@ impl Answer {
     }
 }
 
+/// A made-up private client address, sent as `X-Forwarded-For` (trusted from loopback).
+fn random_address() -> String {
+    let n = uuid::Uuid::new_v4().as_u128();
+    format!("10.{}.{}.{}", (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
@@ -41,7 +47,6 @@ pub struct User {
 
 impl Api {
     pub fn new(base: impl Into<String>) -> Self {
-        let n = uuid::Uuid::new_v4().as_u128();
         Self {
             base: base.into().trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
@@ -49,7 +54,16 @@ impl Api {
                 .pool_max_idle_per_host(0)
                 .build()
                 .expect("http client"),
-            client_ip: format!("10.{}.{}.{}", (n >> 16) as u8, (n >> 8) as u8, n as u8),
+            client_ip: random_address(),
+        }
+    }
+
+    /// The same client seen from another address (a different person, for the per-address
+    /// budgets: registrations, refreshes, login backoff).
+    pub fn with_fresh_address(&self) -> Self {
+        Self {
+            client_ip: random_address(),
+            ..self.clone()
         }
     }
 
@@ -118,7 +132,10 @@ impl Api {
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let username = format!("{}{}", prefix, &suffix[suffix.len() - 12..]);
         let password = format!("pw-{suffix}");
+        // Each registration from its own address: tests register many people, each of whom
+        // registers once (the per-address budget has a test of its own).
         let answer = self
+            .with_fresh_address()
             .call(
                 Method::POST,
                 "/v1/auth/register",

@@ -47,6 +47,13 @@ pub struct Config {
     /// `CHAT_WS_PRESENCE_TTL_SECS` (45): a connection whose node stopped refreshing it counts
     /// as gone after this long (the user goes offline when it was their last).
     pub presence_ttl: Duration,
+    /// `CHAT_WS_MAX_SOCKETS_PER_USER`, default 20: sockets one user may hold on a node (tabs,
+    /// devices); one more is refused with `too_many_sockets` and closed (1008).
+    pub max_sockets_per_user: usize,
+    /// `CHAT_WS_MAX_SUBSCRIPTIONS`, default 200: rooms one socket may subscribe to.
+    pub max_subscriptions: usize,
+    /// `CHAT_LIMIT_FRAMES`, `CHAT_LIMIT_POLLS`: the budgets of `crate::limits`.
+    pub budgets: crate::limits::Budgets,
 }
 
 impl Config {
@@ -69,6 +76,9 @@ impl Config {
             auth_timeout: Duration::from_secs(env_or("CHAT_WS_AUTH_SECS", 10u64)?.max(1)),
             fetch_wait_ms: env_or("CHAT_WS_FETCH_WAIT_MS", 50u32)?,
             presence_ttl: Duration::from_secs(env_or("CHAT_WS_PRESENCE_TTL_SECS", 45u64)?.max(1)),
+            max_sockets_per_user: env_or("CHAT_WS_MAX_SOCKETS_PER_USER", 20usize)?.max(1),
+            max_subscriptions: env_or("CHAT_WS_MAX_SUBSCRIPTIONS", 200usize)?.max(1),
+            budgets: crate::limits::Budgets::from_env()?,
         })
     }
 }

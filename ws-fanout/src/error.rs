@@ -21,6 +21,12 @@ pub enum FanoutError {
     /// for its acks, which is not the same as sending something wrong.
     #[error("{0}")]
     TooManyInFlight(String),
+    /// A budget of `crate::limits` is spent.
+    #[error("too many requests; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    /// A bound on what a user holds (sockets, subscriptions): its code and message.
+    #[error("{1}")]
+    TooMany(&'static str, String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -44,9 +50,30 @@ impl FanoutError {
             FanoutError::Forbidden(_) => "forbidden",
             FanoutError::Invalid(_) => "invalid_input",
             FanoutError::TooManyInFlight(_) => "too_many_in_flight",
+            FanoutError::RateLimited { .. } => "rate_limited",
+            FanoutError::TooMany(code, _) => code,
             FanoutError::Unavailable(_) => "unavailable",
             FanoutError::Internal(_) => "internal",
         }
+    }
+
+    /// When to try again, for refusals that pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            FanoutError::RateLimited { retry_after } => Some(*retry_after),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        }
+    }
+
+    /// This error as the socket's error frame (API.md), answering the frame `reference` names.
+    pub fn frame(&self, reference: Option<&str>) -> String {
+        crate::protocol::error_frame_after(
+            self.code(),
+            &self.to_string(),
+            reference,
+            self.retry_after(),
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -58,7 +85,9 @@ impl FanoutError {
             FanoutError::Auth(_) => StatusCode::UNAUTHORIZED,
             FanoutError::NotFound => StatusCode::NOT_FOUND,
             FanoutError::Forbidden(_) => StatusCode::FORBIDDEN,
-            FanoutError::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
+            FanoutError::TooManyInFlight(_)
+            | FanoutError::RateLimited { .. }
+            | FanoutError::TooMany(..) => StatusCode::TOO_MANY_REQUESTS,
             FanoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             FanoutError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,12 +102,10 @@ impl From<redis::RedisError> for FanoutError {
 
 impl From<FanoutError> for platform::ApiError {
     fn from(e: FanoutError) -> Self {
-        let retry = matches!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         let error = platform::ApiError::new(e.status(), e.code(), e.to_string());
-        if retry {
-            error.with_retry_after(1)
-        } else {
-            error
+        match e.retry_after() {
+            Some(seconds) => error.with_retry_after(seconds),
+            None => error,
         }
     }
 }

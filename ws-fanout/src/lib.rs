@@ -13,6 +13,7 @@ pub mod error;
 pub mod fast;
 pub mod heads;
 pub mod hub;
+pub mod limits;
 pub mod line;
 pub mod metrics;
 pub mod poll;

@@ -114,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
         typing,
         presence,
     )?);
+    let sweeper = node.clone();
+    platform::limits::sweep_every_minute(move || sweeper.limits.sweep(), stop.clone());
     let router = ws_fanout::app::router(node, registry)?;
     let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Presence transitions this node decided, by status.
     pub presence: IntCounterVec,
     pub polls: IntCounter,
+    /// `rate_limited_total{budget}`.
+    pub refused: platform::limits::Refusals,
 }
 
 impl Metrics {
@@ -85,6 +87,7 @@ impl Metrics {
                 &["status"],
             )?,
             polls: IntCounter::new("ws_polls_total", "Long polls answered")?,
+            refused: platform::limits::refusals(registry)?,
             tail_lag: IntGauge::new(
                 "ws_tail_lag_records",
                 "Room-topic records the log tail has not handed to the hub yet",

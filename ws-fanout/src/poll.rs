@@ -75,6 +75,7 @@ async fn answer(
 ) -> Result<Json<Value>, FanoutError> {
     let token = token(headers, query)?;
     let claims = node.verifier.verify(&token).await?;
+    node.limits.polls.check(&claims.sub)?;
     let room_id = query
         .get("room_id")
         .ok_or_else(|| FanoutError::Invalid("room_id is required".into()))?;

@@ -155,9 +155,22 @@ pub fn event_frame(room_id: &str, seq: i64, event: &schemas::DomainEvent) -> Str
 }
 
 pub fn error_frame(code: &str, message: &str, reference: Option<&str>) -> String {
+    error_frame_after(code, message, reference, None)
+}
+
+/// An error frame that says when to try again (`retry_after`, seconds) when that is known.
+pub fn error_frame_after(
+    code: &str,
+    message: &str,
+    reference: Option<&str>,
+    retry_after: Option<u64>,
+) -> String {
     let mut v = json!({"type": "error", "code": code, "message": message});
     if let Some(r) = reference {
         v["ref"] = json!(r);
+    }
+    if let Some(seconds) = retry_after {
+        v["retry_after"] = json!(seconds);
     }
     v.to_string()
 }

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::FanoutError;
 use crate::heads::Heads;
 use crate::hub::{Hub, Joined, Outlet, Standing};
+use crate::limits::{Limits, SocketCounts};
 use crate::line::Frame;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -53,6 +54,8 @@ pub struct Node {
     pub stop: CancellationToken,
     pub typing: Arc<Typing>,
     pub presence: Arc<Presence>,
+    pub limits: Limits,
+    pub sockets_per_user: Arc<SocketCounts>,
     next_id: AtomicU64,
 }
 
@@ -71,7 +74,10 @@ impl Node {
     ) -> Result<Self, FanoutError> {
         let access = Access::new(&config.brokers, hub.partitions() as i32)?;
         let commands = CommandsClient::new(http, &config.commands_url);
+        let limits = Limits::new(&config.budgets, &metrics.refused);
         Ok(Self {
+            limits,
+            sockets_per_user: Arc::default(),
             config,
             hub,
             heads,
@@ -169,6 +175,21 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
     let Some((claims, token)) = authenticate(&node, &mut socket, url_token).await else {
         return;
     };
+    let _place = match node
+        .sockets_per_user
+        .take(&claims.sub, node.config.max_sockets_per_user)
+    {
+        Ok(place) => place,
+        Err(e) => {
+            send_bounded(&mut socket, text_message(e.frame(None))).await;
+            close_with(&mut socket, close::POLICY, e.code()).await;
+            node.metrics
+                .closes
+                .with_label_values(&["too_many_sockets"])
+                .inc();
+            return;
+        }
+    };
     let id = node.next_socket_id();
     let (outlet, rx) = Outlet::new(id, claims.sub.clone(), node.config.socket_queue);
     let mut session = Session {
@@ -234,11 +255,7 @@ async fn authenticate(
     match verified {
         Ok(ok) => Some(ok),
         Err(e) => {
-            send_bounded(
-                socket,
-                text_message(protocol::error_frame(e.code(), &e.to_string(), None)),
-            )
-            .await;
+            send_bounded(socket, text_message(e.frame(None))).await;
             close_with(socket, close::POLICY, e.code()).await;
             node.metrics.closes.with_label_values(&["auth"]).inc();
             None
@@ -305,7 +322,7 @@ async fn run(
                 if let Err(e) = node.verifier.verify(&session.token).await {
                     let e = FanoutError::from(e);
                     if e.code() != "auth_unavailable" {
-                        send_bounded(socket, text_message(protocol::error_frame(e.code(), &e.to_string(), None))).await;
+                        send_bounded(socket, text_message(e.frame(None))).await;
                         close_with(socket, close::TOKEN, e.code()).await;
                         return "token_revoked";
                     }
@@ -381,15 +398,21 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
                 .frames_in
                 .with_label_values(&["invalid", "error"])
                 .inc();
-            session.outlet.push(text(protocol::error_frame(
-                e.code(),
-                &e.to_string(),
-                reference.as_deref(),
-            )));
+            session.outlet.push(text(e.frame(reference.as_deref())));
             return;
         }
     };
     let kind = frame_type(&frame);
+    if let Err(e) = node.limits.frames.check(&session.claims.sub) {
+        node.metrics
+            .frames_in
+            .with_label_values(&[kind, "refused"])
+            .inc();
+        session
+            .outlet
+            .push(text(FanoutError::from(e).frame(reference.as_deref())));
+        return;
+    }
     let result = match frame {
         ClientFrame::Ping => {
             session.outlet.push(text(protocol::pong_frame()));
@@ -418,11 +441,7 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
         .with_label_values(&[kind, outcome])
         .inc();
     if let Err(e) = result {
-        session.outlet.push(text(protocol::error_frame(
-            e.code(),
-            &e.to_string(),
-            reference.as_deref(),
-        )));
+        session.outlet.push(text(e.frame(reference.as_deref())));
     }
 }
 
@@ -433,6 +452,13 @@ async fn subscribe(
     since: Option<i64>,
     reference: Option<&str>,
 ) -> Result<(), FanoutError> {
+    let max = node.config.max_subscriptions;
+    if session.rooms.len() >= max && !session.rooms.contains(room_id) {
+        return Err(FanoutError::TooMany(
+            "too_many_subscriptions",
+            format!("a socket may subscribe to {max} rooms; unsubscribe from one first"),
+        ));
+    }
     node.access
         .check(&node.hub, &node.heads, room_id, &session.claims.sub)
         .await?;

@@ -84,8 +84,7 @@ impl Platform {
                 ("CHAT_COMMANDS_PG_SCHEMA", format!("{name}_identity")),
                 ("CHAT_COMMANDS_GROUP", unique("g")),
                 ("CHAT_JWT_PRIVATE_KEY_FILE", env::jwt_private_key_file()),
-                ("CHAT_MESSAGE_RATE_PER_SEC", "100000".into()),
-                ("CHAT_MESSAGE_BURST", "100000".into()),
+                ("CHAT_LIMIT_POSTS", "100000/100000".into()),
             ],
         )?;
         let jwks = format!("{commands_url}/v1/auth/jwks");

@@ -262,6 +262,17 @@ async fn long_polling_delivers_the_same_sequence_as_the_socket() -> anyhow::Resu
                     .bearer_auth(&token)
                     .send()
                     .await?;
+                // A client polling as fast as events come may spend its poll budget: it waits
+                // as told and asks again from where it is (nothing is lost meanwhile).
+                if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    let wait = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    continue;
+                }
                 anyhow::ensure!(
                     response.status().is_success(),
                     "poll: {}",

@@ -14,7 +14,7 @@ use schemas::{DomainEvent, Envelope};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::Rotation;
+use super::store::{Registration, Rotation};
 use super::throttle::Attempt;
 use super::tokens::{hash_refresh_token, new_refresh_token};
 use super::validate;
@@ -35,13 +35,18 @@ pub struct RegisterResponse {
 }
 
 #[utoipa::path(post, path = "/v1/auth/register", tag = "identity",
-    summary = "Create an account",
+    summary = "Create an account; an e-mail address already in use gets the same answer and no account",
     request_body = RegisterRequest,
     responses((status = 201, description = "registered", body = RegisterResponse), platform::openapi::Refused))]
 pub async fn register(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(request): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, CommandError> {
+    app.limits
+        .registrations
+        .check(&app.client_ip(peer, &headers))?;
     let username = validate::username(&request.username)?;
     let email = validate::email(&request.email)?;
     validate::password(&request.password)?;
@@ -53,10 +58,16 @@ pub async fn register(
         display_name: None,
     }
     .into();
-    app.store
+    match app
+        .store
         .create_user(user_id, &email, &username, &hash, &event)
-        .await?;
-    tracing::info!(%user_id, %username, "user registered");
+        .await?
+    {
+        Registration::Created => tracing::info!(%user_id, %username, "user registered"),
+        Registration::EmailInUse => {
+            tracing::info!(%username, "registration with an e-mail address in use; answered as if created")
+        }
+    }
     Ok((
         StatusCode::CREATED,
         JsonResponse(RegisterResponse {
@@ -157,8 +168,11 @@ pub struct RefreshRequest {
     responses((status = 200, description = "a new token pair", body = TokenPair), platform::openapi::Refused))]
 pub async fn refresh(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(request): Json<RefreshRequest>,
 ) -> Result<impl IntoResponse, CommandError> {
+    app.limits.refreshes.check(&app.client_ip(peer, &headers))?;
     if request.refresh_token.is_empty() || request.refresh_token.len() > 512 {
         return Err(CommandError::Auth(platform::auth::AuthError::Invalid));
     }
@@ -211,6 +225,7 @@ pub async fn logout(
     State(app): State<AppState>,
     Caller(claims): Caller,
 ) -> Result<impl IntoResponse, CommandError> {
+    app.limits.sessions.check(&claims.sub)?;
     let (user_id, session_id) = parse_ids(&claims.sub, &claims.sid)?;
     app.store
         .revoke_session(

@@ -23,6 +23,15 @@ pub struct LoginRecord {
     pub password_hash: String,
 }
 
+/// What a registration led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Created,
+    /// The e-mail address belongs to another account: nothing was created, and the caller is
+    /// not told (answering differently would let anyone test which addresses are registered).
+    EmailInUse,
+}
+
 /// What presenting a refresh token led to.
 pub enum Rotation {
     /// The token was valid and is now spent; the new one replaces it.
@@ -71,7 +80,7 @@ impl IdentityStore {
         username: &str,
         password_hash: &str,
         event: &DomainEvent,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Registration, CommandError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO users (id, email, username, password_hash) VALUES ($1, $2, $3, $4)",
@@ -85,18 +94,27 @@ impl IdentityStore {
         if let Err(sqlx::Error::Database(db)) = &inserted
             && db.is_unique_violation()
         {
-            return Err(match db.constraint() {
-                Some("idx_users_email") => CommandError::Conflict(
-                    "email_taken",
-                    "that e-mail address is already registered".into(),
-                ),
-                _ => CommandError::Conflict("username_taken", "that username is taken".into()),
-            });
+            let taken = CommandError::Conflict("username_taken", "that username is taken".into());
+            if db.constraint() != Some("idx_users_email") {
+                return Err(taken);
+            }
+            // Both may be taken; the user name is public, so saying so reveals nothing.
+            drop(tx);
+            let name_taken: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = $1)")
+                    .bind(username)
+                    .fetch_one(&self.pool)
+                    .await?;
+            return if name_taken {
+                Err(taken)
+            } else {
+                Ok(Registration::EmailInUse)
+            };
         }
         inserted?;
         enqueue(&mut tx, event).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Registration::Created)
     }
 
     /// The account a login (username or e-mail, any case) names.

@@ -492,6 +492,10 @@ fn delete(
     Ok(e.emit(vec![event.into()], Some(message_id)))
 }
 
+/// Different emoji one message may show (as chat products do: Discord 20, Slack 23), so one
+/// user cannot grow a message without bound; each member holds at most one of each.
+pub const MAX_REACTION_KINDS: usize = 20;
+
 /// Adds (`add`) or removes the caller's reaction; asking for what already is changes nothing.
 fn reaction(
     e: &Emitter,
@@ -505,6 +509,14 @@ fn reaction(
     live_message(room, &message_id)?;
     if room.has_reaction(&message_id, me, &emoji) == add {
         return Ok(e.noop());
+    }
+    if add && room.reaction_kinds_full(&message_id, &emoji, MAX_REACTION_KINDS) {
+        return Err(CommandError::Conflict(
+            "too_many_reactions",
+            format!(
+                "a message shows at most {MAX_REACTION_KINDS} different reactions; add one of those"
+            ),
+        ));
     }
     let (envelope, member_id, id) = (e.envelope(1), me.to_string(), message_id.clone());
     let event: DomainEvent = if add {

@@ -61,6 +61,8 @@ pub struct RoomState {
     messages: HashMap<Key, MessageInfo>,
     /// (message, member, emoji)
     reactions: HashSet<(Key, Key, Key)>,
+    /// Per message, how many members hold each emoji (bounds what a message accumulates).
+    reaction_kinds: HashMap<Key, HashMap<Key, u32>>,
     pub read_markers: HashMap<String, i64>,
     /// call_id -> participants
     pub calls: HashMap<String, HashSet<String>>,
@@ -85,6 +87,14 @@ impl RoomState {
 
     pub fn message(&self, message_id: &str) -> Option<MessageInfo> {
         self.messages.get(&key(message_id)).copied()
+    }
+
+    /// Whether `emoji` is new on the message and the message already shows `limit` different
+    /// reactions.
+    pub fn reaction_kinds_full(&self, message_id: &str, emoji: &str, limit: usize) -> bool {
+        self.reaction_kinds
+            .get(&key(message_id))
+            .is_some_and(|kinds| !kinds.contains_key(&key(emoji)) && kinds.len() >= limit)
     }
 
     pub fn has_reaction(&self, message_id: &str, member_id: &str, emoji: &str) -> bool {
@@ -177,14 +187,33 @@ impl RoomState {
                     m.deleted = true;
                 }
                 self.reactions.retain(|(mid, _, _)| *mid != message);
+                self.reaction_kinds.remove(&message);
             }
             E::ReactionAdded(e) => {
-                self.reactions
-                    .insert((key(&e.message_id), key(&e.member_id), key(&e.emoji)));
+                let (message, emoji) = (key(&e.message_id), key(&e.emoji));
+                if self.reactions.insert((message, key(&e.member_id), emoji)) {
+                    *self
+                        .reaction_kinds
+                        .entry(message)
+                        .or_default()
+                        .entry(emoji)
+                        .or_default() += 1;
+                }
             }
             E::ReactionRemoved(e) => {
-                self.reactions
-                    .remove(&(key(&e.message_id), key(&e.member_id), key(&e.emoji)));
+                let (message, emoji) = (key(&e.message_id), key(&e.emoji));
+                if self.reactions.remove(&(message, key(&e.member_id), emoji))
+                    && let Some(kinds) = self.reaction_kinds.get_mut(&message)
+                    && let Some(holders) = kinds.get_mut(&emoji)
+                {
+                    *holders -= 1;
+                    if *holders == 0 {
+                        kinds.remove(&emoji);
+                    }
+                    if kinds.is_empty() {
+                        self.reaction_kinds.remove(&message);
+                    }
+                }
             }
             E::ReadMarkerSet(e) => {
                 self.read_markers.insert(e.member_id.clone(), e.read_seq);

@@ -425,3 +425,42 @@ fn room_updates_need_rank() {
     assert!(w.rooms.get(ROOM).unwrap().is_private());
     assert_eq!(w.rooms.get(ROOM).unwrap().name, "renamed");
 }
+
+#[test]
+fn a_message_shows_a_bounded_number_of_different_reactions() {
+    use crate::rooms::decide::MAX_REACTION_KINDS;
+    let mut w = World::with_room("alice", Visibility::Public);
+    w.ok("bob", Command::Join);
+    let m = w.post("alice", "k").unwrap().message_id.unwrap();
+    let react = |emoji: String| Command::React {
+        message_id: m.clone(),
+        emoji,
+    };
+    let shortcode = |i: usize| format!(":e{i}:");
+    for i in 0..MAX_REACTION_KINDS {
+        w.ok("alice", react(shortcode(i)));
+    }
+    assert_eq!(
+        code(&w.err("alice", react(shortcode(MAX_REACTION_KINDS)))),
+        "409 too_many_reactions"
+    );
+    assert_eq!(
+        code(&w.err("bob", react(shortcode(MAX_REACTION_KINDS)))),
+        "409 too_many_reactions",
+        "the bound is the message's, not one user's"
+    );
+    // Joining one of the shown reactions is always possible; removing one frees a place.
+    w.ok("bob", react(shortcode(0)));
+    w.ok(
+        "alice",
+        Command::Unreact {
+            message_id: m.clone(),
+            emoji: shortcode(1),
+        },
+    );
+    w.ok("bob", react(shortcode(MAX_REACTION_KINDS)));
+    assert_eq!(
+        code(&w.err("alice", react(shortcode(MAX_REACTION_KINDS + 1)))),
+        "409 too_many_reactions"
+    );
+}
