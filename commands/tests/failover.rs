@@ -372,6 +372,27 @@ async fn appends_the_broker_refuses_mid_stream_leave_no_gap_and_lose_nothing() -
             a.service.output()
         )
     })?;
+    // While every append is refused, a post and its retry (same key, sent while the first
+    // waits) are both refused: the retry waits for the first one's outcome, it is not answered
+    // from the writer's memory of an append that then fails.
+    let pairs = (0..3).map(|i| {
+        let (api, user, room) = (api.clone(), user.clone(), room.clone());
+        async move {
+            let key = format!("twice-{i}");
+            let first = api.post(&user, &room, &key, "refused twice");
+            let retry = async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                api.post(&user, &room, &key, "refused twice").await
+            };
+            let (first, retry) = tokio::join!(first, retry);
+            anyhow::Ok([first?, retry?])
+        }
+    });
+    for answers in futures::future::join_all(pairs).await {
+        for answer in answers? {
+            assert_ne!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        }
+    }
     set_room_topic_config(&cluster, &[]).await?;
 
     stream

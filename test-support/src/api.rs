@@ -33,6 +33,8 @@ pub struct Api {
     http: reqwest::Client,
     /// Sent as `X-Forwarded-For`, so login throttling by IP is per test, not per machine.
     client_ip: String,
+    /// Waits out 429s (see [`Api::patient`]).
+    patient: bool,
 }
 
 /// A logged-in user.
@@ -55,6 +57,16 @@ impl Api {
                 .build()
                 .expect("http client"),
             client_ip: random_address(),
+            patient: false,
+        }
+    }
+
+    /// A client that waits `Retry-After` and sends again when a budget is spent, as a real
+    /// client does; for tests that check what a heavy user reads and writes, not the budgets.
+    pub fn patient(self) -> Self {
+        Self {
+            patient: true,
+            ..self
         }
     }
 
@@ -68,6 +80,30 @@ impl Api {
     }
 
     pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let answer = self
+                .call_once(method.clone(), path, token, body.clone())
+                .await?;
+            if !self.patient
+                || answer.status != StatusCode::TOO_MANY_REQUESTS
+                || waited > Duration::from_secs(120)
+            {
+                return Ok(answer);
+            }
+            let wait = Duration::from_secs(answer.retry_after.unwrap_or(1));
+            tokio::time::sleep(wait).await;
+            waited += wait;
+        }
+    }
+
+    async fn call_once(
         &self,
         method: Method,
         path: &str,

@@ -67,7 +67,7 @@ impl Access {
     }
 }
 
-fn allowed(verdict: Verdict) -> Result<(), FanoutError> {
+pub fn allowed(verdict: Verdict) -> Result<(), FanoutError> {
     match verdict {
         Verdict::Allow => Ok(()),
         Verdict::Banned => Err(FanoutError::Forbidden(

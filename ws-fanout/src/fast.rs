@@ -84,8 +84,8 @@ impl Fast {
             let envelope = event.envelope();
             if let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) {
                 let frame = Frame::from(protocol::event_frame(room, seq, &event));
-                self.hub.offer(room, seq, frame, Origin::Fast);
-                crate::tail::note_membership(&self.hub, room, seq, &event);
+                let fact = crate::tail::fact(&event);
+                self.hub.offer(room, seq, frame, Origin::Fast, fact);
             }
         }
     }

@@ -6,11 +6,16 @@
 //! a subscriber's stream per room is one contiguous, ordered run: nothing between its backlog
 //! and the first live event can slip by or arrive twice.
 //!
+//! Access ends in the same order: an event that takes a reader's access away (a ban, a leave,
+//! a room turning private) is recorded as a fact when any copy of it arrives, so no new
+//! subscribe gets in after it, and ends the affected subscriptions when it is released, right
+//! after they were sent the event itself.
+//!
 //! Queues are bounded. A push into a full queue marks the socket as fallen behind and drops it
 //! from the room; the socket then tells its client to resync and closes. Nothing is skipped
 //! silently.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -71,6 +76,112 @@ struct Room {
     subscribers: HashMap<u64, Outlet>,
     touched: Instant,
     facts: RoomFacts,
+    /// Access that ends when the event of that seq is released.
+    endings: BTreeMap<i64, Ending>,
+}
+
+/// What an event says about who may read its room (see [`Hub::offer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    Created { owner: String, public: bool },
+    Visibility { public: bool },
+    Standing { user: String, standing: Standing },
+}
+
+/// Subscriptions an event ends.
+#[derive(Debug)]
+enum Ending {
+    /// The user left or was banned.
+    User(String),
+    /// The room turned private: everyone who is not a member.
+    NonMembers,
+}
+
+impl Room {
+    fn record(&mut self, seq: i64, fact: Fact) {
+        let unreleased = self.line.head().is_none_or(|head| seq > head);
+        match fact {
+            Fact::Created { owner, public } => {
+                self.note_visibility(seq, public);
+                self.facts.complete |= seq == 1;
+                self.note_standing(owner, Standing::Member, seq);
+            }
+            Fact::Visibility { public } => {
+                self.note_visibility(seq, public);
+                if !public && unreleased {
+                    self.endings.insert(seq, Ending::NonMembers);
+                }
+            }
+            Fact::Standing { user, standing } => {
+                if standing != Standing::Member && unreleased {
+                    self.endings.insert(seq, Ending::User(user.clone()));
+                }
+                self.note_standing(user, standing, seq);
+            }
+        }
+    }
+
+    fn note_visibility(&mut self, seq: i64, public: bool) {
+        if seq >= self.facts.public_seq {
+            self.facts.public = Some(public);
+            self.facts.public_seq = seq;
+        }
+    }
+
+    /// Records a standing unless a later event about the same user was recorded already
+    /// (copies arrive from the log and the fast channel in different orders).
+    fn note_standing(&mut self, user: String, standing: Standing, seq: i64) {
+        let entry = self.facts.members.entry(user).or_insert((standing, seq));
+        if seq >= entry.1 {
+            *entry = (standing, seq);
+        }
+    }
+
+    fn is_member(&self, user: &str) -> bool {
+        self.facts.members.get(user).map(|(s, _)| *s) == Some(Standing::Member)
+    }
+
+    /// Whether `user` may be added as a subscriber, by what the log showed: a subscribe's
+    /// access check ran before this moment, and a ban or a turn to private may have come since.
+    fn admits(&self, user: &str) -> Result<(), Verdict> {
+        let standing = self.facts.members.get(user).map(|(s, _)| *s);
+        match standing {
+            Some(Standing::Member) => Ok(()),
+            Some(Standing::Banned) => Err(Verdict::Banned),
+            _ if self.facts.public == Some(false)
+                && (standing.is_some() || self.facts.complete) =>
+            {
+                Err(Verdict::Invisible)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the subscriptions `ending` names, each told why.
+    fn end(&mut self, room_id: &str, ending: &Ending) {
+        let ended: Vec<u64> = self
+            .subscribers
+            .iter()
+            .filter(|(_, outlet)| match ending {
+                Ending::User(user) => outlet.user_id == *user,
+                Ending::NonMembers => !self.is_member(&outlet.user_id),
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let reason = match ending {
+            Ending::User(_) => "you no longer receive this room; subscribe again if it is public",
+            Ending::NonMembers => "the room turned private and you are not a member",
+        };
+        for id in ended {
+            if let Some(outlet) = self.subscribers.remove(&id) {
+                outlet.push(Frame::from(crate::protocol::error_frame(
+                    "access_revoked",
+                    reason,
+                    Some(room_id),
+                )));
+            }
+        }
+    }
 }
 
 /// What the log showed about who may read a room since the tail started. Fresher than the read
@@ -81,6 +192,8 @@ struct RoomFacts {
     /// The tail saw seq 1: everything about the room is known here.
     complete: bool,
     public: Option<bool>,
+    /// The seq of the event that set `public`.
+    public_seq: i64,
     /// Each user's standing and the seq of the event that said so (copies of events arrive
     /// from the log and the fast channel in different orders; the later seq wins).
     members: HashMap<String, (Standing, i64)>,
@@ -116,6 +229,8 @@ pub enum Joined {
     Ahead { head: i64 },
     /// The backlog did not fit in the socket's queue.
     Behind,
+    /// The log showed, after the access check, that the user may not read the room.
+    Refused(Verdict),
 }
 
 pub struct Hub {
@@ -163,11 +278,20 @@ impl Hub {
             subscribers: HashMap::new(),
             touched: Instant::now(),
             facts: RoomFacts::default(),
+            endings: BTreeMap::new(),
         }
     }
 
-    /// Hands one event to its room; returns how many sockets it was pushed to.
-    pub fn offer(&self, room_id: &str, seq: i64, frame: Frame, origin: Origin) -> usize {
+    /// Hands one event to its room, with what it says about access (`fact`); returns how many
+    /// sockets it was pushed to.
+    pub fn offer(
+        &self,
+        room_id: &str,
+        seq: i64,
+        frame: Frame,
+        origin: Origin,
+        fact: Option<Fact>,
+    ) -> usize {
         let mut shard = self.shard(room_id);
         let room = match shard.get_mut(room_id) {
             Some(r) => r,
@@ -177,6 +301,9 @@ impl Hub {
                 .entry(room_id.to_string())
                 .or_insert_with(|| self.new_room()),
         };
+        if let Some(fact) = fact {
+            room.record(seq, fact);
+        }
         let before = room.line.kept();
         let offer = room.line.offer(seq, frame, origin);
         if offer.jumped {
@@ -197,6 +324,8 @@ impl Hub {
         if released.is_empty() {
             return 0;
         }
+        // Endings of events this node skipped (a jump past them) lapse.
+        room.endings = room.endings.split_off(&released[0].0);
         let label = match origin {
             Origin::Log => "log",
             Origin::Fast => "fast",
@@ -206,19 +335,22 @@ impl Hub {
             .with_label_values(&[label])
             .inc_by(released.len() as u64);
         let mut pushed = 0;
-        let mut fallen = Vec::new();
-        for (id, outlet) in &room.subscribers {
-            for (_, frame) in &released {
-                if !outlet.push(frame.clone()) {
+        for (seq, frame) in &released {
+            let mut fallen = Vec::new();
+            for (id, outlet) in &room.subscribers {
+                if outlet.push(frame.clone()) {
+                    pushed += 1;
+                } else {
                     fallen.push(*id);
-                    break;
                 }
-                pushed += 1;
             }
-        }
-        for id in fallen {
-            room.subscribers.remove(&id);
-            self.metrics.fallen_behind.inc();
+            for id in fallen {
+                room.subscribers.remove(&id);
+                self.metrics.fallen_behind.inc();
+            }
+            if let Some(ending) = room.endings.remove(seq) {
+                room.end(room_id, &ending);
+            }
         }
         pushed
     }
@@ -255,6 +387,9 @@ impl Hub {
                 Backlog::Events(events) => events,
             },
         };
+        if let Err(verdict) = room.admits(&outlet.user_id) {
+            return Joined::Refused(verdict);
+        }
         if !outlet.push(greeting(head)) {
             return Joined::Behind;
         }
@@ -284,24 +419,6 @@ impl Hub {
         if let Some(room) = self.shard(room_id).get_mut(room_id) {
             room.subscribers.remove(&socket);
         }
-    }
-
-    /// Drops every subscription of `user_id` to `room_id` (left or banned); returns the outlets.
-    pub fn revoke(&self, room_id: &str, user_id: &str) -> Vec<Outlet> {
-        let Some(room) = self.shard(room_id).get_mut(room_id).map(|r| {
-            let ids: Vec<u64> = r
-                .subscribers
-                .iter()
-                .filter(|(_, o)| o.user_id == user_id)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| r.subscribers.remove(&id))
-                .collect::<Vec<_>>()
-        }) else {
-            return Vec::new();
-        };
-        room
     }
 
     /// Shows an ephemeral frame to the room's subscribers here, except `skip_user`'s own sockets
@@ -357,29 +474,6 @@ impl Hub {
             Some((s, _)) => Some(*s),
             None if facts.complete => Some(Standing::Left),
             None => None,
-        }
-    }
-
-    /// Records a membership change (from the log or an acknowledged fast copy) unless a later
-    /// event about the same user was recorded already.
-    pub fn note_standing(&self, room_id: &str, user_id: &str, standing: Standing, seq: i64) {
-        if let Some(room) = self.shard(room_id).get_mut(room_id) {
-            let entry = room
-                .facts
-                .members
-                .entry(user_id.to_string())
-                .or_insert((standing, seq));
-            if seq >= entry.1 {
-                *entry = (standing, seq);
-            }
-        }
-    }
-
-    /// Records the room's visibility (creation or update); `created` when this is seq 1.
-    pub fn note_room(&self, room_id: &str, public: bool, created: bool) {
-        if let Some(room) = self.shard(room_id).get_mut(room_id) {
-            room.facts.public = Some(public);
-            room.facts.complete |= created;
         }
     }
 
@@ -485,5 +579,114 @@ impl Hub {
                 self.account(before, 0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        Hub::new(64, 10_000, 1, metrics)
+    }
+
+    fn frame(seq: i64) -> Frame {
+        Frame::from(format!("event {seq}"))
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+        let mut frames = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            let text = f.as_str();
+            frames.push(if text.contains("access_revoked") {
+                "revoked".to_string()
+            } else {
+                text.to_string()
+            });
+        }
+        frames
+    }
+
+    fn standing(user: &str, standing: Standing) -> Option<Fact> {
+        Some(Fact::Standing {
+            user: user.into(),
+            standing,
+        })
+    }
+
+    /// A room of seqs 1-2 (created public by "owner"), with "eve" subscribed.
+    fn room_with_eve(hub: &Hub) -> mpsc::Receiver<Frame> {
+        let created = Some(Fact::Created {
+            owner: "owner".into(),
+            public: true,
+        });
+        hub.offer("r", 1, frame(1), Origin::Log, created);
+        hub.offer(
+            "r",
+            2,
+            frame(2),
+            Origin::Log,
+            standing("eve", Standing::Member),
+        );
+        let (eve, rx) = Outlet::new(1, "eve".into(), 64);
+        let greeting = |_| Frame::from_static("hello");
+        assert!(matches!(
+            hub.join("r", Some(2), &eve, greeting),
+            Joined::Live { .. }
+        ));
+        rx
+    }
+
+    #[test]
+    fn a_ban_arriving_first_by_the_fast_channel_ends_the_stream_right_after_it() {
+        let hub = hub();
+        let mut rx = room_with_eve(&hub);
+        // The ban (seq 4) is fast and early: seq 3 is still missing, so nothing is released.
+        hub.offer(
+            "r",
+            4,
+            frame(4),
+            Origin::Fast,
+            standing("eve", Standing::Banned),
+        );
+        assert_eq!(drain(&mut rx), ["hello"]);
+        // A new subscribe of hers after the ban was recorded is refused, whatever the check said.
+        let (again, _rx2) = Outlet::new(2, "eve".into(), 64);
+        let joined = hub.join("r", Some(2), &again, |_| Frame::from_static("hello"));
+        assert_eq!(joined, Joined::Refused(Verdict::Banned));
+        // Seq 3 releases 3 and 4: she sees both, then the revocation, then nothing.
+        hub.offer("r", 3, frame(3), Origin::Log, None);
+        hub.offer("r", 5, frame(5), Origin::Log, None);
+        assert_eq!(drain(&mut rx), ["event 3", "event 4", "revoked"]);
+        // The log's copy of the ban changes nothing more.
+        hub.offer(
+            "r",
+            4,
+            frame(4),
+            Origin::Log,
+            standing("eve", Standing::Banned),
+        );
+        assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_room_turning_private_keeps_its_members_and_drops_everyone_else() {
+        let hub = hub();
+        let mut member = room_with_eve(&hub);
+        let (visitor, mut visitor_rx) = Outlet::new(3, "visitor".into(), 64);
+        let greeting = |_| Frame::from_static("hello");
+        assert!(matches!(
+            hub.join("r", None, &visitor, greeting),
+            Joined::Live { .. }
+        ));
+        let private = Some(Fact::Visibility { public: false });
+        hub.offer("r", 3, frame(3), Origin::Fast, private);
+        hub.offer("r", 4, frame(4), Origin::Log, None);
+        assert_eq!(drain(&mut member), ["hello", "event 3", "event 4"]);
+        assert_eq!(drain(&mut visitor_rx), ["hello", "event 3", "revoked"]);
+        let (back, _rx) = Outlet::new(4, "visitor".into(), 64);
+        let joined = hub.join("r", None, &back, |_| Frame::from_static("hello"));
+        assert_eq!(joined, Joined::Refused(Verdict::Invisible));
     }
 }

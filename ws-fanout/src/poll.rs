@@ -129,6 +129,10 @@ async fn answer(
                 "since_seq {since} is past the room's last event ({head})"
             )));
         }
+        Joined::Refused(verdict) => {
+            crate::access::allowed(verdict)?;
+            return Err(FanoutError::NotFound);
+        }
     }
     // The greeting (empty) comes first.
     let _ = rx.recv().await;

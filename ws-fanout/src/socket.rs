@@ -495,6 +495,7 @@ async fn subscribe(
             }
             // The outlet is marked; the socket loop sends the resyncs and closes.
             Joined::Behind => return Ok(()),
+            Joined::Refused(verdict) => return crate::access::allowed(verdict),
         }
     }
     Ok(())

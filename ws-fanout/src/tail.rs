@@ -18,7 +18,7 @@ use schemas::{DomainEvent, EventCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::FanoutError;
-use crate::hub::{Hub, Standing};
+use crate::hub::{Fact, Hub, Standing};
 use crate::line::{Frame, Origin};
 use crate::metrics::Metrics;
 use crate::protocol;
@@ -252,47 +252,31 @@ impl Tail {
             return;
         };
         let frame = Frame::from(protocol::event_frame(room, seq, event));
-        self.hub.offer(room, seq, frame, Origin::Log);
-        let public = |v: &Visibility| *v == Visibility::Public;
-        match event {
-            DomainEvent::RoomCreated(e) => {
-                self.hub.note_room(room, public(&e.visibility), seq == 1)
-            }
-            DomainEvent::RoomUpdated(e) => self.hub.note_room(room, public(&e.visibility), false),
-            _ => {}
-        }
-        note_membership(&self.hub, room, seq, event);
-        // Whoever left or was banned stops receiving the room at once (after seeing that event).
-        let gone = match event {
-            DomainEvent::MemberLeft(e) => Some(&e.member_id),
-            DomainEvent::MemberBanned(e) => Some(&e.member_id),
-            _ => None,
-        };
-        if let Some(user) = gone {
-            for outlet in self.hub.revoke(room, user) {
-                outlet.push(Frame::from(protocol::error_frame(
-                    "access_revoked",
-                    &format!("you no longer receive room {room}; subscribe again if it is public"),
-                    Some(room),
-                )));
-            }
-        }
+        self.hub.offer(room, seq, frame, Origin::Log, fact(event));
     }
 }
 
-/// Records who is a member from a membership event. Called for log records and for fast
-/// copies alike (both are acknowledged events; the seq decides between them), so a node learns
-/// of a join as soon as the first copy arrives.
-pub fn note_membership(hub: &Hub, room: &str, seq: i64, event: &DomainEvent) {
+/// What an event says about who may read its room, for the hub (log records and fast copies
+/// alike: both are acknowledged events, and the seq decides between them, so a node learns of
+/// a join or a ban as soon as the first copy arrives).
+pub fn fact(event: &DomainEvent) -> Option<Fact> {
+    let standing = |user: &str, standing| {
+        Some(Fact::Standing {
+            user: user.to_string(),
+            standing,
+        })
+    };
     match event {
-        DomainEvent::RoomCreated(e) => hub.note_standing(room, &e.owner_id, Standing::Member, seq),
-        DomainEvent::MemberJoined(e) => {
-            hub.note_standing(room, &e.member_id, Standing::Member, seq)
-        }
-        DomainEvent::MemberLeft(e) => hub.note_standing(room, &e.member_id, Standing::Left, seq),
-        DomainEvent::MemberBanned(e) => {
-            hub.note_standing(room, &e.member_id, Standing::Banned, seq)
-        }
-        _ => {}
+        DomainEvent::RoomCreated(e) => Some(Fact::Created {
+            owner: e.owner_id.clone(),
+            public: e.visibility == Visibility::Public,
+        }),
+        DomainEvent::RoomUpdated(e) => Some(Fact::Visibility {
+            public: e.visibility == Visibility::Public,
+        }),
+        DomainEvent::MemberJoined(e) => standing(&e.member_id, Standing::Member),
+        DomainEvent::MemberLeft(e) => standing(&e.member_id, Standing::Left),
+        DomainEvent::MemberBanned(e) => standing(&e.member_id, Standing::Banned),
+        _ => None,
     }
 }

@@ -111,3 +111,94 @@ async fn a_node_that_did_not_see_a_rooms_events_asks_the_read_model() -> anyhow:
     assert_eq!(seen["user_id"], member.user_id.as_str());
     Ok(())
 }
+
+/// Reads `client`'s frames until the room's subscription ends; returns the seq of the last
+/// event it was shown before the `access_revoked` frame.
+async fn until_revoked(client: &mut Client, room: &str) -> anyhow::Result<i64> {
+    let mut last = 0;
+    loop {
+        let frame = client.json(T).await?;
+        match frame["type"].as_str() {
+            Some("event") if frame["room_id"] == room => last = frame["seq"].as_i64().unwrap_or(0),
+            Some("error") => {
+                assert_eq!(frame["code"], "access_revoked", "{frame}");
+                assert_eq!(frame["ref"], room);
+                return Ok(last);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Through the entry: a visitor reading a public room stops receiving it when it turns private,
+/// right after the update itself; a member who is banned, right after the ban; the members who
+/// stay keep receiving, and neither outsider gets back in.
+#[tokio::test]
+async fn access_ends_when_a_room_turns_private_or_a_reader_is_banned() -> anyhow::Result<()> {
+    let entry = env::entry_url();
+    let ws = format!("{}/v1/ws", entry.replacen("http", "ws", 1));
+    let api = Api::new(&entry);
+    let owner = api.user("endown").await?;
+    let member = api.user("endmem").await?;
+    let visitor = api.user("endvis").await?;
+    let banned = api.user("endban").await?;
+    let room = api.create_room(&owner, "public").await?;
+    for user in [&member, &banned] {
+        let joined = api.join(user, &room).await?;
+        assert!(joined.status.is_success(), "{joined:?}");
+    }
+    let mut sockets = Vec::new();
+    for user in [&member, &visitor, &banned] {
+        let mut socket = Client::connect(&ws, Some(&user.access_token)).await?;
+        let answer = subscribe(&mut socket, &room).await?;
+        assert_eq!(answer["type"], "subscribed", "{}: {answer}", user.username);
+        sockets.push(socket);
+    }
+    let [mut m, mut v, mut b] =
+        <[Client; 3]>::try_from(sockets).map_err(|_| anyhow::anyhow!("3"))?;
+    let write = |method: reqwest::Method, path: String, body: Value| {
+        let (api, token) = (api.clone(), owner.access_token.clone());
+        async move {
+            let answer = api.call(method, &path, Some(&token), Some(body)).await?;
+            anyhow::ensure!(answer.status.is_success(), "{path}: {answer:?}");
+            anyhow::Ok(answer.body["seq"].as_i64().unwrap_or_default())
+        }
+    };
+
+    let private = write(
+        reqwest::Method::PATCH,
+        format!("/v1/rooms/{room}"),
+        json!({"visibility": "private"}),
+    )
+    .await?;
+    assert_eq!(until_revoked(&mut v, &room).await?, private);
+    let ban = write(
+        reqwest::Method::POST,
+        format!("/v1/rooms/{room}/bans"),
+        json!({"user_id": banned.user_id}),
+    )
+    .await?;
+    assert_eq!(until_revoked(&mut b, &room).await?, ban);
+
+    let after = api
+        .post_until_accepted(&owner, &room, "after-ending", "members only", T)
+        .await?;
+    let after = after["seq"].as_i64().unwrap_or_default();
+    loop {
+        let event = m.until("event", T).await?;
+        if event["seq"] == after {
+            break;
+        }
+    }
+    for (client, who) in [(&mut v, "visitor"), (&mut b, "banned")] {
+        match client.json(Duration::from_secs(1)).await {
+            Err(_) => {}
+            Ok(frame) => assert_ne!(frame["type"], "event", "{who} still receives: {frame}"),
+        }
+    }
+    let refused = subscribe(&mut v, &room).await?;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+    let refused = subscribe(&mut b, &room).await?;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    Ok(())
+}
