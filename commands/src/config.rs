@@ -37,8 +37,11 @@ pub struct Config {
     pub jwt_private_key_pem: Option<String>,
     /// `CHAT_ACCESS_TOKEN_TTL_SECS`, default 900.
     pub access_token_ttl: Duration,
-    /// `CHAT_REFRESH_TOKEN_TTL_SECS`, default 30 days.
+    /// `CHAT_REFRESH_TOKEN_TTL_SECS`, default 30 days: how long a refresh token lives unused.
     pub refresh_token_ttl: Duration,
+    /// `CHAT_SESSION_MAX_SECS`, default 90 days: a session's absolute lifetime from its login,
+    /// however often it refreshes (then the user logs in again).
+    pub session_lifetime: Duration,
     /// `CHAT_LIMIT_<NAME>` = `<per second>/<burst>`: the budgets of `crate::limits`.
     pub budgets: crate::limits::Budgets,
     /// `CHAT_MAX_BODY_BYTES`, default 64 KiB: largest accepted JSON body.
@@ -82,6 +85,10 @@ impl Config {
             refresh_token_ttl: Duration::from_secs(env_or(
                 "CHAT_REFRESH_TOKEN_TTL_SECS",
                 30 * 24 * 3600u64,
+            )?),
+            session_lifetime: Duration::from_secs(env_or(
+                "CHAT_SESSION_MAX_SECS",
+                90 * 24 * 3600u64,
             )?),
             budgets: crate::limits::Budgets::from_env()?,
             max_body_bytes: env_or("CHAT_MAX_BODY_BYTES", 64 * 1024)?,

@@ -64,6 +64,15 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
+    let keeper = tokio::spawn(
+        commands::identity::revocations::Keeper {
+            store: store.clone(),
+            redis: redis.clone(),
+            prefix: config.redis_prefix.clone(),
+            mark_ttl: config.access_token_ttl + Duration::from_secs(60),
+        }
+        .run(shutdown.clone()),
+    );
     let relay = tokio::spawn(commands::identity::outbox::run(
         store.clone(),
         log.clone(),
@@ -106,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = tokio::task::spawn_blocking(move || membership.join()).await;
     let _ = relay.await;
+    let _ = keeper.await;
     let _ = sweeper.await;
     log.flush(Duration::from_secs(10));
     tracing::info!("commands stopped");

@@ -711,3 +711,58 @@ async fn anonymous_calls_spend_the_address_budget() -> anyhow::Result<()> {
     assert!(refused >= 5, "{refused} of 40 refreshes refused");
     Ok(())
 }
+
+/// A session ends at its absolute lifetime however often it refreshes (here its end is moved
+/// into the past in PostgreSQL, the session store), and no refresh token outlives it.
+#[tokio::test]
+async fn a_session_ends_at_its_absolute_lifetime_however_often_it_refreshes() -> anyhow::Result<()>
+{
+    let api = api();
+    let user = api.user("lifetime").await?;
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD.decode(user.access_token.split('.').nth(1).unwrap_or_default())?,
+    )?;
+    let sid = uuid::Uuid::parse_str(claims["sid"].as_str().unwrap_or_default())?;
+    let pool = sqlx::PgPool::connect(&env::pg_url()).await?;
+    let schema = std::env::var("CHAT_COMMANDS_PG_SCHEMA").unwrap_or_else(|_| "identity".into());
+    let refresh = |token: String| {
+        let api = api.clone();
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(json!({"refresh_token": token})),
+            )
+            .await
+        }
+    };
+    // Ten minutes left: a refresh works, and the new refresh token ends with the session.
+    sqlx::query(&format!(
+        "UPDATE {schema}.sessions SET expires_at = now() + interval '10 minutes' WHERE id = $1"
+    ))
+    .bind(sid)
+    .execute(&pool)
+    .await?;
+    let renewed = refresh(user.refresh_token.clone()).await?;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.body);
+    let beyond: bool = sqlx::query_scalar(&format!(
+        "SELECT bool_or(t.expires_at > s.expires_at) FROM {schema}.refresh_tokens t \
+         JOIN {schema}.sessions s ON s.id = t.session_id WHERE s.id = $1 AND t.spent_at IS NULL"
+    ))
+    .bind(sid)
+    .fetch_one(&pool)
+    .await?;
+    assert!(!beyond, "a refresh token outlives its session");
+    // Past the end: refused, though the refresh token itself is fresh.
+    sqlx::query(&format!(
+        "UPDATE {schema}.sessions SET expires_at = now() - interval '1 second' WHERE id = $1"
+    ))
+    .bind(sid)
+    .execute(&pool)
+    .await?;
+    let token = renewed.body["refresh_token"].as_str().unwrap_or_default();
+    let ended = refresh(token.to_string()).await?;
+    assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "{}", ended.body);
+    Ok(())
+}

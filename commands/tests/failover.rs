@@ -697,3 +697,95 @@ async fn two_writers_on_one_room_are_detected_as_conflicts() -> anyhow::Result<(
     assert_eq!(next.body["seq"], 4);
     Ok(())
 }
+
+/// Redis holds revocation marks as a cache; PostgreSQL is the truth. Redis losing its data (a
+/// restart of a server that keeps nothing: here this instance's keys are deleted) revives no
+/// revoked token: tokens are refused (503) until the marks are written back, then the revoked
+/// one is 401 and the live one works. A mark that never reached Redis (its write failed at the
+/// logout) appears within a second or two.
+#[tokio::test]
+async fn redis_losing_its_data_revives_no_revoked_token() -> anyhow::Result<()> {
+    let cluster = Cluster::new()?;
+    let a = cluster.instance(&unique("g"))?;
+    a.wait_ready(12).await?;
+    let api = a.api();
+    let user = api.user("revoke").await?;
+    let me = |token: String| {
+        let api = api.clone();
+        async move {
+            let answer = api
+                .call(reqwest::Method::GET, "/v1/users/me", Some(&token), None)
+                .await?;
+            anyhow::Ok((answer.status, answer.code().to_string()))
+        }
+    };
+    let logout = |token: String| {
+        let api = api.clone();
+        async move {
+            let answer = api
+                .call(reqwest::Method::POST, "/v1/auth/logout", Some(&token), None)
+                .await?;
+            anyhow::ensure!(answer.status == StatusCode::NO_CONTENT, "{answer:?}");
+            anyhow::Ok(())
+        }
+    };
+    let live = api.login(&user.username, &user.password).await?.body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    logout(user.access_token.clone()).await?;
+    assert_eq!(
+        me(user.access_token.clone()).await?.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let mut redis = platform::cache::connect(&env::redis_url()).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", cluster.prefix))
+        .query_async(&mut redis)
+        .await?;
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+    let (status, code) = me(user.access_token.clone()).await?;
+    assert_ne!(
+        status,
+        StatusCode::OK,
+        "a revoked token verified after Redis lost its marks"
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        assert_eq!(code, "auth_unavailable");
+    }
+    wait_for(
+        "the marks to be written back",
+        Duration::from_secs(10),
+        || async { (me(live.clone()).await.ok()?.0 == StatusCode::OK).then_some(()) },
+    )
+    .await?;
+    assert_eq!(
+        me(user.access_token.clone()).await?,
+        (StatusCode::UNAUTHORIZED, "session_revoked".to_string())
+    );
+
+    // A logout whose mark is lost right away (as if Redis refused the write).
+    let session: Value = api.login(&user.username, &user.password).await?.body;
+    let token = session["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let claims: Value = serde_json::from_slice(&base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        token.split('.').nth(1).unwrap_or_default(),
+    )?)?;
+    logout(token.clone()).await?;
+    let mark = platform::auth::revoked_session_key(
+        &cluster.prefix,
+        claims["sid"].as_str().unwrap_or_default(),
+    );
+    let _: () = redis::cmd("DEL").arg(&mark).query_async(&mut redis).await?;
+    wait_for(
+        "the lost mark to be written again",
+        Duration::from_secs(5),
+        || async { (me(token.clone()).await.ok()?.0 == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}

@@ -114,6 +114,13 @@ pub fn revoked_session_key(prefix: &str, sid: &str) -> String {
     format!("{prefix}revoked_session:{sid}")
 }
 
+/// Redis key the commands tier's revocation keeper sets once every mark still needed is in
+/// Redis. Its absence means Redis lost its data (or was never filled): no mark can be trusted
+/// to be missing, so tokens are refused as `Unavailable` until it is back.
+pub fn revocations_kept_key(prefix: &str) -> String {
+    format!("{prefix}revocations_kept")
+}
+
 /// Tokens whose signature was already checked, up to this many (then the cache starts over).
 const VERIFIED_CACHE_ENTRIES: usize = 20_000;
 
@@ -212,13 +219,19 @@ impl TokenVerifier {
             }
         };
         let mut redis = self.redis.clone();
-        let revoked: bool = redis::cmd("EXISTS")
+        let (revoked, kept): (Option<String>, Option<String>) = redis::cmd("MGET")
             .arg(revoked_session_key(&self.redis_prefix, &claims.sid))
+            .arg(revocations_kept_key(&self.redis_prefix))
             .query_async(&mut redis)
             .await
             .map_err(|e| AuthError::Unavailable(format!("redis: {e}")))?;
-        if revoked {
+        if revoked.is_some() {
             return Err(AuthError::Revoked);
+        }
+        if kept.is_none() {
+            return Err(AuthError::Unavailable(
+                "session revocations are being restored".into(),
+            ));
         }
         Ok(claims)
     }
@@ -285,13 +298,50 @@ impl TokenVerifier {
         }
         *last = Some(Instant::now());
         let jwks = fetch_jwks(&self.http, url).await?;
-        let fresh = decoding_keys(&jwks)?;
+        self.set_keys(&jwks)
+    }
+
+    /// Makes `jwks` the whole set of keys tokens may be signed with. A key the set no longer
+    /// lists is retired: tokens it signed stop verifying at once, those already verified and
+    /// remembered included.
+    pub fn set_keys(&self, jwks: &JwkSet) -> Result<(), AuthError> {
+        let fresh = decoding_keys(jwks)?;
         let mut keys = self
             .keys
             .write()
             .map_err(|_| AuthError::Unavailable("key cache poisoned".into()))?;
-        keys.extend(fresh);
+        let retired: Vec<String> = keys
+            .keys()
+            .filter(|kid| !fresh.contains_key(*kid))
+            .cloned()
+            .collect();
+        *keys = fresh;
+        drop(keys);
+        if !retired.is_empty() {
+            tracing::info!(?retired, "signing keys retired");
+            if let Ok(mut verified) = self.verified.lock() {
+                verified.clear();
+            }
+        }
         Ok(())
+    }
+
+    /// Fetches the key set every `period` until `stop`, so keys the commands tier retired stop
+    /// verifying within that period (new keys are fetched on first sight anyway).
+    pub async fn keep_keys_fresh(
+        &self,
+        period: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot refresh the signing keys; keeping the known ones");
+            }
+        }
     }
 }
 

@@ -47,6 +47,15 @@ async fn main() -> anyhow::Result<()> {
             follower.follow_live().await;
         }
     });
+    let keys = app.clone();
+    tokio::spawn(async move {
+        keys.verifier
+            .keep_keys_fresh(
+                Duration::from_secs(300),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+    });
     let sweeper = app.clone();
     platform::limits::sweep_every_minute(
         move || sweeper.limits.sweep(),

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod poll;
 pub mod presence;
 pub mod protocol;
+pub mod sessions;
 pub mod socket;
 pub mod tail;
 pub mod typing;

@@ -114,8 +114,21 @@ async fn main() -> anyhow::Result<()> {
         typing,
         presence,
     )?);
+    let keys = node.clone();
+    let keys_stop = stop.clone();
+    tokio::spawn(async move {
+        keys.verifier
+            .keep_keys_fresh(Duration::from_secs(300), keys_stop)
+            .await
+    });
     let sweeper = node.clone();
     platform::limits::sweep_every_minute(move || sweeper.limits.sweep(), stop.clone());
+    tokio::spawn(ws_fanout::sessions::follow_revocations(
+        config.brokers.clone(),
+        codec.clone(),
+        node.sessions.clone(),
+        stop.clone(),
+    ));
     let router = ws_fanout::app::router(node, registry)?;
     let listener = platform::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;

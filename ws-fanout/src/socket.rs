@@ -28,6 +28,7 @@ use crate::line::Frame;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{self, ClientFrame};
+use crate::sessions::Sessions;
 use crate::typing::{Throttle, Typing};
 
 /// Close codes (RFC 6455 and the 4000 range for the application).
@@ -56,6 +57,8 @@ pub struct Node {
     pub presence: Arc<Presence>,
     pub limits: Limits,
     pub sockets_per_user: Arc<SocketCounts>,
+    /// Open sessions, ended by revocations from the log (`crate::sessions`).
+    pub sessions: Arc<Sessions>,
     next_id: AtomicU64,
 }
 
@@ -78,6 +81,7 @@ impl Node {
         Ok(Self {
             limits,
             sockets_per_user: Arc::default(),
+            sessions: Arc::default(),
             config,
             hub,
             heads,
@@ -200,10 +204,11 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
         sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT)),
         typing: Throttle::default(),
     };
+    let watch = node.sessions.watch(&session.claims.sid);
     node.metrics.sockets.inc();
     let user = session.claims.sub.clone();
     node.presence.connected(id, &user).await;
-    let reason = run(&node, &mut socket, &mut session, rx).await;
+    let reason = run(&node, &mut socket, &mut session, rx, &watch.revoked).await;
     for room in &session.rooms {
         node.hub.leave(room, session.outlet.id);
     }
@@ -269,6 +274,7 @@ async fn run(
     socket: &mut WebSocket,
     session: &mut Session,
     mut rx: mpsc::Receiver<Frame>,
+    revoked: &CancellationToken,
 ) -> &'static str {
     let config = &node.config;
     let expires_in = Duration::from_secs((session.claims.exp - now_secs()).max(0) as u64);
@@ -312,6 +318,12 @@ async fn run(
                 };
                 let _ = tokio::time::timeout(BEHIND_NOTICE_GRACE, notice).await;
                 return "behind";
+            }
+            _ = revoked.cancelled() => {
+                let e = FanoutError::Auth(platform::auth::AuthError::Revoked);
+                send_bounded(socket, text_message(e.frame(None))).await;
+                close_with(socket, close::TOKEN, e.code()).await;
+                return "token_revoked";
             }
             _ = &mut expiry => {
                 send_bounded(socket, text_message(protocol::error_frame("token_expired", "the access token expired; refresh it and reconnect", None))).await;

@@ -202,3 +202,52 @@ async fn access_ends_when_a_room_turns_private_or_a_reader_is_banned() -> anyhow
     assert_eq!(refused["code"], "forbidden", "{refused}");
     Ok(())
 }
+
+/// Through the entry: a logout ends the session's open sockets at once (the revocation reaches
+/// every node through the log), not at their next token check a minute later; another session
+/// of the same user keeps its socket.
+#[tokio::test]
+async fn a_logout_closes_the_sessions_open_sockets_at_once() -> anyhow::Result<()> {
+    let entry = env::entry_url();
+    let ws = format!("{}/v1/ws", entry.replacen("http", "ws", 1));
+    let api = Api::new(&entry);
+    let user = api.user("bye").await?;
+    let other = api.login(&user.username, &user.password).await?.body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut sockets = Vec::new();
+    for token in [&user.access_token, &user.access_token, &other] {
+        let mut socket = Client::connect(&ws, Some(token)).await?;
+        socket.send(json!({"type": "ping"})).await?;
+        socket.until("pong", T).await?;
+        sockets.push(socket);
+    }
+    let started = std::time::Instant::now();
+    let out = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/logout",
+            Some(&user.access_token),
+            None,
+        )
+        .await?;
+    assert_eq!(out.status, reqwest::StatusCode::NO_CONTENT);
+    for socket in &mut sockets[..2] {
+        let frame = socket.json(Duration::from_secs(5)).await?;
+        assert_eq!(frame["code"], "session_revoked", "{frame}");
+        match socket.next(Duration::from_secs(5)).await? {
+            common::Incoming::Closed(Some((code, _))) => assert_eq!(code, 4001),
+            other => panic!("expected close 4001, got {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    println!("logout to both sockets closed: {} ms", took.as_millis());
+    assert!(
+        took < Duration::from_secs(2),
+        "the sockets closed {took:?} after the logout"
+    );
+    sockets[2].send(json!({"type": "ping"})).await?;
+    sockets[2].until("pong", T).await?;
+    Ok(())
+}

@@ -14,7 +14,7 @@ use schemas::{DomainEvent, Envelope};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::{Registration, Rotation};
+use super::store::{NewSession, Registration, Rotation};
 use super::throttle::Attempt;
 use super::tokens::{hash_refresh_token, new_refresh_token};
 use super::validate;
@@ -133,14 +133,15 @@ pub async fn login(
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     app.store
-        .create_session(
-            session_id,
-            account.id,
-            &refresh_hash,
-            app.config.refresh_token_ttl,
+        .create_session(NewSession {
+            id: session_id,
+            user_id: account.id,
+            refresh_hash: &refresh_hash,
+            refresh_ttl: app.config.refresh_token_ttl,
+            lifetime: app.config.session_lifetime,
             user_agent,
-            &ip,
-        )
+            ip: &ip,
+        })
         .await?;
     record_session(&app, account.id, session_id).await?;
     let access_token = app.signer.issue(
@@ -210,7 +211,7 @@ pub async fn refresh(
             session_id,
         } => {
             tracing::warn!(%user_id, %session_id, "refresh token reused; session revoked");
-            mark_revoked(&app, user_id, session_id).await?;
+            mark_revoked(&app, user_id, session_id).await;
             Err(CommandError::Auth(platform::auth::AuthError::Revoked))
         }
         Rotation::Invalid => Err(CommandError::Auth(platform::auth::AuthError::Invalid)),
@@ -234,7 +235,7 @@ pub async fn logout(
             &revoked_event(user_id, session_id, "logout"),
         )
         .await?;
-    mark_revoked(&app, user_id, session_id).await?;
+    mark_revoked(&app, user_id, session_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -309,8 +310,17 @@ async fn record_session(app: &App, user_id: Uuid, session_id: Uuid) -> Result<()
     Ok(())
 }
 
-/// Makes every access token of the session fail verification in every tier at once.
-async fn mark_revoked(app: &App, user_id: Uuid, session_id: Uuid) -> Result<(), CommandError> {
+/// Makes every access token of the session fail verification in every tier at once. The
+/// revocation itself is already committed (PostgreSQL, and the log through the outbox): a mark
+/// that cannot be written now is written by the revocation keeper within a second of Redis
+/// answering (`identity::revocations`), and verifiers refuse tokens while Redis is down.
+async fn mark_revoked(app: &App, user_id: Uuid, session_id: Uuid) {
+    if let Err(e) = write_mark(app, user_id, session_id).await {
+        tracing::warn!(%session_id, error = %e, "revocation mark not written now; the keeper will");
+    }
+}
+
+async fn write_mark(app: &App, user_id: Uuid, session_id: Uuid) -> Result<(), CommandError> {
     let mut redis = app.redis.clone();
     let ttl = app.signer.access_ttl().as_secs() + 60;
     let key = revoked_session_key(&app.config.redis_prefix, &session_id.to_string());

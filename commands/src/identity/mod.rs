@@ -5,6 +5,7 @@
 pub mod handlers;
 pub mod outbox;
 pub mod passwords;
+pub mod revocations;
 pub mod store;
 pub mod throttle;
 pub mod tokens;

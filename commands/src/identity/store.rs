@@ -23,6 +23,19 @@ pub struct LoginRecord {
     pub password_hash: String,
 }
 
+/// A session as a login starts it.
+pub struct NewSession<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub refresh_hash: &'a [u8],
+    /// How long a refresh token lives unused.
+    pub refresh_ttl: Duration,
+    /// The session's absolute lifetime.
+    pub lifetime: Duration,
+    pub user_agent: Option<&'a str>,
+    pub ip: &'a str,
+}
+
 /// What a registration led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -146,15 +159,16 @@ impl IdentityStore {
     }
 
     /// Starts a session with its first refresh token.
-    pub async fn create_session(
-        &self,
-        session_id: Uuid,
-        user_id: Uuid,
-        refresh_hash: &[u8],
-        ttl: Duration,
-        user_agent: Option<&str>,
-        ip: &str,
-    ) -> Result<(), CommandError> {
+    pub async fn create_session(&self, session: NewSession<'_>) -> Result<(), CommandError> {
+        let NewSession {
+            id: session_id,
+            user_id,
+            refresh_hash,
+            refresh_ttl: ttl,
+            lifetime,
+            user_agent,
+            ip,
+        } = session;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, expires_at, user_agent, ip) \
@@ -162,7 +176,7 @@ impl IdentityStore {
         )
         .bind(session_id)
         .bind(user_id)
-        .bind(ttl.as_secs_f64())
+        .bind(lifetime.as_secs_f64())
         .bind(user_agent)
         .bind(ip)
         .execute(&mut *tx)
@@ -183,7 +197,8 @@ impl IdentityStore {
     ) -> Result<Rotation, CommandError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT t.session_id, t.spent_at IS NOT NULL, t.expires_at < now(), s.revoked_at IS NOT NULL, \
+            "SELECT t.session_id, t.spent_at IS NOT NULL, \
+                    t.expires_at < now() OR s.expires_at < now(), s.revoked_at IS NOT NULL, \
                     s.user_id, u.username \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
              WHERE t.token_hash = $1 FOR UPDATE OF t, s",
@@ -241,6 +256,18 @@ impl IdentityStore {
         Ok(changed)
     }
 
+    /// Sessions revoked after `since_ms` (Unix ms), oldest first: `(session, revoked at ms)`.
+    pub async fn revoked_since(&self, since_ms: i64) -> Result<Vec<(Uuid, i64)>, CommandError> {
+        let rows = sqlx::query(
+            "SELECT id, (extract(epoch FROM revoked_at) * 1000)::bigint FROM sessions \
+             WHERE revoked_at > to_timestamp($1 / 1000.0) ORDER BY revoked_at",
+        )
+        .bind(since_ms as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub async fn ping(&self) -> Result<(), CommandError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -283,9 +310,11 @@ async fn issue_refresh(
     user_id: Uuid,
     ttl: Duration,
 ) -> Result<(), sqlx::Error> {
+    // A refresh token lives `ttl` unused, and never past its session's absolute lifetime.
     sqlx::query(
         "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
-         VALUES ($1, $2, now() + make_interval(secs => $3))",
+         SELECT $1, $2, LEAST(now() + make_interval(secs => $3), s.expires_at) \
+         FROM sessions s WHERE s.id = $2",
     )
     .bind(hash)
     .bind(session_id)
