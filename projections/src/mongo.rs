@@ -335,6 +335,15 @@ impl MongoProjector {
                         .iter()
                         .map(|a| doc! {"file_id": &a.file_id, "filename": &a.filename, "url": &a.url, "size": a.size, "mime_type": &a.mime_type})
                         .collect();
+                    for a in &e.attachments {
+                        self.files
+                            .update_one(
+                                doc! {"_id": &a.file_id},
+                                doc! {"$addToSet": {"shared": {"message_id": &e.message_id, "room_id": &room}}},
+                            )
+                            .upsert(true)
+                            .await?;
+                    }
                     let tokens = text::tokens(&e.content);
                     postings.add(&room, &tokens, seq, seq);
                     let message = doc! {
@@ -445,8 +454,19 @@ impl MongoProjector {
                     }
                 }
                 E::MessageDeleted(e) => {
-                    // Deleted content leaves the read model: only the tombstone stays.
+                    // Deleted content leaves the read model: only the tombstone stays, and
+                    // its files are no longer shared through it.
+                    let mut files = Vec::new();
                     self.update_message(&mut pending, &e.message_id, seq, |m| {
+                        files = m
+                            .get_array("attachments")
+                            .map(|list| {
+                                list.iter()
+                                    .filter_map(|a| a.as_document()?.get_str("file_id").ok())
+                                    .map(str::to_string)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         m.insert("deleted", true);
                         m.insert("content", "");
                         for list in ["reactions", "attachments"] {
@@ -454,6 +474,16 @@ impl MongoProjector {
                         }
                     })
                     .await?;
+                    for file in files {
+                        self.files
+                            .update_one(
+                                doc! {"_id": &file},
+                                // The whole element: the MongoDB-protocol server here pulls
+                                // equal elements, not elements matching a condition.
+                                doc! {"$pull": {"shared": {"message_id": &e.message_id, "room_id": &room}}},
+                            )
+                            .await?;
+                    }
                 }
                 E::ReactionAdded(e) => {
                     self.update_message(&mut pending, &e.message_id, seq, |m| {

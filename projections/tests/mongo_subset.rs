@@ -168,6 +168,31 @@ async fn the_subset_the_read_models_use() -> anyhow::Result<()> {
     // distinct.
     let distinct = messages.distinct("room_id", doc! {}).await?;
     assert_eq!(distinct.len(), 1);
+
+    // File shares: documents added to a set once (replays too), pulled by the whole element.
+    let files = db.collection::<Document>("files");
+    for share in ["a", "b", "a"] {
+        files
+            .update_one(
+                doc! {"_id": "f"},
+                doc! {"$addToSet": {"shared": {"message_id": share, "room_id": "r"}}},
+            )
+            .upsert(true)
+            .await?;
+    }
+    files
+        .update_one(
+            doc! {"_id": "f"},
+            doc! {"$pull": {"shared": {"message_id": "a", "room_id": "r"}}},
+        )
+        .await?;
+    let shared = files.find_one(doc! {"_id": "f"}).await?.unwrap();
+    assert_eq!(
+        shared.get_array("shared")?,
+        &vec![mongodb::bson::Bson::Document(
+            doc! {"message_id": "b", "room_id": "r"}
+        )]
+    );
     db.drop().await?;
     Ok(())
 }

@@ -1,16 +1,17 @@
-//! `GET /v1/files/{file_id}`: streams a file to members of a room it was shared in (and to its
-//! uploader). Files never shared are not known to the read side: 404 for everyone.
+//! `GET /v1/files/{file_id}`: streams a file to whoever may read a room where a message still
+//! shows it. Files never shared, and files whose every message was deleted, are 404 for everyone.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use platform::auth::Caller;
+use read_model::FILES;
 use read_model::documents::FileDoc;
-use read_model::{FILES, MEMBERSHIPS};
 use tokio_util::io::ReaderStream;
 
+use crate::access::readable_room;
 use crate::app::AppState;
 use crate::error::QueryError;
 
@@ -18,7 +19,7 @@ use crate::error::QueryError;
     get,
     path = "/v1/files/{file_id}",
     tag = "files",
-    summary = "Download a file shared in one of the caller's rooms (or uploaded by the caller)",
+    summary = "Download a file a message shows in a room the caller may read",
     params(("file_id" = String, Path, description = "the file")),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), platform::openapi::Refused),
     security(("bearer" = []))
@@ -37,16 +38,16 @@ pub async fn download(
         .find_one(doc! {"_id": &file_id})
         .await?
         .ok_or(QueryError::NotFound("file"))?;
-    let uploader = file.uploader_id == claims.sub;
-    let member = app
-        .db()
-        .collection::<Document>(MEMBERSHIPS)
-        .find_one(
-            doc! {"user_id": &claims.sub, "status": "member", "room_id": {"$in": &file.rooms}},
-        )
-        .await?
-        .is_some();
-    if !uploader && !member {
+    // Whoever may read a room where a message still shows the file may download it: members,
+    // and visitors of a public room (not its banned). A deleted message shares nothing.
+    let mut readable = false;
+    for room in file.readable_through() {
+        if readable_room(&app, room, &claims.sub).await.is_ok() {
+            readable = true;
+            break;
+        }
+    }
+    if !readable {
         return Err(QueryError::NotFound("file"));
     }
     let handle = tokio::fs::File::open(&path)

@@ -60,6 +60,30 @@ pub struct FileDoc {
     pub filename: Option<String>,
     pub mime_type: Option<String>,
     pub size: Option<i64>,
-    /// The rooms the file was shared in.
+    /// The rooms the file was ever shared in.
     pub rooms: Vec<String>,
+    /// The messages that show it now (a deleted message stops sharing its files). `None` on
+    /// documents projected before shares were kept: then `rooms` stands in.
+    pub shared: Option<Vec<Share>>,
+}
+
+/// A message of a room showing a file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Share {
+    pub message_id: String,
+    pub room_id: String,
+}
+
+impl FileDoc {
+    /// The rooms whose readers may download the file.
+    pub fn readable_through(&self) -> Vec<&str> {
+        let mut rooms: Vec<&str> = match &self.shared {
+            Some(shares) => shares.iter().map(|s| s.room_id.as_str()).collect(),
+            None => self.rooms.iter().map(String::as_str).collect(),
+        };
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms
+    }
 }

@@ -251,3 +251,123 @@ async fn a_logout_closes_the_sessions_open_sockets_at_once() -> anyhow::Result<(
     sockets[2].until("pong", T).await?;
     Ok(())
 }
+
+/// Through the entry: who may download a file. Whoever may read a room where a message still
+/// shows it (members; visitors of a public room) gets the bytes; a banned user, an outsider of
+/// a private room and an anonymous caller do not; once the message is deleted nobody does, its
+/// uploader included.
+#[tokio::test]
+async fn files_follow_the_messages_that_show_them() -> anyhow::Result<()> {
+    let entry = env::entry_url();
+    let api = Api::new(&entry);
+    let http = reqwest::Client::new();
+    let owner = api.user("filown").await?;
+    let member = api.user("filmem").await?;
+    let visitor = api.user("filvis").await?;
+    let banned = api.user("filban").await?;
+    let public = api.create_room(&owner, "public").await?;
+    let private = api.create_room(&owner, "private").await?;
+    for (user, room) in [(&member, &public), (&banned, &public)] {
+        assert!(api.join(user, room).await?.status.is_success());
+    }
+    let owner_call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let (api, token) = (api.clone(), owner.access_token.clone());
+        async move {
+            let answer = api.call(method, &path, Some(&token), body).await?;
+            anyhow::ensure!(answer.status.is_success(), "{path}: {answer:?}");
+            anyhow::Ok(answer.body)
+        }
+    };
+    owner_call(
+        reqwest::Method::POST,
+        format!("/v1/rooms/{private}/invites"),
+        Some(json!({"user_id": member.user_id})),
+    )
+    .await?;
+    assert!(api.join(&member, &private).await?.status.is_success());
+    owner_call(
+        reqwest::Method::POST,
+        format!("/v1/rooms/{public}/bans"),
+        Some(json!({"user_id": banned.user_id})),
+    )
+    .await?;
+    let mut shared = Vec::new();
+    for (room, bytes) in [
+        (&public, b"public bytes".to_vec()),
+        (&private, b"private bytes".to_vec()),
+    ] {
+        let uploaded: Value = common::upload(&http, &owner.access_token, "note.txt", bytes.clone())
+            .await?
+            .json()
+            .await?;
+        let file = uploaded["file_id"].as_str().unwrap_or_default().to_string();
+        let posted = owner_call(
+            reqwest::Method::POST,
+            format!("/v1/rooms/{room}/messages"),
+            Some(json!({"client_msg_id": format!("file-{file}"), "content": "a file", "attachments": [file]})),
+        )
+        .await?;
+        shared.push((
+            file,
+            posted["message_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            bytes,
+        ));
+    }
+    let download = |token: Option<String>, file: String| {
+        let (http, entry) = (http.clone(), entry.clone());
+        async move {
+            let mut request = http.get(format!("{entry}/v1/files/{file}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.bytes().await?.to_vec()))
+        }
+    };
+    let token = |user: &test_support::User| Some(user.access_token.clone());
+    let (public_file, public_message, public_bytes) = shared[0].clone();
+    let (private_file, _, private_bytes) = shared[1].clone();
+    // Once projected, the members read both.
+    test_support::wait_for("the files to be projected", T, || async {
+        let a = download(token(&member), public_file.clone()).await.ok()?;
+        let b = download(token(&member), private_file.clone()).await.ok()?;
+        (a.0 == 200 && b.0 == 200).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        download(token(&member), public_file.clone()).await?,
+        (200, public_bytes.clone())
+    );
+    assert_eq!(
+        download(token(&member), private_file.clone()).await?,
+        (200, private_bytes)
+    );
+    assert_eq!(
+        download(token(&visitor), public_file.clone()).await?,
+        (200, public_bytes)
+    );
+    assert_eq!(
+        download(token(&visitor), private_file.clone()).await?.0,
+        404
+    );
+    assert_eq!(download(token(&banned), public_file.clone()).await?.0, 404);
+    assert_eq!(download(None, public_file.clone()).await?.0, 401);
+
+    owner_call(
+        reqwest::Method::DELETE,
+        format!("/v1/rooms/{public}/messages/{public_message}"),
+        None,
+    )
+    .await?;
+    test_support::wait_for("the deleted message's file to be gone", T, || async {
+        (download(token(&member), public_file.clone()).await.ok()?.0 == 404).then_some(())
+    })
+    .await?;
+    assert_eq!(download(token(&owner), public_file.clone()).await?.0, 404);
+    assert_eq!(download(token(&member), private_file).await?.0, 200);
+    Ok(())
+}
