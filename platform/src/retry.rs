@@ -36,6 +36,26 @@ pub fn note(what: &'static str, error: &dyn std::fmt::Display, wait: Duration) {
     tracing::warn!(what, error = %error, wait_ms = wait.as_millis() as u64, "retrying");
 }
 
+/// Runs `op` until it succeeds or fails with an error `transient` does not accept (returned);
+/// transient failures are retried for as long as they last (a caller that must stop drops the
+/// future).
+pub async fn while_transient<T, E, F, Fut>(
+    what: &'static str,
+    op: F,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    op.retry(policy())
+        .sleep(tokio::time::sleep)
+        .when(transient)
+        .notify(|e: &E, wait| note(what, e, wait))
+        .await
+}
+
 /// Runs `op` until it succeeds (`Some`) or `stop` is cancelled (`None`).
 pub async fn until_ok<T, E, F, Fut>(
     what: &'static str,

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::topics::Topic;
-use schemas::{DomainEvent, EventCodec};
+use schemas::{DomainEvent, EventCodec, SchemaError};
 
 use crate::deadletter::DeadLetter;
 use crate::error::ProjectionError;
@@ -214,7 +214,15 @@ impl Source {
             .insert((topic, partition), offset + 1);
         let payload: Arc<[u8]> = Arc::from(message.payload().unwrap_or_default());
         let key = message.key().map(<[u8]>::to_vec);
-        match self.codec.decode(&payload).await {
+        // A registry that does not answer is waited for: only a record that cannot be decoded
+        // with the registry answering goes to dead letters.
+        let decoded = platform::retry::while_transient(
+            "registry",
+            || self.codec.decode(&payload),
+            SchemaError::is_transient,
+        )
+        .await;
+        match decoded {
             Ok(event) => batch.records.push(Record {
                 topic,
                 partition,

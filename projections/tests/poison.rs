@@ -169,3 +169,85 @@ async fn poison_records_are_dead_lettered_and_projectors_continue() -> anyhow::R
     assert!(diffs.is_empty(), "clickhouse: {diffs:?}");
     Ok(())
 }
+
+/// Forwards connections on `listener` to `to` (the real registry), byte for byte.
+async fn forward(listener: tokio::net::TcpListener, to: String) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// A registry that does not answer is a dependency blinking, not bad records: projectors
+/// started while their registry address refuses connections wait (retrying, counted in
+/// `retries_total{what="registry"}`) instead of dead-lettering what they read, and once it
+/// answers they apply everything, each store equal to the model.
+#[tokio::test]
+async fn an_unreachable_registry_is_waited_for_not_dead_lettered() -> anyhow::Result<()> {
+    let side = ReadSide::new()?;
+    let s = scenario::chat(3, 3, 20, schemas::envelope::now_ms());
+    side.writer().await?.write(&s.events).await?;
+
+    // The registry's address with another port, where nothing listens yet: every lookup is
+    // refused.
+    let registry = reqwest::Url::parse(&test_support::env::registry_url())?;
+    let real = format!(
+        "{}:{}",
+        registry.host_str().unwrap_or("127.0.0.1"),
+        registry.port_or_known_default().unwrap_or(80)
+    );
+    let port = test_support::free_port();
+    let mut refused = registry.clone();
+    refused
+        .set_port(Some(port))
+        .map_err(|()| anyhow::anyhow!("no port in the registry URL"))?;
+    let projectors = ["mongo", "redis"];
+    let p = side.start_with(
+        &projectors.join(","),
+        50,
+        &[("CHAT_REGISTRY_URL", refused.to_string())],
+    )?;
+    test_support::wait_for(
+        "the projectors to retry the registry",
+        Duration::from_secs(60),
+        || async { (p.metric("retries_total{what=\"registry\"}").await >= 4.0).then_some(()) },
+    )
+    .await?;
+    let dead = || async {
+        let mut dead = 0.0;
+        for projector in projectors {
+            dead += p
+                .metric(&format!(
+                    "projection_events_total{{outcome=\"undecodable\",projector=\"{projector}\"}}"
+                ))
+                .await;
+        }
+        dead
+    };
+    assert_eq!(
+        dead().await,
+        0.0,
+        "records dead-lettered while the registry was away"
+    );
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(forward(listener, real));
+    for projector in projectors {
+        let own = projections::topics_of(projector).unwrap_or_default();
+        p.caught_up(&side, projector, &own).await?;
+    }
+    assert_eq!(dead().await, 0.0);
+    let model = side
+        .model(&[Topic::RoomEvents, Topic::UserEvents, Topic::PresenceEvents])
+        .await?;
+    let diffs = projections::verify::verify_mongo(&side.mongo().await?, &model).await?;
+    assert!(diffs.is_empty(), "mongo: {diffs:?}");
+    let redis = platform::cache::connect(&test_support::env::redis_url()).await?;
+    let diffs = projections::verify::verify_redis(&redis, &side.redis_prefix, &model).await?;
+    assert!(diffs.is_empty(), "redis: {diffs:?}");
+    Ok(())
+}

@@ -121,7 +121,7 @@ impl EventCodec {
             .decoder
             .decode(Some(payload))
             .await
-            .map_err(|e| SchemaError::Undecodable(e.to_string()))?;
+            .map_err(|e| self.decode_error(e))?;
         let record = decoded.name.map(|n| n.fullname(None)).ok_or_else(|| {
             SchemaError::Undecodable("the writer schema is not a named record".into())
         })?;
@@ -182,6 +182,22 @@ impl EventCodec {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, same);
         Ok(same)
+    }
+
+    /// Tells a registry that did not answer (transient: retry) from a record that cannot be
+    /// decoded (permanent). The converter marks network failures and 502/503 retriable; other
+    /// 5xx answers it does not, and caches them as the schema's answer, so those are dropped
+    /// from its cache and reported transient too.
+    fn decode_error(&self, e: schema_registry_converter::error::SRCError) -> SchemaError {
+        let server_failed = e.error.contains("failed with status 5");
+        if e.retriable || server_failed {
+            if server_failed {
+                self.decoder.remove_errors_from_cache();
+            }
+            SchemaError::Registry(format!("decoding: {e}"))
+        } else {
+            SchemaError::Undecodable(e.to_string())
+        }
     }
 
     fn known(&self, id: u32) -> Option<bool> {

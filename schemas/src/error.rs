@@ -17,3 +17,11 @@ pub enum SchemaError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 }
+
+impl SchemaError {
+    /// A dependency failed (the registry or the broker did not answer), not the record: the
+    /// same call may succeed later, so a reader retries instead of giving the record up.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SchemaError::Registry(_) | SchemaError::Kafka(_))
+    }
+}

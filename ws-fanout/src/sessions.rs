@@ -111,7 +111,13 @@ pub async fn follow_revocations(
         let Some(payload) = payload else { continue };
         // Other user events (registrations, profile changes) are none of this node's business;
         // an undecodable one cannot be a revocation this node could act on.
-        if let Ok(DomainEvent::SessionRevoked(e)) = codec.decode(&payload).await
+        let decoded = platform::retry::while_transient(
+            "registry",
+            || codec.decode(&payload),
+            schemas::SchemaError::is_transient,
+        )
+        .await;
+        if let Ok(DomainEvent::SessionRevoked(e)) = decoded
             && sessions.revoke(&e.session_id)
         {
             tracing::info!(session = %e.session_id, reason = %e.reason, "revoked session's sockets closed");

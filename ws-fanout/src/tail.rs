@@ -229,17 +229,29 @@ impl Tail {
             let partition = message.partition() as usize;
             let next = message.offset() + 1;
             match message.payload() {
-                Some(payload) => match self.codec.decode(payload).await {
-                    Ok(event) => {
-                        metrics.log_records.inc();
-                        self.deliver(&event);
+                Some(payload) => {
+                    // A registry that does not answer is waited for (the room's stream would
+                    // stop at the gap otherwise); a record it cannot decode is skipped.
+                    let decoded = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        decoded = platform::retry::while_transient(
+                            "registry",
+                            || self.codec.decode(payload),
+                            schemas::SchemaError::is_transient,
+                        ) => decoded,
+                    };
+                    match decoded {
+                        Ok(event) => {
+                            metrics.log_records.inc();
+                            self.deliver(&event);
+                        }
+                        Err(e) => {
+                            // The projectors dead-letter it; a socket cannot be shown it either way.
+                            metrics.undecodable.inc();
+                            tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable record skipped");
+                        }
                     }
-                    Err(e) => {
-                        // The projectors dead-letter it; a socket cannot be shown it either way.
-                        metrics.undecodable.inc();
-                        tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable record skipped");
-                    }
-                },
+                }
                 None => metrics.undecodable.inc(),
             }
             self.hub.set_position(partition, next);

@@ -74,7 +74,15 @@ pub async fn catch_up(
             metrics.undecodable.inc();
             continue;
         };
-        match log.codec().decode(payload).await {
+        // A registry that does not answer is waited for: skipping the record would lose its seq
+        // from the state, and the writer would hand it out again.
+        let decoded = platform::retry::while_transient(
+            "registry",
+            || log.codec().decode(payload),
+            schemas::SchemaError::is_transient,
+        )
+        .await;
+        match decoded {
             Ok(event) => match rooms.apply(&event) {
                 Applied::Applied => applied += 1,
                 Applied::Duplicate => {}

@@ -53,6 +53,16 @@ impl ReadSide {
 
     /// Starts a projections process running `projectors` (comma list) with `batch` events per batch.
     pub fn start(&self, projectors: &str, batch: usize) -> anyhow::Result<Projections> {
+        self.start_with(projectors, batch, &[])
+    }
+
+    /// [`ReadSide::start`] with `extra` settings over the side's own.
+    pub fn start_with(
+        &self,
+        projectors: &str,
+        batch: usize,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Projections> {
         let port = free_port();
         let env: Vec<(String, String)> = [
             ("CHAT_PROJECTIONS_LISTEN", format!("127.0.0.1:{port}")),
@@ -73,6 +83,7 @@ impl ReadSide {
             ("RUST_LOG", "info".to_string()),
         ]
         .into_iter()
+        .chain(extra.iter().cloned())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         Ok(Projections {
