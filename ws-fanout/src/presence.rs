@@ -208,8 +208,12 @@ impl Presence {
         let _ = self.transitions.send((user.to_string(), status));
     }
 
-    /// Records the transition on the topic (the read model follows), then tells every node.
-    async fn emit(&self, user: &str, status: PresenceStatus) {
+    /// Records the transition on the topic (the read model follows), then tells every node:
+    /// co-members are shown only what is recorded, as with room events. A broker that does not
+    /// answer is waited for with the one retry policy: the transitions after it wait in order,
+    /// none is dropped, and the connection refreshes do not wait for it (they run on their own
+    /// loop, so nobody is swept offline meanwhile).
+    async fn emit(&self, user: &str, status: PresenceStatus, stop: &CancellationToken) {
         let label = match status {
             PresenceStatus::Online => "online",
             PresenceStatus::Away => "away",
@@ -220,16 +224,27 @@ impl Presence {
             status,
             node_id: self.node_id.clone(),
         });
-        match self.codec.encode(&event).await {
-            Ok(payload) => {
-                let record = FutureRecord::to(schemas::topics::PRESENCE_EVENTS)
-                    .key(user)
-                    .payload(&payload);
-                if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
-                    tracing::warn!(error = %e, user, "presence: event not written");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "presence: cannot encode"),
+        let payload =
+            platform::retry::until_ok("presence_encode", stop, || self.codec.encode(&event)).await;
+        let Some(payload) = payload else { return };
+        let written = platform::retry::until_ok("presence_event", stop, || async {
+            let record = FutureRecord::to(schemas::topics::PRESENCE_EVENTS)
+                .key(user)
+                .payload(&payload);
+            self.producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        })
+        .await;
+        if written.is_none() {
+            tracing::warn!(
+                user,
+                status = label,
+                "presence: stopping before the event was written"
+            );
+            return;
         }
         self.metrics.presence.with_label_values(&[label]).inc();
         let message = json!({"user_id": user, "status": label}).to_string();
@@ -269,22 +284,38 @@ impl Presence {
         }
     }
 
-    /// Writes decided transitions, refreshes this node's connections and sweeps lapsed users,
-    /// until `stop`.
+    /// Refreshes this node's connections and sweeps lapsed users (Redis alone), and writes
+    /// decided transitions on a task of their own (the broker may be slow or away), until
+    /// `stop`.
     pub async fn keep(self: Arc<Self>, stop: CancellationToken) {
         let Some(mut pending) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
             return;
+        };
+        let writer = {
+            let presence = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        next = pending.recv() => match next {
+                            Some((user, status)) => presence.emit(&user, status, &stop).await,
+                            None => return,
+                        },
+                    }
+                }
+            })
         };
         let mut refresh = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(200)));
         let mut sweep = tokio::time::interval((self.ttl / 6).max(Duration::from_millis(200)));
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                Some((user, status)) = pending.recv() => self.emit(&user, status).await,
+                _ = stop.cancelled() => break,
                 _ = refresh.tick() => self.refresh().await,
                 _ = sweep.tick() => self.sweep().await,
             }
         }
+        let _ = writer.await;
     }
 
     async fn refresh(&self) {

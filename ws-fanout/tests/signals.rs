@@ -309,3 +309,103 @@ async fn long_polling_delivers_the_same_sequence_as_the_socket() -> anyhow::Resu
     assert_eq!(from_poll, from_socket);
     Ok(())
 }
+
+/// The broker is down (killed, restarted 9 s later) while users come and go: presence keeps
+/// working on Redis (a connected user is never swept offline for want of refreshes, here for
+/// three times the connection lifetime), and once the broker is back every transition is on
+/// the topic, in order, none lost.
+#[tokio::test]
+async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::Result<()> {
+    let port = test_support::free_port();
+    let stack = test_support::PrivateStack::new(&[("CHAT_KAFKA_PORT", port.to_string())])?;
+    stack.up(&["broker"])?;
+    let brokers = format!("127.0.0.1:{port}");
+    let node = Node::start(&[
+        ("CHAT_WS_PRESENCE_TTL_SECS", "3"),
+        ("CHAT_KAFKA_BROKERS", brokers.as_str()),
+    ])
+    .await?;
+    let commands = Api::new(env::commands_url());
+    let stayer = commands.user("wsaway").await?;
+    let flapper = commands.user("wsaway").await?;
+    let _stays = Client::connect(&node.ws_url, Some(&stayer.access_token)).await?;
+    let mut redis = platform::cache::connect(&env::redis_url()).await?;
+    let prefix = std::env::var("CHAT_REDIS_PREFIX").unwrap_or_default();
+    let live = |user: String| {
+        let mut redis = redis.clone();
+        let key = format!("{prefix}ws:conns:{user}");
+        async move {
+            let now = schemas::envelope::now_ms();
+            let conns: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(key)
+                .arg(now)
+                .arg("+inf")
+                .query_async(&mut redis)
+                .await?;
+            anyhow::Ok(conns.len())
+        }
+    };
+    wait_for("the stayer online", T, || async {
+        (live(stayer.user_id.clone()).await.ok()? == 1).then_some(())
+    })
+    .await?;
+
+    stack.kill9("broker-1")?;
+    let outcome = async {
+        // Comings and goings while the broker is away queue their events.
+        for _ in 0..2 {
+            let socket = Client::connect(&node.ws_url, Some(&flapper.access_token)).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(socket);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for second in 0..9 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            anyhow::ensure!(
+                live(stayer.user_id.clone()).await? == 1,
+                "the stayer lapsed {second} s into the broker's absence"
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    stack.up(&["broker"])?;
+    outcome?;
+    let _: () = redis::cmd("PING").query_async(&mut redis).await?;
+
+    let read = |user: String| {
+        let brokers = brokers.clone();
+        async move {
+            let events = test_support::log::read_key(
+                &brokers,
+                &env::registry_url(),
+                schemas::topics::PRESENCE_EVENTS,
+                &user,
+            )
+            .await
+            .ok()?;
+            Some(
+                events
+                    .iter()
+                    .filter_map(|e| match e {
+                        schemas::DomainEvent::PresenceChanged(p) => {
+                            Some(format!("{:?}", p.status).to_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let flapped = wait_for("the queued transitions on the topic", T, || async {
+        let log = read(flapper.user_id.clone()).await?;
+        (log.len() >= 4).then_some(log)
+    })
+    .await?;
+    assert_eq!(flapped, ["online", "offline", "online", "offline"]);
+    assert_eq!(
+        read(stayer.user_id.clone()).await.unwrap_or_default(),
+        ["online"]
+    );
+    Ok(())
+}
