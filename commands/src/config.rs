@@ -53,6 +53,10 @@ pub struct Config {
     pub files_dir: PathBuf,
     /// `CHAT_MAX_UPLOAD_BYTES`, default 25 MiB.
     pub max_upload_bytes: u64,
+    /// `CHAT_UPLOAD_QUOTA_BYTES`, default 1 GiB: what one user's stored files may add up to.
+    pub upload_quota_bytes: u64,
+    /// `CHAT_UPLOAD_GRACE_SECS`, default 24 h: an upload no post named by then is deleted.
+    pub upload_grace: Duration,
     /// `CHAT_ARGON2_M_KIB`, default 19456 (OWASP's minimum for argon2id: m=19 MiB, t=2, p=1).
     pub argon2_m_kib: u32,
 }
@@ -96,6 +100,8 @@ impl Config {
             argon2_m_kib: env_or("CHAT_ARGON2_M_KIB", 19_456u32)?,
             files_dir: env_or("CHAT_FILES_DIR", shared.state_dir.join("files"))?,
             max_upload_bytes: env_or("CHAT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024u64)?,
+            upload_quota_bytes: env_or("CHAT_UPLOAD_QUOTA_BYTES", 1024 * 1024 * 1024u64)?,
+            upload_grace: Duration::from_secs(env_or("CHAT_UPLOAD_GRACE_SECS", 24 * 3600u64)?),
         })
     }
 }

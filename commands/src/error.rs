@@ -22,6 +22,9 @@ pub enum CommandError {
     Conflict(&'static str, String),
     #[error("{0}")]
     TooLarge(String),
+    /// The caller's stored files would exceed their quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("too many requests; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("{0}")]
@@ -72,6 +75,9 @@ impl From<CommandError> for ApiError {
             CommandError::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
             CommandError::TooLarge(_) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            CommandError::QuotaExceeded(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message)
             }
             CommandError::RateLimited { retry_after } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)

@@ -1,8 +1,12 @@
 //! `POST /v1/files`: uploads, stored before any message refers to them.
 //!
 //! The bytes are streamed to the file store while they are counted and hashed, so an upload
-//! over the limit is refused without ever being held in memory. The type is sniffed from the
-//! bytes (magic numbers, then UTF-8 text), never taken from the client's Content-Type.
+//! over the limit (or over the uploader's quota) is refused without ever being held in memory.
+//! The type is sniffed from the bytes (magic numbers, then UTF-8 text), never taken from the
+//! client's Content-Type. A partial upload never stays behind: its temporary file goes with the
+//! request however it ends (an error, or a client that hung up, which drops the request), and
+//! ones left by a crash are swept at start-up. An upload no post names within the grace period
+//! is deleted ([`collect`]).
 
 use std::path::PathBuf;
 
@@ -28,14 +32,41 @@ const SNIFF_BYTES: usize = 8192;
 pub struct FileStore {
     dir: PathBuf,
     max_bytes: u64,
+    quota_bytes: u64,
+}
+
+/// A partial upload's temporary file, removed when dropped unless it was moved into place.
+struct Partial {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl FileStore {
-    pub async fn new(dir: PathBuf, max_bytes: u64) -> Result<Self, CommandError> {
+    pub async fn new(dir: PathBuf, max_bytes: u64, quota_bytes: u64) -> Result<Self, CommandError> {
+        let io = |e: std::io::Error| {
+            CommandError::Internal(format!("file store {}: {e}", dir.display()))
+        };
         tokio::fs::create_dir_all(dir.join("tmp"))
             .await
-            .map_err(|e| CommandError::Internal(format!("file store {}: {e}", dir.display())))?;
-        Ok(Self { dir, max_bytes })
+            .map_err(io)?;
+        // What a crash left half-written: no request is using it any more.
+        let mut stale = tokio::fs::read_dir(dir.join("tmp")).await.map_err(io)?;
+        while let Some(entry) = stale.next_entry().await.map_err(io)? {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+        Ok(Self {
+            dir,
+            max_bytes,
+            quota_bytes,
+        })
     }
 
     pub fn path_of(&self, file_id: &Uuid) -> PathBuf {
@@ -106,6 +137,11 @@ pub async fn upload(
     let uploader = Uuid::parse_str(&claims.sub)
         .map_err(|_| CommandError::Auth(platform::auth::AuthError::Invalid))?;
     let store = &app.files;
+    let used = stored_bytes(app.store.pool(), uploader).await?;
+    let room_left = store.quota_bytes.saturating_sub(used);
+    if room_left == 0 {
+        return Err(quota_exceeded(store.quota_bytes));
+    }
     loop {
         let field = multipart
             .next_field()
@@ -117,19 +153,40 @@ pub async fn upload(
         }
         let filename = clean_filename(field.file_name());
         let file_id = Uuid::now_v7();
-        let info = store_field(store, file_id, field).await?;
+        let info = store_field(store, file_id, field, room_left).await?;
         let (size, sha256, mime_type) = info;
-        sqlx::query(
-            "INSERT INTO files (id, uploader_id, filename, size, mime_type, sha256) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(file_id)
-        .bind(uploader)
-        .bind(&filename)
-        .bind(size as i64)
-        .bind(&mime_type)
-        .bind(&sha256)
-        .execute(app.store.pool())
-        .await?;
+        // Parallel uploads of one user are counted one after another here.
+        let recorded: Result<bool, sqlx::Error> = async {
+            let mut tx = app.store.pool().begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+                .bind(uploader)
+                .execute(&mut *tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO files (id, uploader_id, filename, size, mime_type, sha256) \
+                 SELECT $1, $2, $3, $4, $5, $6 \
+                 WHERE (SELECT COALESCE(sum(size), 0) FROM files WHERE uploader_id = $2) + $4 <= $7",
+            )
+            .bind(file_id)
+            .bind(uploader)
+            .bind(&filename)
+            .bind(size as i64)
+            .bind(&mime_type)
+            .bind(&sha256)
+            .bind(store.quota_bytes as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            tx.commit().await?;
+            Ok(inserted)
+        }
+        .await;
+        if !matches!(recorded, Ok(true)) {
+            let _ = tokio::fs::remove_file(store.path_of(&file_id)).await;
+            recorded?;
+            return Err(quota_exceeded(store.quota_bytes));
+        }
         let info = FileInfo {
             url: format!("/v1/files/{file_id}"),
             file_id: file_id.to_string(),
@@ -141,6 +198,23 @@ pub async fn upload(
         tracing::info!(file_id = %info.file_id, size, mime = %info.mime_type, "file uploaded");
         return Ok((StatusCode::CREATED, Json(info)));
     }
+}
+
+fn quota_exceeded(quota: u64) -> CommandError {
+    CommandError::QuotaExceeded(format!(
+        "your stored files would exceed your quota of {quota} bytes; files no message shows are deleted after a day"
+    ))
+}
+
+/// What `uploader`'s stored files add up to.
+async fn stored_bytes(pool: &sqlx::PgPool, uploader: Uuid) -> Result<u64, CommandError> {
+    let used: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(size), 0)::bigint FROM files WHERE uploader_id = $1",
+    )
+    .bind(uploader)
+    .fetch_one(pool)
+    .await?;
+    Ok(used.max(0) as u64)
 }
 
 fn multipart_error(message: &str, max: u64) -> CommandError {
@@ -157,9 +231,14 @@ async fn store_field(
     store: &FileStore,
     file_id: Uuid,
     mut field: axum::extract::multipart::Field<'_>,
+    room_left: u64,
 ) -> Result<(u64, String, String), CommandError> {
     let io = |e: std::io::Error| CommandError::Internal(format!("file store: {e}"));
     let tmp = store.dir.join("tmp").join(file_id.simple().to_string());
+    let mut partial = Partial {
+        path: tmp.clone(),
+        kept: false,
+    };
     let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
     let mut hasher = Sha256::new();
     let mut head = Vec::with_capacity(SNIFF_BYTES);
@@ -177,6 +256,9 @@ async fn store_field(
                     store.max_bytes()
                 )));
             }
+            if size > room_left {
+                return Err(quota_exceeded(store.quota_bytes));
+            }
             if head.len() < SNIFF_BYTES {
                 let take = (SNIFF_BYTES - head.len()).min(chunk.len());
                 head.extend_from_slice(&chunk[..take]);
@@ -189,10 +271,7 @@ async fn store_field(
         Ok(())
     }
     .await;
-    if let Err(e) = outcome {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
+    outcome?;
     let complete = size as usize <= SNIFF_BYTES;
     let mime = sniff(&head, complete);
     let target = store.path_of(&file_id);
@@ -200,6 +279,7 @@ async fn store_field(
         tokio::fs::create_dir_all(parent).await.map_err(io)?;
     }
     tokio::fs::rename(&tmp, &target).await.map_err(io)?;
+    partial.kept = true;
     Ok((size, hex(&hasher.finalize()), mime))
 }
 
@@ -228,7 +308,11 @@ pub async fn resolve_attachments(
         if files.iter().any(|f: &FileInfo| f.file_id == id.to_string()) {
             return Err(CommandError::invalid("attachments: the same file twice"));
         }
-        let row = sqlx::query("SELECT filename, size, mime_type, sha256 FROM files WHERE id = $1 AND uploader_id = $2")
+        // Marked attached before the post is written: a file a post may show is never collected.
+        let row = sqlx::query(
+            "UPDATE files SET attached_at = COALESCE(attached_at, now()) WHERE id = $1 AND uploader_id = $2 \
+             RETURNING filename, size, mime_type, sha256",
+        )
             .bind(id)
             .bind(uploader)
             .fetch_optional(app.store.pool())
@@ -244,6 +328,41 @@ pub async fn resolve_attachments(
         });
     }
     Ok(files)
+}
+
+/// Deletes, every 30 s until `shutdown`, the uploads no post named within `grace`: their rows,
+/// then their bytes. A post that names one after its row is gone is refused as naming an
+/// unknown file.
+pub async fn collect(
+    store: FileStore,
+    pool: sqlx::PgPool,
+    grace: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        }
+        let gone: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
+            "DELETE FROM files WHERE attached_at IS NULL \
+             AND created_at < now() - make_interval(secs => $1) RETURNING id",
+        )
+        .bind(grace.as_secs_f64())
+        .fetch_all(&pool)
+        .await;
+        match gone {
+            Ok(ids) => {
+                for id in &ids {
+                    let _ = tokio::fs::remove_file(store.path_of(id)).await;
+                }
+                if !ids.is_empty() {
+                    tracing::info!(count = ids.len(), "uploads no post named were deleted");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot collect unattached uploads; retrying"),
+        }
+    }
 }
 
 #[cfg(test)]

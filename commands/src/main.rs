@@ -86,8 +86,12 @@ async fn main() -> anyhow::Result<()> {
         http: reqwest::Client::builder()
             .timeout(config.command_timeout + Duration::from_secs(2))
             .build()?,
-        files: commands::files::FileStore::new(config.files_dir.clone(), config.max_upload_bytes)
-            .await?,
+        files: commands::files::FileStore::new(
+            config.files_dir.clone(),
+            config.max_upload_bytes,
+            config.upload_quota_bytes,
+        )
+        .await?,
         config: config.clone(),
         store,
         signer,
@@ -99,6 +103,12 @@ async fn main() -> anyhow::Result<()> {
         let app = app.clone();
         platform::limits::sweep_every_minute(move || app.limits.sweep(), shutdown.clone())
     };
+    let collector = tokio::spawn(commands::files::collect(
+        app.files.clone(),
+        app.store.pool().clone(),
+        config.upload_grace,
+        shutdown.clone(),
+    ));
 
     let router = app::router(app, registry)?;
     let listener = platform::listen::bind(config.listen)
@@ -116,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || membership.join()).await;
     let _ = relay.await;
     let _ = keeper.await;
+    let _ = collector.await;
     let _ = sweeper.await;
     log.flush(Duration::from_secs(10));
     tracing::info!("commands stopped");

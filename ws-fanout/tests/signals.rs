@@ -318,13 +318,17 @@ async fn long_polling_delivers_the_same_sequence_as_the_socket() -> anyhow::Resu
 async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::Result<()> {
     let port = test_support::free_port();
     let stack = test_support::PrivateStack::new(&[("CHAT_KAFKA_PORT", port.to_string())])?;
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s: {what}", started.elapsed().as_secs_f64());
     stack.up(&["broker"])?;
+    phase("private broker up");
     let brokers = format!("127.0.0.1:{port}");
     let node = Node::start(&[
         ("CHAT_WS_PRESENCE_TTL_SECS", "3"),
         ("CHAT_KAFKA_BROKERS", brokers.as_str()),
     ])
     .await?;
+    phase("node ready");
     let commands = Api::new(env::commands_url());
     let stayer = commands.user("wsaway").await?;
     let flapper = commands.user("wsaway").await?;
@@ -350,6 +354,7 @@ async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::
     })
     .await?;
 
+    phase("stayer online");
     stack.kill9("broker-1")?;
     let outcome = async {
         // Comings and goings while the broker is away queue their events.
@@ -369,7 +374,9 @@ async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::
         anyhow::Ok(())
     }
     .await;
+    phase("outage over");
     stack.up(&["broker"])?;
+    phase("broker restarted");
     outcome?;
     let _: () = redis::cmd("PING").query_async(&mut redis).await?;
 
@@ -402,6 +409,7 @@ async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::
         (log.len() >= 4).then_some(log)
     })
     .await?;
+    phase("transitions read back");
     assert_eq!(flapped, ["online", "offline", "online", "offline"]);
     assert_eq!(
         read(stayer.user_id.clone()).await.unwrap_or_default(),
