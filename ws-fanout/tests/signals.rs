@@ -323,10 +323,14 @@ async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::
     stack.up(&["broker"])?;
     phase("private broker up");
     let brokers = format!("127.0.0.1:{port}");
-    let node = Node::start(&[
-        ("CHAT_WS_PRESENCE_TTL_SECS", "3"),
-        ("CHAT_KAFKA_BROKERS", brokers.as_str()),
-    ])
+    // Bounded below nextest's backstop so that a node that never gets ready says why.
+    let node = Node::start_within(
+        &[
+            ("CHAT_WS_PRESENCE_TTL_SECS", "3"),
+            ("CHAT_KAFKA_BROKERS", brokers.as_str()),
+        ],
+        Duration::from_secs(90),
+    )
     .await?;
     phase("node ready");
     let commands = Api::new(env::commands_url());

@@ -22,6 +22,11 @@ pub struct Node {
 impl Node {
     /// Starts a node with the stack's settings plus `extra`, and waits until it is ready.
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Node> {
+        Self::start_within(extra, Duration::from_secs(300)).await
+    }
+
+    /// As `start`, failing (with the node's output) when it is not ready within `limit`.
+    pub async fn start_within(extra: &[(&str, &str)], limit: Duration) -> anyhow::Result<Node> {
         let port = free_port();
         let mut vars = env::ws_fanout_node(port);
         // The test log holds every earlier test's records; a node that re-read all of them
@@ -33,7 +38,7 @@ impl Node {
         let service = Service::spawn("ws-fanout", vars)?;
         let http_url = format!("http://127.0.0.1:{port}");
         service
-            .wait_ready(&format!("{http_url}/readyz"), Duration::from_secs(300))
+            .wait_ready(&format!("{http_url}/readyz"), limit)
             .await?;
         Ok(Node {
             service,
