@@ -288,26 +288,37 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Resolves attachment ids for a post: each must be a file the poster uploaded.
-pub async fn resolve_attachments(
-    app: &AppState,
-    uploader: &str,
-    file_ids: &[String],
-) -> Result<Vec<FileInfo>, CommandError> {
+/// A post's `attachments` as file ids: at most ten, each once.
+pub fn attachment_ids(raw: &[String]) -> Result<Vec<Uuid>, CommandError> {
     const MAX_ATTACHMENTS: usize = 10;
-    if file_ids.len() > MAX_ATTACHMENTS {
+    if raw.len() > MAX_ATTACHMENTS {
         return Err(CommandError::invalid(format!(
             "at most {MAX_ATTACHMENTS} attachments per message"
         )));
     }
+    let mut ids = Vec::with_capacity(raw.len());
+    for text in raw {
+        let id = Uuid::parse_str(text).map_err(|_| {
+            let shown: String = text.chars().take(64).collect();
+            CommandError::invalid(format!("attachments: {shown:?} is not a file id"))
+        })?;
+        if ids.contains(&id) {
+            return Err(CommandError::invalid("attachments: the same file twice"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+pub async fn resolve_attachments(
+    app: &AppState,
+    uploader: &str,
+    file_ids: &[Uuid],
+) -> Result<Vec<FileInfo>, CommandError> {
     let uploader = Uuid::parse_str(uploader)
         .map_err(|_| CommandError::Auth(platform::auth::AuthError::Invalid))?;
     let mut files = Vec::with_capacity(file_ids.len());
-    for raw in file_ids {
-        let id = Uuid::parse_str(raw)
-            .map_err(|_| CommandError::invalid(format!("attachments: {raw:?} is not a file id")))?;
-        if files.iter().any(|f: &FileInfo| f.file_id == id.to_string()) {
-            return Err(CommandError::invalid("attachments: the same file twice"));
-        }
+    for &id in file_ids {
         // Marked attached before the post is written: a file a post may show is never collected.
         let row = sqlx::query(
             "UPDATE files SET attached_at = COALESCE(attached_at, now()) WHERE id = $1 AND uploader_id = $2 \

@@ -6,6 +6,7 @@
 //! per-room `seq` and answers only after the broker acknowledged.
 
 pub mod app;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod files;

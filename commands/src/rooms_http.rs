@@ -7,11 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use platform::auth::{AccessClaims, Caller};
-use platform::json::Json;
 use schemas::events::{Role, Visibility};
 use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::body::{Body, Valid};
 use crate::error::CommandError;
 use crate::rooms::{Actor, Command, Outcome, validate};
 
@@ -43,6 +44,21 @@ pub struct CreateRoomRequest {
     topic: Option<String>,
 }
 
+impl Body for CreateRoomRequest {
+    type Valid = Command;
+    fn validated(self) -> Result<Command, CommandError> {
+        Ok(Command::CreateRoom {
+            name: validate::room_name(&self.name)?,
+            visibility: self.visibility,
+            topic: validate::optional_text(
+                self.topic.as_deref(),
+                "topic",
+                validate::MAX_TOPIC_CHARS,
+            )?,
+        })
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/rooms",
@@ -55,14 +71,9 @@ pub struct CreateRoomRequest {
 pub async fn create_room(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Json(body): Json<CreateRoomRequest>,
+    Valid(command): Valid<CreateRoomRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.rooms.check(&caller.sub)?;
-    let command = Command::CreateRoom {
-        name: validate::room_name(&body.name)?,
-        visibility: body.visibility,
-        topic: validate::optional_text(body.topic.as_deref(), "topic", validate::MAX_TOPIC_CHARS)?,
-    };
     let room_id = app.writer.new_room_id();
     run(&app, room_id, caller, command, StatusCode::CREATED).await
 }
@@ -76,6 +87,21 @@ pub struct UpdateRoomRequest {
     topic: Option<String>,
     #[serde(default)]
     visibility: Option<Visibility>,
+}
+
+impl Body for UpdateRoomRequest {
+    type Valid = Command;
+    fn validated(self) -> Result<Command, CommandError> {
+        Ok(Command::UpdateRoom {
+            name: self.name.as_deref().map(validate::room_name).transpose()?,
+            topic: self
+                .topic
+                .as_deref()
+                .map(|t| validate::optional_text(Some(t), "topic", validate::MAX_TOPIC_CHARS))
+                .transpose()?,
+            visibility: self.visibility,
+        })
+    }
 }
 
 #[utoipa::path(
@@ -92,22 +118,10 @@ pub async fn update_room(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(room_id): Path<String>,
-    Json(body): Json<UpdateRoomRequest>,
+    Valid(command): Valid<UpdateRoomRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.rooms.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
-    let command = Command::UpdateRoom {
-        name: body.name.as_deref().map(validate::room_name).transpose()?,
-        topic: match body.topic.as_deref() {
-            None => None,
-            Some(t) => Some(validate::optional_text(
-                Some(t),
-                "topic",
-                validate::MAX_TOPIC_CHARS,
-            )?),
-        },
-        visibility: body.visibility,
-    };
     run(&app, room_id, caller, command, StatusCode::OK).await
 }
 
@@ -154,16 +168,25 @@ pub struct InviteRequest {
     user_id: String,
 }
 
-/// The target of an invite, ban or role change must be a registered user.
-async fn existing_user(app: &AppState, raw: &str) -> Result<String, CommandError> {
-    let id = validate::id(raw, "user_id")?;
-    let uuid = uuid::Uuid::parse_str(&id)
-        .map_err(|_| CommandError::invalid("user_id is not a valid id"))?;
+impl Body for InviteRequest {
+    type Valid = Uuid;
+    fn validated(self) -> Result<Uuid, CommandError> {
+        user_id(&self.user_id)
+    }
+}
+
+fn user_id(raw: &str) -> Result<Uuid, CommandError> {
+    Uuid::parse_str(&validate::id(raw, "user_id")?)
+        .map_err(|_| CommandError::invalid("user_id is not a valid id"))
+}
+
+/// The target of an invite or ban must be a registered user.
+async fn existing_user(app: &AppState, id: Uuid) -> Result<String, CommandError> {
     app.store
-        .user(uuid)
+        .user(id)
         .await?
         .ok_or(CommandError::NotFound("user"))?;
-    Ok(id)
+    Ok(id.to_string())
 }
 
 #[utoipa::path(
@@ -180,11 +203,11 @@ pub async fn invite(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(room_id): Path<String>,
-    Json(body): Json<InviteRequest>,
+    Valid(user_id): Valid<InviteRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
-    let user_id = existing_user(&app, &body.user_id).await?;
+    let user_id = existing_user(&app, user_id).await?;
     run(
         &app,
         room_id,
@@ -202,6 +225,16 @@ pub struct BanRequest {
     reason: Option<String>,
 }
 
+impl Body for BanRequest {
+    type Valid = (Uuid, Option<String>);
+    fn validated(self) -> Result<Self::Valid, CommandError> {
+        Ok((
+            user_id(&self.user_id)?,
+            validate::optional_text(self.reason.as_deref(), "reason", validate::MAX_REASON_CHARS)?,
+        ))
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/rooms/{room_id}/bans",
@@ -216,13 +249,11 @@ pub async fn ban(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(room_id): Path<String>,
-    Json(body): Json<BanRequest>,
+    Valid((user_id, reason)): Valid<BanRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
-    let user_id = existing_user(&app, &body.user_id).await?;
-    let reason =
-        validate::optional_text(body.reason.as_deref(), "reason", validate::MAX_REASON_CHARS)?;
+    let user_id = existing_user(&app, user_id).await?;
     run(
         &app,
         room_id,
@@ -236,6 +267,13 @@ pub async fn ban(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RoleRequest {
     role: Role,
+}
+
+impl Body for RoleRequest {
+    type Valid = Role;
+    fn validated(self) -> Result<Role, CommandError> {
+        Ok(self.role)
+    }
 }
 
 #[utoipa::path(
@@ -252,7 +290,7 @@ pub async fn set_role(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path((room_id, user_id)): Path<(String, String)>,
-    Json(body): Json<RoleRequest>,
+    Valid(role): Valid<RoleRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
@@ -261,10 +299,7 @@ pub async fn set_role(
         &app,
         room_id,
         caller,
-        Command::SetRole {
-            user_id,
-            role: body.role,
-        },
+        Command::SetRole { user_id, role },
         StatusCode::OK,
     )
     .await
@@ -278,6 +313,30 @@ pub struct PostRequest {
     reply_to: Option<String>,
     #[serde(default)]
     attachments: Vec<String>,
+}
+
+/// A post as checked from its body alone; its attachments are still to be found.
+pub struct ValidPost {
+    client_msg_id: String,
+    content: String,
+    reply_to: Option<String>,
+    attachments: Vec<Uuid>,
+}
+
+impl Body for PostRequest {
+    type Valid = ValidPost;
+    fn validated(self) -> Result<ValidPost, CommandError> {
+        Ok(ValidPost {
+            client_msg_id: validate::client_msg_id(&self.client_msg_id)?,
+            content: validate::content(&self.content)?,
+            reply_to: self
+                .reply_to
+                .as_deref()
+                .map(|r| validate::id(r, "reply_to"))
+                .transpose()?,
+            attachments: crate::files::attachment_ids(&self.attachments)?,
+        })
+    }
 }
 
 #[utoipa::path(
@@ -294,23 +353,16 @@ pub async fn post_message(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(room_id): Path<String>,
-    Json(body): Json<PostRequest>,
+    Valid(post): Valid<PostRequest>,
 ) -> Result<Response, CommandError> {
     let room_id = room_path_id(&room_id)?;
     app.limits.posts.check(&caller.sub)?;
-    let client_msg_id = validate::client_msg_id(&body.client_msg_id)?;
-    let content = validate::content(&body.content)?;
-    let reply_to = body
-        .reply_to
-        .as_deref()
-        .map(|r| validate::id(r, "reply_to"))
-        .transpose()?;
     let attachments =
-        crate::files::resolve_attachments(&app, &caller.sub, &body.attachments).await?;
+        crate::files::resolve_attachments(&app, &caller.sub, &post.attachments).await?;
     let command = Command::Post {
-        client_msg_id,
-        content,
-        reply_to,
+        client_msg_id: post.client_msg_id,
+        content: post.content,
+        reply_to: post.reply_to,
         attachments,
     };
     run(&app, room_id, caller, command, StatusCode::CREATED).await
@@ -319,6 +371,13 @@ pub async fn post_message(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EditRequest {
     content: String,
+}
+
+impl Body for EditRequest {
+    type Valid = String;
+    fn validated(self) -> Result<String, CommandError> {
+        validate::content(&self.content)
+    }
 }
 
 #[utoipa::path(
@@ -335,12 +394,11 @@ pub async fn edit_message(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path((room_id, message_id)): Path<(String, String)>,
-    Json(body): Json<EditRequest>,
+    Valid(content): Valid<EditRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.edits.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
     let message_id = validate::id(&message_id, "message_id")?;
-    let content = validate::content(&body.content)?;
     run(
         &app,
         room_id,
@@ -442,6 +500,16 @@ pub struct ReadRequest {
     seq: i64,
 }
 
+impl Body for ReadRequest {
+    type Valid = i64;
+    fn validated(self) -> Result<i64, CommandError> {
+        if self.seq < 0 {
+            return Err(CommandError::invalid("seq must be 0 or more"));
+        }
+        Ok(self.seq)
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/rooms/{room_id}/read",
@@ -456,7 +524,7 @@ pub async fn mark_read(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(room_id): Path<String>,
-    Json(body): Json<ReadRequest>,
+    Valid(seq): Valid<ReadRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.read_markers.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
@@ -464,7 +532,7 @@ pub async fn mark_read(
         &app,
         room_id,
         caller,
-        Command::MarkRead { seq: body.seq },
+        Command::MarkRead { seq },
         StatusCode::OK,
     )
     .await

@@ -26,8 +26,16 @@ where
     }
 }
 
+/// serde's messages quote the offending value (an unknown variant, say) whole: enough of it to
+/// recognize, not the client's megabyte echoed back.
+const MAX_MESSAGE_CHARS: usize = 300;
+
 fn rejection_to_error(rejection: JsonRejection) -> ApiError {
-    let message = rejection.body_text();
+    let text = rejection.body_text();
+    let message = match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    };
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)

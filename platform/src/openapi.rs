@@ -7,7 +7,7 @@
 //! its own document merged with the given ones (`deploy/local` runs the three and points
 //! query-api's `CHAT_OPENAPI_FILE` at the result).
 
-use utoipa::Modify;
+use utoipa::{Modify, PartialSchema, ToSchema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi, OpenApiBuilder};
 
@@ -43,12 +43,16 @@ pub enum Refused {
     Unavailable(ErrorBody),
 }
 
-/// Adds the bearer scheme the operations' `security(("bearer" = []))` refer to.
-pub struct Bearer;
+/// Adds what every tier's operations refer to: the bearer scheme of their
+/// `security(("bearer" = []))` and the error body of [`Refused`].
+pub struct Shared;
 
-impl Modify for Bearer {
+impl Modify for Shared {
     fn modify(&self, openapi: &mut OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        let mut schemas = vec![(ErrorBody::name().into_owned(), ErrorBody::schema())];
+        <ErrorBody as ToSchema>::schemas(&mut schemas);
+        components.schemas.extend(schemas);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -77,11 +81,11 @@ pub fn base() -> OpenApi {
         .build()
 }
 
-/// A tier's document from its routes: the common title, the bearer scheme.
+/// A tier's document from its routes: the common title, the bearer scheme, the error body.
 pub fn finish(routes: OpenApi) -> OpenApi {
     let mut doc = base();
     doc.merge(routes);
-    Bearer.modify(&mut doc);
+    Shared.modify(&mut doc);
     doc
 }
 

@@ -146,6 +146,28 @@ impl EventCodec {
         DomainEvent::from_avro(kind, &resolved).map_err(mismatch)
     }
 
+    /// Decodes the Avro body of a `kind` record written with this build's own schema (what
+    /// [`Self::decode`] does once the registry named that schema), with no registry involved:
+    /// the fuzz target (`fuzz/`) feeds it hostile bytes, which must be refused, never panic.
+    pub fn decode_datum(&self, kind: EventKind, mut datum: &[u8]) -> Result<DomainEvent, SchemaError> {
+        let schema = self
+            .readers
+            .get(&kind)
+            .ok_or_else(|| SchemaError::UnknownRecord {
+                record: kind.record_name().to_string(),
+            })?;
+        let undecodable = |e: apache_avro::Error| SchemaError::Undecodable(e.to_string());
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .build()
+            .map_err(undecodable)?
+            .read_value(&mut datum)
+            .map_err(undecodable)?;
+        DomainEvent::from_avro(kind, &value).map_err(|e| SchemaError::Mismatch {
+            record: kind.record_name().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Whether `payload` (already decoded, so in wire format) was written with exactly
     /// `reader`, the schema this build reads `kind` with: the same parsed schema, logical types
     /// and defaults included.

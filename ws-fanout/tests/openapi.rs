@@ -202,6 +202,24 @@ fn check_body(doc: &Value, op: &Value, status: u16, body: &[u8]) -> anyhow::Resu
     Ok(())
 }
 
+/// Every `$ref` in `value`.
+fn references(value: &Value, into: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", Value::String(r)) => {
+                        into.insert(r.clone());
+                    }
+                    _ => references(inner, into),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, into)),
+        _ => {}
+    }
+}
+
 fn documented(op: &Value, status: u16) -> bool {
     op["responses"].get(status.to_string()).is_some()
 }
@@ -244,6 +262,15 @@ async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()
         assert!(paths.contains(path), "{path} is documented");
     }
     assert!(operations.len() >= 30, "{} operations", operations.len());
+    let mut refs = BTreeSet::new();
+    references(&doc, &mut refs);
+    for reference in &refs {
+        let pointer = reference.strip_prefix('#').context("a local reference")?;
+        assert!(
+            doc.pointer(pointer).is_some(),
+            "{reference} is referred to and defined"
+        );
+    }
 
     for (method, path, op) in &operations {
         let label = format!("{} {path}", method.to_uppercase());

@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use platform::auth::Caller;
 use platform::auth::revoked_session_key;
-use platform::json::Json;
 use schemas::events::{SessionRevoked, UserRegistered};
 use schemas::{DomainEvent, Envelope};
 use serde::{Deserialize, Serialize};
@@ -19,6 +18,7 @@ use super::throttle::Attempt;
 use super::tokens::{hash_refresh_token, new_refresh_token};
 use super::validate;
 use crate::app::{App, AppState};
+use crate::body::{Body, Valid};
 use crate::error::CommandError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -26,6 +26,25 @@ pub struct RegisterRequest {
     email: String,
     username: String,
     password: String,
+}
+
+/// A registration with its username and e-mail in normal form.
+pub struct NewAccount {
+    username: String,
+    email: String,
+    password: String,
+}
+
+impl Body for RegisterRequest {
+    type Valid = NewAccount;
+    fn validated(self) -> Result<NewAccount, CommandError> {
+        validate::password(&self.password)?;
+        Ok(NewAccount {
+            username: validate::username(&self.username)?,
+            email: validate::email(&self.email)?,
+            password: self.password,
+        })
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -42,15 +61,17 @@ pub async fn register(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(request): Json<RegisterRequest>,
+    Valid(account): Valid<RegisterRequest>,
 ) -> Result<impl IntoResponse, CommandError> {
     app.limits
         .registrations
         .check(&app.client_ip(peer, &headers))?;
-    let username = validate::username(&request.username)?;
-    let email = validate::email(&request.email)?;
-    validate::password(&request.password)?;
-    let hash = app.passwords.hash(request.password).await?;
+    let NewAccount {
+        username,
+        email,
+        password,
+    } = account;
+    let hash = app.passwords.hash(password).await?;
     let user_id = Uuid::now_v7();
     let event: DomainEvent = UserRegistered {
         envelope: Envelope::for_user(user_id.to_string(), Some(user_id.to_string())),
@@ -83,6 +104,16 @@ pub struct LoginRequest {
     password: String,
 }
 
+impl Body for LoginRequest {
+    type Valid = Self;
+    fn validated(self) -> Result<Self, CommandError> {
+        if self.login.trim().is_empty() || self.login.len() > 255 || self.password.len() > 1024 {
+            return Err(CommandError::invalid("login and password are required"));
+        }
+        Ok(self)
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
     access_token: String,
@@ -100,12 +131,8 @@ pub async fn login(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(request): Json<LoginRequest>,
+    Valid(request): Valid<LoginRequest>,
 ) -> Result<impl IntoResponse, CommandError> {
-    if request.login.trim().is_empty() || request.login.len() > 255 || request.password.len() > 1024
-    {
-        return Err(CommandError::invalid("login and password are required"));
-    }
     let ip = app.client_ip(peer, &headers);
     let account = app.store.find_login(&request.login).await?;
     let attempt = Attempt::new(
@@ -163,6 +190,16 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
+impl Body for RefreshRequest {
+    type Valid = String;
+    fn validated(self) -> Result<String, CommandError> {
+        if self.refresh_token.is_empty() || self.refresh_token.len() > 512 {
+            return Err(CommandError::Auth(platform::auth::AuthError::Invalid));
+        }
+        Ok(self.refresh_token)
+    }
+}
+
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "identity",
     summary = "Rotate the refresh token; reusing an old one revokes the session",
     request_body = RefreshRequest,
@@ -171,13 +208,10 @@ pub async fn refresh(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(request): Json<RefreshRequest>,
+    Valid(presented): Valid<RefreshRequest>,
 ) -> Result<impl IntoResponse, CommandError> {
     app.limits.refreshes.check(&app.client_ip(peer, &headers))?;
-    if request.refresh_token.is_empty() || request.refresh_token.len() > 512 {
-        return Err(CommandError::Auth(platform::auth::AuthError::Invalid));
-    }
-    let old_hash = hash_refresh_token(&request.refresh_token);
+    let old_hash = hash_refresh_token(&presented);
     let (refresh_token, new_hash) = new_refresh_token();
     let rotation = app
         .store
