@@ -24,7 +24,10 @@ async fn refusal<T: Body>(body: &[u8]) -> Option<Response> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(HttpBody::from(body.to_vec()))
         .expect("a request");
-    Valid::<T>::from_request(request, &()).await.err().map(IntoResponse::into_response)
+    Valid::<T>::from_request(request, &())
+        .await
+        .err()
+        .map(IntoResponse::into_response)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -50,10 +53,19 @@ fuzz_target!(|data: &[u8]| {
         };
         let status = response.status();
         assert!(status.is_client_error(), "answered {status}");
-        let bytes = to_bytes(response.into_body(), 1 << 20).await.expect("the body");
+        let bytes = to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("the body");
         let error: Value = serde_json::from_slice(&bytes).expect("a JSON error body");
-        assert!(error["error"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+        assert!(
+            error["error"]["code"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        );
         assert!(error["error"]["message"].is_string());
-        assert!(bytes.len() < 4096, "an error echoes at most a bounded part of the input");
+        assert!(
+            bytes.len() < 4096,
+            "an error echoes at most a bounded part of the input"
+        );
     });
 });

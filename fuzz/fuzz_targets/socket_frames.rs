@@ -10,7 +10,11 @@ use ws_fanout::protocol::{ClientFrame, parse};
 
 fn canonical(id: &str) {
     let parsed = uuid::Uuid::parse_str(id).expect("an accepted room id is an id");
-    assert_eq!(parsed.to_string(), id, "room ids are passed on in canonical form");
+    assert_eq!(
+        parsed.to_string(),
+        id,
+        "room ids are passed on in canonical form"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -7,9 +7,9 @@
 //! its own document merged with the given ones (`deploy/local` runs the three and points
 //! query-api's `CHAT_OPENAPI_FILE` at the result).
 
-use utoipa::{Modify, PartialSchema, ToSchema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi, OpenApiBuilder};
+use utoipa::{Modify, PartialSchema, ToSchema};
 
 use crate::error::ErrorBody;
 

@@ -149,7 +149,11 @@ impl EventCodec {
     /// Decodes the Avro body of a `kind` record written with this build's own schema (what
     /// [`Self::decode`] does once the registry named that schema), with no registry involved:
     /// the fuzz target (`fuzz/`) feeds it hostile bytes, which must be refused, never panic.
-    pub fn decode_datum(&self, kind: EventKind, mut datum: &[u8]) -> Result<DomainEvent, SchemaError> {
+    pub fn decode_datum(
+        &self,
+        kind: EventKind,
+        mut datum: &[u8],
+    ) -> Result<DomainEvent, SchemaError> {
         let schema = self
             .readers
             .get(&kind)
