@@ -146,20 +146,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() -> anyhow::Result
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.body["username"], user.username.as_str());
 
-    let refresh = |token: &str| {
-        let api = api.clone();
-        let token = token.to_string();
-        async move {
-            api.call(
-                Method::POST,
-                "/v1/auth/refresh",
-                None,
-                Some(json!({"refresh_token": token})),
-            )
-            .await
-        }
-    };
-    let rotated = refresh(&user.refresh_token).await?;
+    let rotated = api.refresh(&user.refresh_token).await?;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
     let second_refresh = rotated.body["refresh_token"].as_str().unwrap().to_string();
     let second_access = rotated.body["access_token"].as_str().unwrap().to_string();
@@ -172,11 +159,11 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() -> anyhow::Result
     );
 
     // The spent token comes back: theft. Everything of the session dies.
-    let reuse = refresh(&user.refresh_token).await?;
+    let reuse = api.refresh(&user.refresh_token).await?;
     assert_eq!(reuse.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reuse.code(), "session_revoked");
     assert_eq!(
-        refresh(&second_refresh).await?.status,
+        api.refresh(&second_refresh).await?.status,
         StatusCode::UNAUTHORIZED
     );
     for token in [&user.access_token, &second_access] {
@@ -189,7 +176,10 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() -> anyhow::Result
     // A new login is a new session and works.
     let again = api.login(&user.username, &user.password).await?;
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!(refresh("garbage").await?.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.refresh("garbage").await?.status,
+        StatusCode::UNAUTHORIZED
+    );
     Ok(())
 }
 
@@ -725,18 +715,6 @@ async fn a_session_ends_at_its_absolute_lifetime_however_often_it_refreshes() ->
     let sid = uuid::Uuid::parse_str(claims["sid"].as_str().unwrap_or_default())?;
     let pool = sqlx::PgPool::connect(&env::pg_url()).await?;
     let schema = std::env::var("CHAT_COMMANDS_PG_SCHEMA").unwrap_or_else(|_| "identity".into());
-    let refresh = |token: String| {
-        let api = api.clone();
-        async move {
-            api.call(
-                Method::POST,
-                "/v1/auth/refresh",
-                None,
-                Some(json!({"refresh_token": token})),
-            )
-            .await
-        }
-    };
     // Ten minutes left: a refresh works, and the new refresh token ends with the session.
     sqlx::query(&format!(
         "UPDATE {schema}.sessions SET expires_at = now() + interval '10 minutes' WHERE id = $1"
@@ -744,7 +722,7 @@ async fn a_session_ends_at_its_absolute_lifetime_however_often_it_refreshes() ->
     .bind(sid)
     .execute(&pool)
     .await?;
-    let renewed = refresh(user.refresh_token.clone()).await?;
+    let renewed = api.refresh(&user.refresh_token).await?;
     assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.body);
     let beyond: bool = sqlx::query_scalar(&format!(
         "SELECT bool_or(t.expires_at > s.expires_at) FROM {schema}.refresh_tokens t \
@@ -762,7 +740,7 @@ async fn a_session_ends_at_its_absolute_lifetime_however_often_it_refreshes() ->
     .execute(&pool)
     .await?;
     let token = renewed.body["refresh_token"].as_str().unwrap_or_default();
-    let ended = refresh(token.to_string()).await?;
+    let ended = api.refresh(token).await?;
     assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "{}", ended.body);
     Ok(())
 }

@@ -199,6 +199,17 @@ impl Api {
         .await
     }
 
+    /// Presents a refresh token (`POST /v1/auth/refresh`).
+    pub async fn refresh(&self, refresh_token: &str) -> anyhow::Result<Answer> {
+        self.call(
+            Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh_token})),
+        )
+        .await
+    }
+
     /// Registers a fresh user (`prefix` + random) and logs in.
     pub async fn user(&self, prefix: &str) -> anyhow::Result<User> {
         let (user_id, username, password) = self.register(prefix).await?;

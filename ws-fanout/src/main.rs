@@ -5,6 +5,7 @@ use anyhow::Context;
 use platform::auth::TokenVerifier;
 use schemas::EventCodec;
 use tokio_util::sync::CancellationToken;
+use ws_fanout::FanoutError;
 use ws_fanout::config::Config;
 use ws_fanout::heads::Heads;
 use ws_fanout::hub::Hub;
@@ -28,9 +29,15 @@ async fn main() -> anyhow::Result<()> {
     let redis = platform::cache::connect(&config.redis_url)
         .await
         .context("cannot connect to Redis")?;
-    let partitions = tail::partition_count(&config.brokers)
-        .await
-        .context("cannot read the room topic")?;
+    // A broker that is starting (no leaders elected yet) answers metadata with errors for a
+    // while: the node waits, unready, instead of exiting.
+    let partitions = platform::retry::while_transient(
+        "broker",
+        || tail::partition_count(&config.brokers),
+        |e| matches!(e, FanoutError::Unavailable(_)),
+    )
+    .await
+    .context("cannot read the room topic")?;
     let codec = Arc::new(EventCodec::new(&config.registry_url)?);
     let heads = Heads::new(redis.clone(), &config.redis_prefix, partitions);
     let hub = Arc::new(Hub::new(
