@@ -360,7 +360,13 @@ async fn uploads_no_post_names_are_collected_after_the_grace_period() -> anyhow:
         || async { (row(orphan).await.ok()? == 0).then_some(()) },
     )
     .await?;
-    assert!(!bytes(&orphan), "the orphan's bytes are gone too");
+    // Rows go first, bytes right after: wait for the second step rather than race it.
+    test_support::wait_for(
+        "the orphan's bytes to be removed",
+        Duration::from_secs(10),
+        || async { (!bytes(&orphan)).then_some(()) },
+    )
+    .await?;
     assert_eq!(row(kept).await?, 1);
     assert!(bytes(&kept));
     // The collected file can no longer be attached.
