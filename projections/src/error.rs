@@ -14,6 +14,11 @@ pub enum ProjectionError {
     Postgres(#[from] sqlx::Error),
     #[error("clickhouse: {0}")]
     ClickHouse(String),
+    /// The store no longer holds what this projector last wrote to it (a database that
+    /// restarted without its last commits: FerretDB's PostgreSQL commits asynchronously). The
+    /// runner reopens the projector from the checkpoints the store does hold.
+    #[error("the store went back: {0}")]
+    StoreBehind(String),
     #[error("{0}")]
     Other(String),
 }

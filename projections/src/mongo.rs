@@ -53,6 +53,9 @@ pub struct MongoProjector {
     seen_blocks: std::collections::HashSet<String>,
     /// Redis, its prefix and the base name whose live pointer this projector follows (`crate::live`).
     pointer: Option<(redis::aio::ConnectionManager, String, String)>,
+    /// The checkpoints the store held at open and this projector wrote since: each write of
+    /// them is conditional on the store still holding them (see `store_checkpoints`).
+    written: std::sync::Mutex<Option<Positions>>,
 }
 
 impl MongoProjector {
@@ -76,6 +79,7 @@ impl MongoProjector {
             heads: HashMap::new(),
             seen_blocks: Default::default(),
             pointer: None,
+            written: std::sync::Mutex::new(None),
         }
     }
 
@@ -582,25 +586,55 @@ impl MongoProjector {
     }
 
     /// The partitions' checkpoints, written last: a crash before them re-applies the batch.
+    ///
+    /// Written only where the store still holds the checkpoints this projector last wrote (or
+    /// found at open). Commits are a prefix of what was acknowledged, so if those are there,
+    /// so is everything written before them. If they are not, the store lost acknowledged
+    /// writes (its PostgreSQL restarted without its last asynchronous commits) while this
+    /// projector's position ran on: moving the checkpoint would bury the lost events, so the
+    /// projector reopens from what the store holds instead (`StoreBehind`).
     async fn store_checkpoints(&self, positions: &Positions) -> Result<(), ProjectionError> {
-        let mut by_topic: BTreeMap<Topic, Document> = BTreeMap::new();
+        let known = self.written.lock().expect("checkpoints").clone();
+        let mut by_topic: BTreeMap<Topic, (Document, Document)> = BTreeMap::new();
         for ((topic, partition), next) in positions {
             by_topic
                 .entry(*topic)
                 .or_default()
+                .0
                 .insert(format!("next.{partition}"), *next);
         }
-        for (topic, mut set) in by_topic {
+        for ((topic, partition), next) in known.iter().flatten() {
+            if let Some((_, expected)) = by_topic.get_mut(topic) {
+                expected.insert(format!("next.{partition}"), *next);
+            }
+        }
+        for (topic, (mut set, mut expected)) in by_topic {
             set.insert("kind", "offsets");
             set.insert("topic", topic.name());
-            self.progress
-                .update_one(
-                    doc! {"_id": format!("offsets:{}", topic.name())},
-                    doc! {"$set": set},
-                )
-                .upsert(true)
+            let id = format!("offsets:{}", topic.name());
+            if expected.is_empty() {
+                // Nothing written yet (a fresh store, or a rebuild's first batch).
+                self.progress
+                    .update_one(doc! {"_id": &id}, doc! {"$set": set})
+                    .upsert(true)
+                    .await?;
+                continue;
+            }
+            expected.insert("_id", &id);
+            let updated = self
+                .progress
+                .update_one(expected, doc! {"$set": set})
                 .await?;
+            if updated.matched_count == 0 {
+                return Err(ProjectionError::StoreBehind(format!(
+                    "the checkpoints of {} are not the ones this projector wrote",
+                    topic.name()
+                )));
+            }
         }
+        let mut written = self.written.lock().expect("checkpoints");
+        let written = written.get_or_insert_with(Positions::new);
+        written.extend(positions.iter().map(|(k, v)| (*k, *v)));
         Ok(())
     }
 }
@@ -785,6 +819,7 @@ impl Project for MongoProjector {
                 }
             }
         }
+        *self.written.lock().expect("checkpoints") = Some(positions.clone());
         Ok(positions)
     }
 

@@ -48,7 +48,37 @@ impl PresenceProjector {
         let live = crate::live::redis_live(&redis, base).await?;
         let mut projector = Self::new(redis, live);
         projector.pointer = Some(base.to_string());
+        projector.ensure_whole().await?;
         Ok(projector)
+    }
+
+    /// Makes the generation one the checkpoints can be trusted in. Redis here keeps nothing
+    /// across a restart: without [`keys::whole`] the checkpoints and room seqs that are left
+    /// were written after the loss, and resuming from them would skip everything before it.
+    /// So what is left goes and the log is read again from its start.
+    pub async fn ensure_whole(&self) -> Result<(), ProjectionError> {
+        let mut redis = self.redis.clone();
+        let whole: bool = redis::cmd("EXISTS")
+            .arg(keys::whole(&self.prefix))
+            .query_async(&mut redis)
+            .await?;
+        if whole {
+            return Ok(());
+        }
+        let dropped = crate::live::redis_drop(&self.redis, &self.prefix).await?;
+        if dropped > 0 {
+            tracing::warn!(
+                prefix = %self.prefix,
+                keys = dropped,
+                "the Redis model was lost (Redis restarted empty); dropped what was left, replaying the log from its start"
+            );
+        }
+        let _: () = redis::cmd("SET")
+            .arg(keys::whole(&self.prefix))
+            .arg(1)
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
     }
 
     pub fn topics() -> Vec<Topic> {
@@ -338,7 +368,17 @@ impl Project for PresenceProjector {
         self.gate.clear();
     }
 
+    /// Also false when Redis lost the model under the projector (see [`Self::ensure_whole`]):
+    /// reopening drops the remainder and replays.
     async fn is_live(&self) -> Result<bool, ProjectionError> {
+        let mut redis = self.redis.clone();
+        let whole: bool = redis::cmd("EXISTS")
+            .arg(keys::whole(&self.prefix))
+            .query_async(&mut redis)
+            .await?;
+        if !whole {
+            return Ok(false);
+        }
         match &self.pointer {
             Some(base) => Ok(crate::live::redis_live(&self.redis, base).await? == self.prefix),
             None => Ok(true),

@@ -89,8 +89,9 @@ pub trait Project {
     ) -> impl std::future::Future<Output = Result<Counts, ProjectionError>> + Send;
     /// Drops in-memory caches so a retried batch is judged against the store again.
     fn reset(&mut self);
-    /// Whether the generation this projector writes is still the live one (`crate::live`);
-    /// when a rebuild has switched away from it, the projector reopens on the new one.
+    /// Whether the generation this projector writes is still the live one (`crate::live`) and
+    /// whole; when a rebuild has switched away from it, or its store lost it, the projector
+    /// reopens (on the new one, or from the log's start).
     fn is_live(&self) -> impl std::future::Future<Output = Result<bool, ProjectionError>> + Send {
         async { Ok(true) }
     }
@@ -149,7 +150,7 @@ pub async fn run<P: Project>(
                 Ok(false) => {
                     tracing::info!(
                         projector = name,
-                        "the live generation moved; reopening on it"
+                        "the live generation moved or lost its model; reopening"
                     );
                     return Ok(Ended::Moved);
                 }
@@ -176,6 +177,15 @@ pub async fn run<P: Project>(
             };
             match applied {
                 Ok(counts) => break counts,
+                Err(ProjectionError::StoreBehind(why)) => {
+                    tracing::warn!(
+                        projector = name,
+                        why,
+                        "the store lost writes it had acknowledged; reopening from its checkpoints"
+                    );
+                    metrics.retries.with_label_values(&[name]).inc();
+                    return Ok(Ended::Moved);
+                }
                 Err(e) => {
                     metrics.retries.with_label_values(&[name]).inc();
                     tracing::warn!(projector = name, error = %e, "batch failed; retrying it");

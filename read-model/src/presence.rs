@@ -13,6 +13,7 @@
 //!   fan-out nodes that did not see the room's events themselves (see [`standing`]).
 //! - `proj:redis:room_seq` and `proj:redis:offsets:{topic}`: the projector's progress, written in
 //!   the same transaction as each batch, so read together they agree (see [`room_snapshot`]).
+//! - `proj:redis:whole`: the model is not a remainder of one Redis lost (see [`whole`]).
 
 use std::collections::HashMap;
 
@@ -58,6 +59,14 @@ pub fn offsets(prefix: &str, topic: &str) -> String {
 /// Hash `room_id -> "{seq}:{event_id}"` of the last event the projector applied per room.
 pub fn room_seq(prefix: &str) -> String {
     format!("{prefix}proj:redis:room_seq")
+}
+
+/// Set when the projector opens a generation whose model is whole (empty, or complete up to
+/// its checkpoints), never by a batch. Redis keeps nothing across a restart here, so a
+/// generation without it has lost its model, or holds only what was written since: the
+/// projector then drops what is left and replays the log from its start.
+pub fn whole(prefix: &str) -> String {
+    format!("{prefix}proj:redis:whole")
 }
 
 /// The families this model owns whole (without their prefix), for dropping a generation.

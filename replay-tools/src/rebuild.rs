@@ -114,11 +114,9 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
             let redis = crate::connect_redis(config).await?;
             let previous = live::redis_live(&redis, &config.redis_prefix).await?;
             let generation = format!("{}{suffix}:", config.redis_prefix);
-            (
-                Fresh::Redis(PresenceProjector::new(redis, generation.clone())),
-                generation,
-                previous,
-            )
+            let projector = PresenceProjector::new(redis, generation.clone());
+            projector.ensure_whole().await?;
+            (Fresh::Redis(projector), generation, previous)
         }
         Target::Clickhouse => {
             let client = projections::analytics::client(&config.clickhouse_url);

@@ -233,6 +233,17 @@ impl PrivateStack {
         // A private broker gets a controller port of its own too (the default, client port + 1,
         // may be taken: the client port was picked at random).
         let set = |name: &str| settings.iter().any(|(n, _)| *n == name);
+        // Its own signing key, not the one the test command exported for the shared stack.
+        if !set("CHAT_JWT_PRIVATE_KEY_FILE") {
+            vars.push((
+                "CHAT_JWT_PRIVATE_KEY_FILE".to_string(),
+                state
+                    .path()
+                    .join("keys/jwt-private.pem")
+                    .display()
+                    .to_string(),
+            ));
+        }
         if set("CHAT_KAFKA_PORT") && !set("CHAT_KAFKA_CONTROLLER_PORT") && !set("CHAT_KAFKA_PORTS")
         {
             vars.push((
@@ -269,6 +280,37 @@ impl PrivateStack {
 
     pub fn down(&self, services: &[&str]) -> anyhow::Result<String> {
         self.script("down", services)
+    }
+
+    /// The `CHAT_*` variables this stack's services run with (what `deploy/local/lib.sh`
+    /// derives from the settings), for tiers a test starts beside them.
+    pub fn env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg("source \"$1\" && env -0")
+            .arg("bash")
+            .arg(repo_root().join("deploy/local/lib.sh"));
+        for (k, v) in &self.vars {
+            command.env(k, v);
+        }
+        let output = command.output().context("sourcing deploy/local/lib.sh")?;
+        if !output.status.success() {
+            bail!(
+                "sourcing deploy/local/lib.sh failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (name, value) = entry.split_once('=')?;
+                name.starts_with("CHAT_")
+                    .then(|| (name.to_string(), value.to_string()))
+            })
+            .collect())
     }
 
     /// The pid `up` recorded for `service`.

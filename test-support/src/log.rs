@@ -71,3 +71,21 @@ pub async fn read_key(
     }
     Ok(events)
 }
+
+/// The node leading `partition` of `topic`, and how many replicas the partition has.
+pub fn leader(brokers: &str, topic: &str, partition: i32) -> anyhow::Result<(i32, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("no topic {topic}"))?
+        .partitions()
+        .iter()
+        .find(|p| p.id() == partition)
+        .with_context(|| format!("no partition {partition} of {topic}"))?;
+    Ok((found.leader(), found.replicas().len()))
+}

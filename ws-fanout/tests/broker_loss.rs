@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Client, Incoming};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::DomainEvent;
 use schemas::topics::ROOM_EVENTS;
 use serde_json::json;
@@ -140,26 +138,12 @@ impl Platform {
 
     /// The node leading `partition` of the room topic (which must have three replicas).
     fn leader(&self, partition: i32) -> anyhow::Result<i32> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(ROOM_EVENTS), Duration::from_secs(10))?;
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == ROOM_EVENTS)
-            .ok_or_else(|| anyhow::anyhow!("no {ROOM_EVENTS}"))?;
-        let found = topic
-            .partitions()
-            .iter()
-            .find(|p| p.id() == partition)
-            .ok_or_else(|| anyhow::anyhow!("no partition {partition}"))?;
+        let (leader, replicas) = test_support::log::leader(&self.brokers, ROOM_EVENTS, partition)?;
         anyhow::ensure!(
-            found.replicas().len() == 3,
-            "partition {partition} has replicas {:?}, not three",
-            found.replicas()
+            replicas == 3,
+            "partition {partition} has {replicas} replicas, not three"
         );
-        Ok(found.leader())
+        Ok(leader)
     }
 
     fn outputs(&self) -> String {

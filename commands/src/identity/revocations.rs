@@ -62,9 +62,11 @@ impl Keeper {
         };
         let revoked = self.store.revoked_since(since).await?;
         let mut pipe = redis::pipe();
+        let mut writes = 0;
         for (session, at) in &revoked {
             let left_ms = at + ttl_ms - now;
             if left_ms > 0 {
+                writes += 1;
                 pipe.cmd("SET")
                     .arg(revoked_session_key(&self.prefix, &session.to_string()))
                     .arg(1)
@@ -74,9 +76,13 @@ impl Keeper {
             }
         }
         if !kept {
+            writes += 1;
             pipe.cmd("SET").arg(&sentinel).arg(now).ignore();
         }
-        let _: () = pipe.query_async(&mut redis).await?;
+        // An empty pipeline is an error to the client, not a no-op.
+        if writes > 0 {
+            let _: () = pipe.query_async(&mut redis).await?;
+        }
         if !kept {
             tracing::warn!(
                 marks = revoked.len(),
