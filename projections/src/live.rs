@@ -7,8 +7,8 @@
 //! moved reopens on the new generation from that generation's own checkpoints (which live with
 //! its data), so the switch neither loses nor repeats an event.
 //!
-//! - MongoDB: pointer key `<CHAT_REDIS_PREFIX>live:mongo:<CHAT_MONGO_DB>` in Redis holding the
-//!   database name; without it the live database is `<CHAT_MONGO_DB>` itself.
+//! - MongoDB: a document in `<CHAT_MONGO_DB>_live` naming the database (`read_model::live`);
+//!   without it the live database is `<CHAT_MONGO_DB>` itself.
 //! - Redis: pointer key `<CHAT_REDIS_PREFIX>live:redis` holding the generation's key prefix;
 //!   without it the prefix is `<CHAT_REDIS_PREFIX>`.
 //! - ClickHouse: analysts query stable names, so `<CHAT_CLICKHOUSE_DB>` holds views
@@ -37,26 +37,16 @@ pub fn new_generation_suffix() -> String {
 
 // ---------- MongoDB and Redis pointers (their format and reads are the read-model contract) ----------
 
-pub async fn mongo_live(
-    redis: &ConnectionManager,
-    redis_prefix: &str,
-    base: &str,
-) -> Result<String, ProjectionError> {
-    Ok(read_model::live::mongo_live(redis, redis_prefix, base).await?)
+pub async fn mongo_live(client: &mongodb::Client, base: &str) -> Result<String, ProjectionError> {
+    Ok(read_model::live::mongo_live(client, base).await?)
 }
 
 pub async fn mongo_switch(
-    redis: &ConnectionManager,
-    redis_prefix: &str,
+    client: &mongodb::Client,
     base: &str,
     to: &str,
 ) -> Result<(), ProjectionError> {
-    set_pointer(
-        redis,
-        &read_model::live::mongo_pointer(redis_prefix, base),
-        to,
-    )
-    .await
+    Ok(read_model::live::mongo_switch(client, base, to).await?)
 }
 
 pub async fn redis_live(redis: &ConnectionManager, base: &str) -> Result<String, ProjectionError> {

@@ -55,14 +55,9 @@ async fn main() -> anyhow::Result<()> {
                     async move { read_model::ping(&db).await }.boxed()
                 });
                 let base = config.mongo_db.clone();
-                let redis = platform::cache::connect(&config.redis_url)
-                    .await
-                    .context("cannot connect to Redis")?;
-                let prefix = config.redis_prefix.clone();
                 tasks.push(tokio::spawn(run.supervise(move || {
                     let (client, base) = (client.clone(), base.clone());
-                    let (redis, prefix) = (redis.clone(), prefix.clone());
-                    async move { MongoProjector::open_live(client, &base, redis, &prefix).await }
+                    async move { MongoProjector::open_live(client, &base).await }
                 })));
             }
             "redis" => {

@@ -51,8 +51,8 @@ pub struct MongoProjector {
     heads: HashMap<String, i64>,
     /// Block keys (`read_model::search::block_key`) whose directory entry this process wrote.
     seen_blocks: std::collections::HashSet<String>,
-    /// Redis, its prefix and the base name whose live pointer this projector follows (`crate::live`).
-    pointer: Option<(redis::aio::ConnectionManager, String, String)>,
+    /// The base name whose live pointer this projector follows (`crate::live`).
+    pointer: Option<String>,
     /// The checkpoints the store held at open and this projector wrote since: each write of
     /// them is conditional on the store still holding them (see `store_checkpoints`).
     written: std::sync::Mutex<Option<Positions>>,
@@ -84,15 +84,10 @@ impl MongoProjector {
     }
 
     /// Opens the live generation of `base` and follows its pointer.
-    pub async fn open_live(
-        client: mongodb::Client,
-        base: &str,
-        redis: redis::aio::ConnectionManager,
-        redis_prefix: &str,
-    ) -> Result<Self, ProjectionError> {
-        let live = read_model::live::mongo_live(&redis, redis_prefix, base).await?;
+    pub async fn open_live(client: mongodb::Client, base: &str) -> Result<Self, ProjectionError> {
+        let live = read_model::live::mongo_live(&client, base).await?;
         let mut projector = Self::open(client.database(&live)).await?;
-        projector.pointer = Some((redis, redis_prefix.to_string(), base.to_string()));
+        projector.pointer = Some(base.to_string());
         Ok(projector)
     }
 
@@ -856,8 +851,8 @@ impl Project for MongoProjector {
 
     async fn is_live(&self) -> Result<bool, ProjectionError> {
         match &self.pointer {
-            Some((redis, prefix, base)) => {
-                Ok(read_model::live::mongo_live(redis, prefix, base).await? == self.db.name())
+            Some(base) => {
+                Ok(read_model::live::mongo_live(self.db.client(), base).await? == self.db.name())
             }
             None => Ok(true),
         }

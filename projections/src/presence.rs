@@ -241,6 +241,18 @@ impl Project for PresenceProjector {
         batch: &Batch,
         dead_letter: &DeadLetter,
     ) -> Result<Counts, ProjectionError> {
+        // Every batch, not only the runner's once-a-second look: a burst arriving right after
+        // Redis lost the model would otherwise be written onto the remainder.
+        let mut redis = self.redis.clone();
+        let whole: bool = redis::cmd("EXISTS")
+            .arg(keys::whole(&self.prefix))
+            .query_async(&mut redis)
+            .await?;
+        if !whole {
+            return Err(ProjectionError::StoreBehind(
+                "Redis lost the model (it keeps nothing across a restart)".into(),
+            ));
+        }
         self.restore_cursors(batch).await?;
         let (mut online, mut rooms_of) = self.prefetch(batch).await?;
         let mut counts = Counts::default();

@@ -47,6 +47,9 @@ impl Batch {
     }
 }
 
+/// How long `next_batch` waits for a first record before it returns an empty batch.
+const IDLE_RETURN: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub brokers: String,
@@ -141,7 +144,14 @@ impl Source {
     pub async fn next_batch(&mut self) -> Result<Batch, ProjectionError> {
         let mut batch = Batch::default();
         let first = loop {
-            match self.consumer.recv().await {
+            // An idle projector still comes back every second with an empty batch, so the
+            // runner looks at its store (a generation switched, a model lost) while nothing
+            // arrives. Dropping `recv` before it yields takes no message.
+            let received = match tokio::time::timeout(IDLE_RETURN, self.consumer.recv()).await {
+                Ok(received) => received,
+                Err(_) => return Ok(batch),
+            };
+            match received {
                 Ok(message) => break message,
                 Err(KafkaError::PartitionEOF(_)) => {
                     if self.reached_end(&mut batch) {

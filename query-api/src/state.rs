@@ -42,13 +42,7 @@ impl App {
     /// Re-reads which generation of each read model is live, so a rebuild's switch-over
     /// reaches this process within a second.
     pub async fn follow_live(&self) {
-        match read_model::live::mongo_live(
-            &self.redis,
-            &self.config.redis_prefix,
-            &self.config.mongo_db,
-        )
-        .await
-        {
+        match read_model::live::mongo_live(&self.mongo, &self.config.mongo_db).await {
             Ok(name) if name != self.db().name() => {
                 tracing::info!(db = %name, "the live history generation moved");
                 if let Ok(mut db) = self.db.write() {

@@ -1,16 +1,19 @@
 //! Which generation of a read model is live: the pointers `replay-tools rebuild` moves when it
 //! switches over and every reader follows (the switch itself lives with the projectors).
 //!
-//! - MongoDB: pointer key `<CHAT_REDIS_PREFIX>live:mongo:<CHAT_MONGO_DB>` in Redis holding the
-//!   database name; without it the live database is `<CHAT_MONGO_DB>` itself. Kept in Redis,
-//!   which answers a poll every second in microseconds.
+//! - MongoDB: document `{_id: <CHAT_MONGO_DB>, db: <generation>}` in collection `live` of the
+//!   database `<CHAT_MONGO_DB>_live`; without it the live database is `<CHAT_MONGO_DB>` itself.
+//!   Kept with the data it points at, not in Redis: Redis here keeps nothing across a restart,
+//!   and a lost pointer sent every reader and the projector back to a dropped generation. A
+//!   lookup by `_id`, polled once a second.
 //! - Redis: pointer key `<CHAT_REDIS_PREFIX>live:redis` holding the generation's key prefix;
 //!   without it the prefix is `<CHAT_REDIS_PREFIX>`.
 
 use redis::aio::ConnectionManager;
 
-pub fn mongo_pointer(redis_prefix: &str, base: &str) -> String {
-    format!("{redis_prefix}live:mongo:{base}")
+/// The database holding the MongoDB pointers of `base` (never a generation, so never dropped).
+pub fn mongo_pointers(base: &str) -> String {
+    format!("{base}_live")
 }
 
 pub fn redis_pointer(base: &str) -> String {
@@ -18,12 +21,33 @@ pub fn redis_pointer(base: &str) -> String {
 }
 
 /// The live MongoDB database of `base`.
-pub async fn mongo_live(
-    redis: &ConnectionManager,
-    redis_prefix: &str,
+pub async fn mongo_live(client: &mongodb::Client, base: &str) -> mongodb::error::Result<String> {
+    let found = client
+        .database(&mongo_pointers(base))
+        .collection::<mongodb::bson::Document>("live")
+        .find_one(mongodb::bson::doc! {"_id": base})
+        .await?;
+    Ok(found
+        .and_then(|d| d.get_str("db").ok().map(str::to_string))
+        .unwrap_or_else(|| base.to_string()))
+}
+
+/// Makes `to` the live MongoDB database of `base`.
+pub async fn mongo_switch(
+    client: &mongodb::Client,
     base: &str,
-) -> redis::RedisResult<String> {
-    pointed(redis, &mongo_pointer(redis_prefix, base), base).await
+    to: &str,
+) -> mongodb::error::Result<()> {
+    client
+        .database(&mongo_pointers(base))
+        .collection::<mongodb::bson::Document>("live")
+        .update_one(
+            mongodb::bson::doc! {"_id": base},
+            mongodb::bson::doc! {"$set": {"db": to}},
+        )
+        .upsert(true)
+        .await?;
+    Ok(())
 }
 
 /// The live Redis key prefix of `base`.

@@ -104,8 +104,7 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
             let client = mongodb::Client::with_uri_str(&config.mongo_url)
                 .await
                 .context("CHAT_MONGO_URL")?;
-            let redis = crate::connect_redis(config).await?;
-            let previous = live::mongo_live(&redis, &config.redis_prefix, &config.mongo_db).await?;
+            let previous = live::mongo_live(&client, &config.mongo_db).await?;
             let generation = format!("{}_{suffix}", config.mongo_db);
             let projector = MongoProjector::open(client.database(&generation)).await?;
             (Fresh::Mongo(projector), generation, previous)
@@ -279,8 +278,7 @@ async fn switch_and_drop(
     match target {
         Target::Mongo => {
             let client = mongodb::Client::with_uri_str(&config.mongo_url).await?;
-            let redis = crate::connect_redis(config).await?;
-            live::mongo_switch(&redis, &config.redis_prefix, &config.mongo_db, generation).await?;
+            live::mongo_switch(&client, &config.mongo_db, generation).await?;
             tokio::time::sleep(grace).await;
             client
                 .database(previous)

@@ -48,9 +48,7 @@ pub async fn verify(
             let client = mongodb::Client::with_uri_str(&config.mongo_url)
                 .await
                 .context("CHAT_MONGO_URL")?;
-            let redis = crate::connect_redis(config).await?;
-            let generation =
-                live::mongo_live(&redis, &config.redis_prefix, &config.mongo_db).await?;
+            let generation = live::mongo_live(&client, &config.mongo_db).await?;
             (
                 Store::Mongo(MongoProjector::attach(client.database(&generation))),
                 generation,
