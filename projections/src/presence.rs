@@ -52,19 +52,24 @@ impl PresenceProjector {
         Ok(projector)
     }
 
+    /// Whether the generation carries its mark (see [`keys::whole`]).
+    async fn is_whole(&self) -> Result<bool, ProjectionError> {
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("EXISTS")
+            .arg(keys::whole(&self.prefix))
+            .query_async(&mut redis)
+            .await?)
+    }
+
     /// Makes the generation one the checkpoints can be trusted in. Redis here keeps nothing
     /// across a restart: without [`keys::whole`] the checkpoints and room seqs that are left
     /// were written after the loss, and resuming from them would skip everything before it.
     /// So what is left goes and the log is read again from its start.
     pub async fn ensure_whole(&self) -> Result<(), ProjectionError> {
-        let mut redis = self.redis.clone();
-        let whole: bool = redis::cmd("EXISTS")
-            .arg(keys::whole(&self.prefix))
-            .query_async(&mut redis)
-            .await?;
-        if whole {
+        if self.is_whole().await? {
             return Ok(());
         }
+        let mut redis = self.redis.clone();
         let dropped = crate::live::redis_drop(&self.redis, &self.prefix).await?;
         if dropped > 0 {
             tracing::warn!(
@@ -243,12 +248,7 @@ impl Project for PresenceProjector {
     ) -> Result<Counts, ProjectionError> {
         // Every batch, not only the runner's once-a-second look: a burst arriving right after
         // Redis lost the model would otherwise be written onto the remainder.
-        let mut redis = self.redis.clone();
-        let whole: bool = redis::cmd("EXISTS")
-            .arg(keys::whole(&self.prefix))
-            .query_async(&mut redis)
-            .await?;
-        if !whole {
+        if !self.is_whole().await? {
             return Err(ProjectionError::StoreBehind(
                 "Redis lost the model (it keeps nothing across a restart)".into(),
             ));
@@ -383,12 +383,7 @@ impl Project for PresenceProjector {
     /// Also false when Redis lost the model under the projector (see [`Self::ensure_whole`]):
     /// reopening drops the remainder and replays.
     async fn is_live(&self) -> Result<bool, ProjectionError> {
-        let mut redis = self.redis.clone();
-        let whole: bool = redis::cmd("EXISTS")
-            .arg(keys::whole(&self.prefix))
-            .query_async(&mut redis)
-            .await?;
-        if !whole {
+        if !self.is_whole().await? {
             return Ok(false);
         }
         match &self.pointer {

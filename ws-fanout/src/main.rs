@@ -48,7 +48,14 @@ async fn main() -> anyhow::Result<()> {
     ));
     let checkpoints = heads.checkpoints().await?;
     let watermarks = tail::Watermarks::new(&config.brokers)?;
-    let starts = tail::start_offsets(&watermarks, &checkpoints, config.warm_records).await?;
+    // The same while the partitions' leaders are still being elected (NotLeaderForPartition).
+    let starts = platform::retry::while_transient(
+        "broker",
+        || tail::start_offsets(&watermarks, &checkpoints, config.warm_records),
+        |e| matches!(e, FanoutError::Unavailable(_)),
+    )
+    .await
+    .context("cannot read where the room log ends")?;
     tracing::info!(?starts, "log tail starts");
     let tail = Tail::open(
         &config.brokers,
