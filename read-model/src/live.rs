@@ -20,11 +20,17 @@ pub fn redis_pointer(base: &str) -> String {
     format!("{base}live:redis")
 }
 
+/// The collection of `base`'s pointer document.
+fn mongo_pointer_collection(
+    client: &mongodb::Client,
+    base: &str,
+) -> mongodb::Collection<mongodb::bson::Document> {
+    client.database(&mongo_pointers(base)).collection("live")
+}
+
 /// The live MongoDB database of `base`.
 pub async fn mongo_live(client: &mongodb::Client, base: &str) -> mongodb::error::Result<String> {
-    let found = client
-        .database(&mongo_pointers(base))
-        .collection::<mongodb::bson::Document>("live")
+    let found = mongo_pointer_collection(client, base)
         .find_one(mongodb::bson::doc! {"_id": base})
         .await?;
     Ok(found
@@ -38,9 +44,7 @@ pub async fn mongo_switch(
     base: &str,
     to: &str,
 ) -> mongodb::error::Result<()> {
-    client
-        .database(&mongo_pointers(base))
-        .collection::<mongodb::bson::Document>("live")
+    mongo_pointer_collection(client, base)
         .update_one(
             mongodb::bson::doc! {"_id": base},
             mongodb::bson::doc! {"$set": {"db": to}},

@@ -34,6 +34,12 @@ pub enum FanoutError {
 }
 
 impl FanoutError {
+    /// A dependency that may answer again (the broker electing leaders, say): worth waiting
+    /// for with `platform::retry::while_transient`.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FanoutError::Unavailable(_))
+    }
+
     /// The error code of API.md.
     pub fn code(&self) -> &'static str {
         match self {

@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let partitions = platform::retry::while_transient(
         "broker",
         || tail::partition_count(&config.brokers),
-        |e| matches!(e, FanoutError::Unavailable(_)),
+        FanoutError::is_transient,
     )
     .await
     .context("cannot read the room topic")?;
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let starts = platform::retry::while_transient(
         "broker",
         || tail::start_offsets(&watermarks, &checkpoints, config.warm_records),
-        |e| matches!(e, FanoutError::Unavailable(_)),
+        FanoutError::is_transient,
     )
     .await
     .context("cannot read where the room log ends")?;

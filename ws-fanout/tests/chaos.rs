@@ -460,6 +460,21 @@ struct Seen {
     connections: usize,
 }
 
+impl Seen {
+    /// The last seq seen in `room` (0 before any).
+    fn last(&self, room: &str) -> i64 {
+        self.seqs[room].last().copied().unwrap_or(0)
+    }
+
+    /// Whether every room has reached its end, once the ends are known.
+    async fn reached(&self, ends: &Mutex<Option<BTreeMap<String, i64>>>) -> bool {
+        ends.lock()
+            .await
+            .as_ref()
+            .is_some_and(|ends| ends.iter().all(|(room, end)| self.last(room) >= *end))
+    }
+}
+
 /// Reads every room on one socket through the entry from seq 1 until each room's last seq in
 /// `ends` (set at the end) is reached. When the socket goes (its node was killed, the entry
 /// has no node for a moment, a token check is refused while Redis is away) it connects again
@@ -478,13 +493,8 @@ async fn reader(
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         ensure!(Instant::now() < deadline, "the reader ran for 30 minutes");
-        if let Some(ends) = ends.lock().await.as_ref() {
-            let done = ends
-                .iter()
-                .all(|(room, end)| seen.seqs[room].last().copied().unwrap_or(0) >= *end);
-            if done {
-                return Ok(seen);
-            }
+        if seen.reached(&ends).await {
+            return Ok(seen);
         }
         let Ok(mut client) = Client::connect(&url, Some(&token)).await else {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -493,7 +503,7 @@ async fn reader(
         seen.connections += 1;
         let mut subscribed = true;
         for room in &rooms {
-            let since = seen.seqs[room].last().copied().unwrap_or(0);
+            let since = seen.last(room);
             if client
                 .send(json!({"type": "subscribe", "room_id": room, "since_seq": since}))
                 .await
@@ -512,13 +522,8 @@ async fn reader(
                 Ok(Incoming::Closed(_)) => break,
                 // Nothing for a moment: look at `ends` again.
                 Err(e) if e.to_string().contains("no frame in time") => {
-                    if let Some(ends) = ends.lock().await.as_ref() {
-                        let done = ends.iter().all(|(room, end)| {
-                            seen.seqs[room].last().copied().unwrap_or(0) >= *end
-                        });
-                        if done {
-                            return Ok(seen);
-                        }
+                    if seen.reached(&ends).await {
+                        return Ok(seen);
                     }
                     continue;
                 }
