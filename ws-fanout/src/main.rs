@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
     )?);
     tokio::spawn(typing.clone().expire(stop.clone()));
-    tokio::spawn(presence.clone().keep(stop.clone()));
+    let presence_task = tokio::spawn(presence.clone().keep(stop.clone()));
     let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
     tokio::spawn(watermarks.watch_lag(hub.clone(), metrics.clone(), stop.clone()));
     tokio::spawn(
@@ -162,6 +162,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = tail_task.await;
+    // Presence writes what it decided before the stop (bounded, `presence::DRAIN`).
+    let _ = presence_task.await;
     tracing::info!("ws-fanout stopped");
     Ok(())
 }

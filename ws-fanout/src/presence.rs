@@ -61,6 +61,10 @@ return 0
 "#;
 
 /// Claims up to 100 users whose connections all lapsed; each is returned to one caller only.
+/// A claimed user stays in the index with the claim's end (`ARGV[3]`) as its score until its
+/// "offline" is on the log ([`RELEASE`]): a node that dies holding claims (the broker away, its
+/// queue long) lets them lapse, and another node's sweep takes them again. At worst the log
+/// gets one "offline" twice; it never misses one.
 const SWEEP: &str = r#"
 local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local gone = {}
@@ -69,8 +73,8 @@ for _, user in ipairs(users) do
   redis.call('ZREMRANGEBYSCORE', conns, '-inf', ARGV[1])
   local last = redis.call('ZRANGE', conns, -1, -1, 'WITHSCORES')
   if #last == 0 then
-    redis.call('ZREM', KEYS[1], user)
-    table.insert(gone, user)
+    redis.call('ZADD', KEYS[1], ARGV[3], user)
+    table.insert(gone, ARGV[3] .. ':' .. user)
   else
     redis.call('ZADD', KEYS[1], last[2], user)
   end
@@ -78,11 +82,43 @@ end
 return gone
 "#;
 
+/// Ends a sweep's claim once its "offline" is written: the user leaves the index, or, having
+/// connected again meanwhile, gets its connections' expiry back (the connect could not lower
+/// the claim's later score). A claim that lapsed and was taken again is not this one's to end.
+const RELEASE: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], last[2], ARGV[1])
+end
+return 1
+"#;
+
+/// How long a sweep's claim on a lapsed user holds before another node may take it again.
+const CLAIM: Duration = Duration::from_secs(30);
+
+/// How long a stopping node keeps writing the transitions it already decided (the broker
+/// answering), so a restart does not drop a sweep's "offline".
+const DRAIN: Duration = Duration::from_secs(5);
+
 // Built once: a `Script` hashes its source, and connect/disconnect run on every socket.
 static CONNECT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CONNECT));
 static DISCONNECT_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(DISCONNECT));
 static SWEEP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SWEEP));
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
+
+/// A decided transition waiting for its append; `claim` is the end of the sweep's claim on
+/// the user when the sweep decided it.
+struct Transition {
+    user: String,
+    status: PresenceStatus,
+    claim: Option<i64>,
+}
 
 pub struct Presence {
     redis: ConnectionManager,
@@ -100,8 +136,8 @@ pub struct Presence {
     live: Mutex<HashMap<u64, String>>,
     /// Transitions wait here for the one task that writes them, in the order they were decided,
     /// so a socket's start never waits for the broker.
-    transitions: mpsc::UnboundedSender<(String, PresenceStatus)>,
-    pending: Mutex<Option<mpsc::UnboundedReceiver<(String, PresenceStatus)>>>,
+    transitions: mpsc::UnboundedSender<Transition>,
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Transition>>>,
 }
 
 fn now_ms() -> i64 {
@@ -174,7 +210,7 @@ impl Presence {
             .invoke_async(&mut self.redis.clone())
             .await;
         match first {
-            Ok(1) => self.decided(user, PresenceStatus::Online),
+            Ok(1) => self.decided(user, PresenceStatus::Online, None),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, user, "presence: cannot record a connection"),
         }
@@ -197,15 +233,19 @@ impl Presence {
             .invoke_async(&mut self.redis.clone())
             .await;
         match last {
-            Ok(1) => self.decided(user, PresenceStatus::Offline),
+            Ok(1) => self.decided(user, PresenceStatus::Offline, None),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, user, "presence: cannot remove a connection"),
         }
     }
 
-    fn decided(&self, user: &str, status: PresenceStatus) {
+    fn decided(&self, user: &str, status: PresenceStatus, claim: Option<i64>) {
         // Fails only when the node is stopping.
-        let _ = self.transitions.send((user.to_string(), status));
+        let _ = self.transitions.send(Transition {
+            user: user.to_string(),
+            status,
+            claim,
+        });
     }
 
     /// Records the transition on the topic (the read model follows), then tells every node:
@@ -213,7 +253,13 @@ impl Presence {
     /// answer is waited for with the one retry policy: the transitions after it wait in order,
     /// none is dropped, and the connection refreshes do not wait for it (they run on their own
     /// loop, so nobody is swept offline meanwhile).
-    async fn emit(&self, user: &str, status: PresenceStatus, stop: &CancellationToken) {
+    async fn emit(&self, transition: Transition, stop: &CancellationToken) {
+        let Transition {
+            user,
+            status,
+            claim,
+        } = transition;
+        let user = user.as_str();
         let label = match status {
             PresenceStatus::Online => "online",
             PresenceStatus::Away => "away",
@@ -247,6 +293,9 @@ impl Presence {
             return;
         }
         self.metrics.presence.with_label_values(&[label]).inc();
+        if let Some(claim) = claim {
+            self.release(user, claim).await;
+        }
         let message = json!({"user_id": user, "status": label}).to_string();
         let published: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(&self.channel)
@@ -291,19 +340,32 @@ impl Presence {
         let Some(mut pending) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
             return;
         };
+        // The writer stops DRAIN after `stop`, so what was decided before it is still written.
+        let drain = CancellationToken::new();
+        {
+            let (stop, drain) = (stop.clone(), drain.clone());
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                tokio::time::sleep(DRAIN).await;
+                drain.cancel();
+            });
+        }
         let writer = {
             let presence = self.clone();
             let stop = stop.clone();
+            let drain = drain.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        biased;
+                        _ = stop.cancelled() => break,
                         next = pending.recv() => match next {
-                            Some((user, status)) => presence.emit(&user, status, &stop).await,
+                            Some(transition) => presence.emit(transition, &drain).await,
                             None => return,
                         },
                     }
                 }
+                presence.drain(&mut pending, &drain).await;
             })
         };
         let mut refresh = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(200)));
@@ -316,6 +378,38 @@ impl Presence {
             }
         }
         let _ = writer.await;
+    }
+
+    /// Writes what is queued when the node stops, until `drain` ends it; what is left then is
+    /// counted in the log (a sweep's claims lapse and another node takes them again).
+    async fn drain(
+        &self,
+        pending: &mut mpsc::UnboundedReceiver<Transition>,
+        drain: &CancellationToken,
+    ) {
+        while let Ok(transition) = pending.try_recv() {
+            if drain.is_cancelled() {
+                let left = 1 + std::iter::from_fn(|| pending.try_recv().ok()).count();
+                tracing::warn!(left, "presence: stopped with transitions not written");
+                return;
+            }
+            self.emit(transition, drain).await;
+        }
+    }
+
+    async fn release(&self, user: &str, claim: i64) {
+        let released: Result<i64, _> = RELEASE_SCRIPT
+            .key(self.deadlines_key())
+            .key(self.conns_key(user))
+            .arg(user)
+            .arg(claim)
+            .arg(now_ms())
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        if let Err(e) = released {
+            // The claim lapses instead, and the user is swept (and written offline) again.
+            tracing::warn!(error = %e, user, "presence: cannot end a sweep's claim");
+        }
     }
 
     async fn refresh(&self) {
@@ -341,16 +435,25 @@ impl Presence {
     }
 
     async fn sweep(&self) {
+        let now = now_ms();
         let gone: Result<Vec<String>, _> = SWEEP_SCRIPT
             .key(self.deadlines_key())
-            .arg(now_ms())
+            .arg(now)
             .arg(format!("{}ws:conns:", self.prefix))
+            .arg(now + CLAIM.as_millis() as i64)
             .invoke_async(&mut self.redis.clone())
             .await;
         match gone {
-            Ok(users) => {
-                for user in users {
-                    self.decided(&user, PresenceStatus::Offline);
+            Ok(claimed) => {
+                for entry in claimed {
+                    // `claim:user`; user ids hold no ':' before the claim's digits end.
+                    let Some((claim, user)) = entry.split_once(':') else {
+                        continue;
+                    };
+                    let Ok(claim) = claim.parse::<i64>() else {
+                        continue;
+                    };
+                    self.decided(user, PresenceStatus::Offline, Some(claim));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "presence: sweep failed"),
