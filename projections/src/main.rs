@@ -90,9 +90,10 @@ async fn main() -> anyhow::Result<()> {
                     .boxed()
                 });
                 let db = config.clickhouse_db.clone();
+                let max_batch = config.max_batch;
                 tasks.push(tokio::spawn(run.supervise(move || {
                     let (client, db) = (client.clone(), db.clone());
-                    async move { AnalyticsProjector::open_live(client, &db).await }
+                    async move { AnalyticsProjector::open_live(client, &db, max_batch).await }
                 })));
             }
             "directory" => {

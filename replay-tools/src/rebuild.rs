@@ -123,7 +123,9 @@ pub async fn rebuild(target: Target, config: &Config, options: &Options) -> anyh
                 .await
                 .with_context(|| format!("cannot reach ClickHouse at {}", config.clickhouse_url))?;
             let generation = format!("{}_{suffix}", config.clickhouse_db);
-            let mut projector = AnalyticsProjector::open(client, &generation).await?;
+            let mut projector = AnalyticsProjector::open(client, &generation)
+                .await?
+                .with_batch(options.batch);
             if let Start::Time(_) = options.start {
                 projector = projector.from_point_in_time();
             }
