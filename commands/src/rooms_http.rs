@@ -163,15 +163,32 @@ pub async fn leave(
     run(&app, room_id, caller, Command::Leave, StatusCode::OK).await
 }
 
+/// Who to invite: by id, or by username (what people know each other by); exactly one.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct InviteRequest {
-    user_id: String,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+pub enum Invitee {
+    Id(Uuid),
+    Username(String),
 }
 
 impl Body for InviteRequest {
-    type Valid = Uuid;
-    fn validated(self) -> Result<Uuid, CommandError> {
-        user_id(&self.user_id)
+    type Valid = Invitee;
+    fn validated(self) -> Result<Invitee, CommandError> {
+        match (self.user_id, self.username) {
+            (Some(id), None) => Ok(Invitee::Id(user_id(&id)?)),
+            (None, Some(name)) => Ok(Invitee::Username(crate::identity::validate::username(
+                &name,
+            )?)),
+            _ => Err(CommandError::invalid(
+                "give the invitee's user_id or username (one of them)",
+            )),
+        }
     }
 }
 
@@ -193,7 +210,7 @@ async fn existing_user(app: &AppState, id: Uuid) -> Result<String, CommandError>
     post,
     path = "/v1/rooms/{room_id}/invites",
     tag = "rooms",
-    summary = "Invite a user (members of public rooms; owner and moderators of private ones)",
+    summary = "Invite a user by user_id or username (members of public rooms; owner and moderators of private ones)",
     params(("room_id" = String, Path, description = "the room")),
     request_body = InviteRequest,
     responses((status = 201, description = "written; the seq and event id of the last event", body = Outcome), platform::openapi::Refused),
@@ -203,11 +220,19 @@ pub async fn invite(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(room_id): Path<String>,
-    Valid(user_id): Valid<InviteRequest>,
+    Valid(invitee): Valid<InviteRequest>,
 ) -> Result<Response, CommandError> {
     app.limits.membership.check(&caller.sub)?;
     let room_id = room_path_id(&room_id)?;
-    let user_id = existing_user(&app, user_id).await?;
+    let user_id = match invitee {
+        Invitee::Id(id) => existing_user(&app, id).await?,
+        Invitee::Username(name) => app
+            .store
+            .user_named(&name)
+            .await?
+            .ok_or(CommandError::NotFound("user"))?
+            .to_string(),
+    };
     run(
         &app,
         room_id,

@@ -424,6 +424,53 @@ install_nginx() { command -v nginx >/dev/null 2>&1 || ensure_apt nginx; }
 
 nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
 
+# ---------- the web client (web/) ----------
+# Its npm packages are installed once per lock file outside the repository
+# ($CHAT_CACHE_DIR/web/modules-<lock hash>; web/node_modules links there unless a developer made
+# a directory of their own), and it is built once per state of its sources into
+# $CHAT_CACHE_DIR/web/dist-<sources hash>, which nginx serves at /.
+
+web_dir() { echo "$REPO_ROOT/web"; }
+
+# Hash of what the bundle is made from (not the tests or screenshots).
+web_sources_hash() {
+    local dir; dir=$(web_dir)
+    (cd "$dir" && find index.html package.json package-lock.json tsconfig.json vite.config.ts src \
+        -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
+}
+
+install_web() {
+    local dir lock modules; dir=$(web_dir)
+    command -v npm >/dev/null 2>&1 || ensure_apt nodejs npm
+    lock=$(sha256sum "$dir/package-lock.json" | cut -c1-12)
+    modules="$CHAT_CACHE_DIR/web/modules-$lock"
+    if [ ! -f "$modules/.installed" ]; then
+        log "installing the web client's npm packages into $modules"
+        rm -rf "$modules"
+        mkdir -p "$modules"
+        cp "$dir/package.json" "$dir/package-lock.json" "$modules/"
+        (cd "$modules" && npm ci --no-audit --no-fund --silent) || die "npm ci failed for web/"
+        touch "$modules/.installed"
+    fi
+    if [ -d "$dir/node_modules" ] && [ ! -L "$dir/node_modules" ]; then
+        return 0 # a developer's own install
+    fi
+    ln -sfn "$modules/node_modules" "$dir/node_modules"
+}
+
+# Prints the directory of the built client, building it when its sources changed.
+web_root() {
+    local dir out; dir=$(web_dir)
+    out="$CHAT_CACHE_DIR/web/dist-$(web_sources_hash)"
+    if [ ! -f "$out/index.html" ]; then
+        log "building the web client into $out"
+        (cd "$dir" && ./node_modules/.bin/tsc --noEmit \
+            && CHAT_WEB_OUT="$out" ./node_modules/.bin/vite build --logLevel warn >&2) \
+            || die "the web client does not build (see above)"
+    fi
+    echo "$out"
+}
+
 # Renders deploy/local/nginx.conf.template for this stack's ports. More ws-fanout nodes join the
 # sticky upstream through CHAT_WS_EXTRA_PORTS (space-separated ports of nodes started by hand).
 render_nginx_conf() {
@@ -439,6 +486,13 @@ render_nginx_conf() {
     template=${template//@COMMANDS_PORT@/$CHAT_COMMANDS_PORT}
     template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
     template=${template//@WS_SERVERS@/${servers%$'\n'}}
+    template=${template//@WEB_ROOT@/$WEB_ROOT}
+    # `user` means something only to a master started as root (else nginx warns).
+    if [ "$(id -u)" -eq 0 ]; then
+        template=${template//@USER_LINE@/user root;}
+    else
+        template=${template//@USER_LINE@/}
+    fi
     printf '%s\n' "$template" >"$dir/nginx.conf"
 }
 
@@ -456,6 +510,8 @@ write_openapi() {
 }
 
 start_nginx() {
+    install_web
+    WEB_ROOT=$(web_root) || exit 1
     render_nginx_conf
     local conf=$DATA_DIR/nginx/nginx.conf
     "$(nginx_bin)" -t -q -c "$conf" -p "$DATA_DIR/nginx" -g 'daemon off;' >>"$LOG_DIR/nginx.log" 2>&1 \
@@ -484,7 +540,7 @@ endpoint_of() {
         projections) echo "$CHAT_PROJECTIONS_URL (ops only)" ;;
         query-api) echo "$CHAT_QUERY_URL" ;;
         ws-fanout) echo "${CHAT_WS_URL/http/ws}/v1/ws" ;;
-        nginx) echo "$CHAT_ENTRY_URL (the single entry: /v1/ws, reads, writes)" ;;
+        nginx) echo "$CHAT_ENTRY_URL (the single entry: open it in a browser for the app; /v1/ws, reads, writes)" ;;
     esac
 }
 

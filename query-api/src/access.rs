@@ -50,10 +50,20 @@ pub async fn readable_room(
 
 /// Ids of the rooms the user is a member of.
 pub async fn member_rooms(app: &App, user_id: &str) -> Result<Vec<String>, QueryError> {
+    rooms_where(app, user_id, "member").await
+}
+
+/// Ids of the rooms the user was invited to and has not joined (nor left or been banned from
+/// since: the read model keeps one status per user and room).
+pub async fn invited_rooms(app: &App, user_id: &str) -> Result<Vec<String>, QueryError> {
+    rooms_where(app, user_id, "invited").await
+}
+
+async fn rooms_where(app: &App, user_id: &str, status: &str) -> Result<Vec<String>, QueryError> {
     let memberships: Vec<MembershipDoc> = app
         .db()
         .collection::<MembershipDoc>(MEMBERSHIPS)
-        .find(doc! {"user_id": user_id, "status": "member"})
+        .find(doc! {"user_id": user_id, "status": status})
         .await?
         .try_collect()
         .await?;

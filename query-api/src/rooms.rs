@@ -14,7 +14,7 @@ use read_model::{MEMBERSHIPS, ROOMS, membership_id};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::access::{Access, member_rooms, readable_room};
+use crate::access::{Access, invited_rooms, member_rooms, readable_room};
 use crate::app::{App, AppState};
 use crate::error::QueryError;
 use crate::params::Params;
@@ -38,14 +38,15 @@ pub fn room_json(room: &RoomDoc) -> Value {
     })
 }
 
-/// `GET /v1/rooms?scope=joined|public&limit=` — the caller's rooms (default), or public rooms
-/// by recent activity.
+/// `GET /v1/rooms?scope=joined|invited|public&limit=` — the caller's rooms (default), the
+/// private rooms it is invited to (what a client offers to join), or public rooms by recent
+/// activity.
 #[utoipa::path(
     get,
     path = "/v1/rooms",
     tag = "reads",
-    summary = "Rooms the caller joined, or public rooms",
-    params(("scope" = Option<String>, Query, description = "joined (default) or public"), ("limit" = Option<i64>, Query, description = "1-200, default 50")),
+    summary = "Rooms the caller joined, is invited to, or public rooms",
+    params(("scope" = Option<String>, Query, description = "joined (default), invited or public"), ("limit" = Option<i64>, Query, description = "1-200, default 50")),
     responses((status = 200, description = "rooms: room_id, name, visibility, topic, member_count, last_activity, last_seq, role", body = [Object]), platform::openapi::Refused),
     security(("bearer" = []))
 )]
@@ -58,8 +59,12 @@ pub async fn list(
     let limit = params.int("limit", 100, 1..=500)?;
     let rooms = app.db().collection::<RoomDoc>(ROOMS);
     let docs: Vec<RoomDoc> = match params.get("scope").unwrap_or("joined") {
-        "joined" => {
-            let ids = member_rooms(&app, &claims.sub).await?;
+        scope @ ("joined" | "invited") => {
+            let ids = if scope == "joined" {
+                member_rooms(&app, &claims.sub).await?
+            } else {
+                invited_rooms(&app, &claims.sub).await?
+            };
             rooms
                 .find(doc! {"_id": {"$in": ids}})
                 .with_options(
@@ -87,7 +92,7 @@ pub async fn list(
         }
         other => {
             return Err(QueryError::invalid(format!(
-                "scope must be joined or public, not {other:?}"
+                "scope must be joined, invited or public, not {other:?}"
             )));
         }
     };

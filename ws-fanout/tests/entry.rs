@@ -65,8 +65,8 @@ async fn one_address_serves_identity_writes_reads_sockets_and_polls() -> anyhow:
         .await?;
     assert_eq!(body["events"][0]["seq"], seq, "{body}");
 
-    // Unknown paths get the JSON error shape from the entry itself.
-    let response = reqwest::get(format!("{entry}/nowhere")).await?;
+    // Unknown API paths get the JSON error shape (other paths are the web client's).
+    let response = reqwest::get(format!("{entry}/v1/nowhere")).await?;
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"]["code"], "not_found");
@@ -97,6 +97,33 @@ async fn the_entry_sets_security_headers_bounds_bodies_and_floods() -> anyhow::R
             .get("server")
             .is_none_or(|s| !s.to_str().unwrap_or("").contains('.'))
     );
+
+    // The web client at `/` (any client-side route too), under a policy that runs only the
+    // app's own files: no inline script or style, no eval, connections to this origin.
+    for path in ["/", "/r/some-room"] {
+        let app = http.get(format!("{entry}{path}")).send().await?;
+        assert_eq!(app.status(), 200, "{path}");
+        let policy = app.headers()["content-security-policy"]
+            .to_str()?
+            .to_string();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{policy}");
+        }
+        assert!(!policy.contains("unsafe"), "{policy}");
+        assert_eq!(app.headers()["x-frame-options"], "DENY");
+        let html = app.text().await?;
+        assert!(html.contains("<div id=\"root\">"), "{html}");
+        assert!(
+            !html.contains("<script>") && !html.contains("<style"),
+            "nothing inline: {html}"
+        );
+    }
 
     // A 200 kB JSON body where 64 kB are taken: refused at the entry.
     let api = Api::new(&entry);

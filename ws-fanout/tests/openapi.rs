@@ -172,7 +172,12 @@ fn request_body(doc: &Value, op: &Value, path: &str, fixture: &Fixture) -> Optio
     let schema = resolve(doc, schema);
     let mut body = serde_json::Map::new();
     for (name, _) in schema["properties"].as_object()? {
-        if name == "attachments" || name == "reply_to" {
+        // Optional parts left out; an invite names its invitee one way (by id here, by
+        // username in query-api/tests/invitations.rs).
+        if name == "attachments"
+            || name == "reply_to"
+            || (name == "username" && path.ends_with("/invites"))
+        {
             continue;
         }
         body.insert(name.clone(), fixture.body_value(path, name));

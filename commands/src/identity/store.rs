@@ -146,6 +146,15 @@ impl IdentityStore {
         }))
     }
 
+    /// The id of the account with this (normalized) username.
+    pub async fn user_named(&self, username: &str) -> Result<Option<Uuid>, CommandError> {
+        let row = sqlx::query("SELECT id FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     pub async fn user(&self, id: Uuid) -> Result<Option<User>, CommandError> {
         let row = sqlx::query("SELECT id, username, email FROM users WHERE id = $1")
             .bind(id)
