@@ -68,9 +68,25 @@ async function account(name) {
   return { username, password };
 }
 
-/** A browser context and page; every dialog is recorded (and dismissed). */
+/** A browser context and page; every dialog is recorded (and dismissed). Its sockets pass
+ * through a switch (`cut`): cut, the open ones are closed and new ones refused. */
 async function person() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 820 } });
+  const sockets = new Set();
+  const line = { down: false };
+  await context.routeWebSocket(/\/v1\/ws/, (ws) => {
+    if (line.down) {
+      void ws.close({ code: 1001, reason: "cut" });
+      return;
+    }
+    ws.connectToServer();
+    sockets.add(ws);
+    ws.onClose(() => sockets.delete(ws));
+  });
+  const cut = async (down) => {
+    line.down = down;
+    if (down) for (const ws of [...sockets]) await ws.close({ code: 1001, reason: "cut" });
+  };
   const page = await context.newPage();
   page.on("dialog", (dialog) => {
     dialogs.push(dialog.message());
@@ -78,14 +94,14 @@ async function person() {
   });
   page.on("pageerror", (error) => console.error("page error:", error.message));
   await page.goto(ENTRY + "/");
-  return { context, page };
+  return { context, page, cut };
 }
 
 async function logIn(page, user) {
   await page.getByLabel("Username or e-mail").fill(user.username);
   await page.getByLabel("Password").fill(user.password);
   await page.getByRole("button", { name: "Log in" }).last().click();
-  await page.getByRole("navigation", { name: "Rooms" }).waitFor({ timeout: WAIT });
+  await page.getByRole("button", { name: "Log out" }).waitFor({ timeout: WAIT });
 }
 
 const timeline = (page) => page.getByRole("log", { name: "Messages" });
@@ -253,11 +269,17 @@ test("the chat in the browser", async () => {
     await messageWith(b.page, secret).waitFor({ timeout: WAIT });
     await messageWith(b.page, "Noon works for me").waitFor({ timeout: WAIT });
 
+    // The line goes down: the socket is cut (the page notices), new ones are refused and
+    // HTTP fails too (the long polls it falls back to).
+    await b.cut(true);
     await b.context.setOffline(true);
+    await b.page.getByRole("status").filter({ hasNotText: "connected" }).waitFor({ timeout: WAIT });
     const burst = Array.from({ length: 6 }, (_, i) => `while away ${i} ${tag}`);
     for (const text of burst) await send(a.page, text);
     await new Promise((r) => setTimeout(r, 3_000));
+    await b.cut(false);
     await b.context.setOffline(false);
+    await b.page.getByRole("status").getByText("connected", { exact: true }).waitFor({ timeout: 40_000 });
     await messageWith(b.page, burst[burst.length - 1]).waitFor({ timeout: 40_000 });
     await send(a.page, `after the cut ${tag}`);
     await messageWith(b.page, `after the cut ${tag}`).waitFor({ timeout: WAIT });
@@ -343,6 +365,26 @@ test("the chat in the browser", async () => {
     ]);
     const path = await download.path();
     assert.deepEqual(readFileSync(path), bytes, "the same bytes");
+  });
+
+  await step("a phone whose network refuses sockets: the room menu, and long polling", async () => {
+    const phone = await browser.newContext({ viewport: { width: 390, height: 780 }, hasTouch: true });
+    // Every WebSocket this context opens is closed at once, as a proxy that drops them would.
+    await phone.routeWebSocket(/\/v1\/ws/, (ws) => ws.close());
+    const page = await phone.newPage();
+    page.on("dialog", (dialog) => {
+      dialogs.push(dialog.message());
+      void dialog.dismiss();
+    });
+    await page.goto(ENTRY + "/");
+    await logIn(page, bob);
+    await page.getByRole("button", { name: "Rooms menu" }).click();
+    await page.getByRole("navigation", { name: "Rooms" }).getByText(room).click();
+    await messageWith(page, secret).waitFor({ timeout: WAIT });
+    await page.getByRole("status").getByText("reconnecting (polling)").waitFor({ timeout: 40_000 });
+    await send(a.page, `by long poll ${tag}`);
+    await messageWith(page, `by long poll ${tag}`).waitFor({ timeout: 40_000 });
+    await phone.close();
   });
 
   await step("the main screen, for the README", async () => {
