@@ -51,6 +51,11 @@ fi
 : "${CHAT_WS_PORT:=8092}"
 : "${CHAT_WS_EXTRA_PORTS:=}"                # more ws-fanout nodes behind nginx (ports)
 : "${CHAT_ENTRY_PORT:=8080}"                # nginx: the single entry point
+: "${CHAT_SIGNALING_PORT:=8093}"            # signaling (calls): TURN credentials, call signaling
+: "${CHAT_TURN_PORT:=3478}"                 # coturn, UDP and TCP
+: "${CHAT_TURN_MIN_PORT:=49160}"            # coturn's relayed addresses
+: "${CHAT_TURN_MAX_PORT:=49260}"
+: "${CHAT_TURN_SECRET_FILE:=$CHAT_STATE_DIR/keys/turn-secret}"
 : "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
 
 RUN_DIR="$CHAT_STATE_DIR/run"
@@ -73,11 +78,14 @@ export CHAT_QUERY_URL="http://127.0.0.1:$CHAT_QUERY_PORT"
 export CHAT_PROJECTIONS_URL="http://127.0.0.1:$CHAT_PROJECTIONS_PORT"
 export CHAT_WS_URL="http://127.0.0.1:$CHAT_WS_PORT"
 export CHAT_ENTRY_URL="http://127.0.0.1:$CHAT_ENTRY_PORT"
+export CHAT_SIGNALING_URL="http://127.0.0.1:$CHAT_SIGNALING_PORT"
+export CHAT_TURN_SECRET_FILE
+export CHAT_TURN_URLS="turn:127.0.0.1:$CHAT_TURN_PORT?transport=udp,turn:127.0.0.1:$CHAT_TURN_PORT?transport=tcp"
 export CHAT_JWKS_URL="$CHAT_COMMANDS_URL/v1/auth/jwks"
 export CHAT_JWT_PRIVATE_KEY_FILE
 
 # The infrastructure services, in start order.
-ALL_SERVICES=(postgres redis broker registry mongo clickhouse commands projections query-api ws-fanout nginx)
+ALL_SERVICES=(postgres redis broker registry mongo clickhouse coturn commands projections query-api ws-fanout signaling nginx)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }

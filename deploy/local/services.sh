@@ -422,6 +422,56 @@ start_ws-fanout() {
 
 install_nginx() { command -v nginx >/dev/null 2>&1 || ensure_apt nginx; }
 
+# ---------- coturn (TURN for calls) ----------
+# Debian's coturn with REST-API credentials: the secret is shared with the signaling tier only
+# (a file of this stack's, made once); listens and relays on loopback, no TLS here.
+
+install_coturn() { command -v turnserver >/dev/null 2>&1 || ensure_apt coturn; }
+
+ensure_turn_secret() {
+    [ -s "$CHAT_TURN_SECRET_FILE" ] && return 0
+    command -v openssl >/dev/null 2>&1 || ensure_apt openssl
+    mkdir -p "$(dirname "$CHAT_TURN_SECRET_FILE")"
+    (umask 077 && openssl rand -hex 32 >"$CHAT_TURN_SECRET_FILE") || die "cannot make the TURN secret"
+    log "generated a TURN secret at $CHAT_TURN_SECRET_FILE"
+}
+
+start_coturn() {
+    ensure_turn_secret
+    running_pid coturn >/dev/null && return 0
+    local dir=$DATA_DIR/coturn
+    mkdir -p "$dir"
+    # `allow-loopback-peers` (peers on this machine, as every test's are) needs `no-cli`.
+    (umask 077 && cat >"$dir/turnserver.conf" <<EOF
+listening-ip=127.0.0.1
+relay-ip=127.0.0.1
+listening-port=$CHAT_TURN_PORT
+min-port=$CHAT_TURN_MIN_PORT
+max-port=$CHAT_TURN_MAX_PORT
+use-auth-secret
+static-auth-secret=$(cat "$CHAT_TURN_SECRET_FILE")
+realm=chat.local
+fingerprint
+no-tls
+no-dtls
+no-cli
+allow-loopback-peers
+no-multicast-peers
+simple-log
+log-file=stdout
+pidfile=$dir/turnserver.pid
+EOF
+    )
+    wait_port_free coturn "$CHAT_TURN_PORT" CHAT_TURN_PORT
+    start_bg coturn "$dir" "$(command -v turnserver || echo /usr/bin/turnserver)" -c "$dir/turnserver.conf"
+    wait_until coturn 30 port_open "$CHAT_TURN_PORT"
+}
+
+start_signaling() {
+    ensure_turn_secret
+    start_workspace_service signaling signaling CHAT_SIGNALING_LISTEN "$CHAT_SIGNALING_PORT" "$CHAT_SIGNALING_URL"
+}
+
 nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
 
 # ---------- the web client (web/) ----------
@@ -485,6 +535,7 @@ render_nginx_conf() {
     template=${template//@ENTRY_PORT@/$CHAT_ENTRY_PORT}
     template=${template//@COMMANDS_PORT@/$CHAT_COMMANDS_PORT}
     template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
+    template=${template//@SIGNALING_PORT@/$CHAT_SIGNALING_PORT}
     template=${template//@WS_SERVERS@/${servers%$'\n'}}
     template=${template//@WEB_ROOT@/$WEB_ROOT}
     # `user` means something only to a master started as root (else nginx warns).
@@ -503,10 +554,11 @@ write_openapi() {
     local out=$1 bin; bin=$(bin_dir)
     "$bin/commands" --openapi >"$out.commands" \
         && "$bin/ws-fanout" --openapi >"$out.ws-fanout" \
-        && "$bin/query-api" --openapi "$out.commands" "$out.ws-fanout" >"$out.tmp" \
+        && "$bin/signaling" --openapi >"$out.signaling" \
+        && "$bin/query-api" --openapi "$out.commands" "$out.ws-fanout" "$out.signaling" >"$out.tmp" \
         || die "cannot write the OpenAPI document (are the workspace binaries built?)"
     mv "$out.tmp" "$out"
-    rm -f "$out.commands" "$out.ws-fanout"
+    rm -f "$out.commands" "$out.ws-fanout" "$out.signaling"
 }
 
 start_nginx() {
@@ -540,6 +592,8 @@ endpoint_of() {
         projections) echo "$CHAT_PROJECTIONS_URL (ops only)" ;;
         query-api) echo "$CHAT_QUERY_URL" ;;
         ws-fanout) echo "${CHAT_WS_URL/http/ws}/v1/ws" ;;
+        coturn) echo "turn:127.0.0.1:$CHAT_TURN_PORT (coturn $(turnserver --version 2>/dev/null | head -1), relays $CHAT_TURN_MIN_PORT-$CHAT_TURN_MAX_PORT)" ;;
+        signaling) echo "$CHAT_SIGNALING_URL" ;;
         nginx) echo "$CHAT_ENTRY_URL (the single entry: open it in a browser for the app; /v1/ws, reads, writes)" ;;
     esac
 }
@@ -556,6 +610,8 @@ ready_check() {
         projections) http_ready "$CHAT_PROJECTIONS_URL/healthz" 2>/dev/null ;;
         query-api) http_ready "$CHAT_QUERY_URL/healthz" 2>/dev/null ;;
         ws-fanout) http_ready "$CHAT_WS_URL/healthz" 2>/dev/null ;;
+        coturn) port_open "$CHAT_TURN_PORT" ;;
+        signaling) http_ready "$CHAT_SIGNALING_URL/healthz" 2>/dev/null ;;
         nginx) http_ready "$CHAT_ENTRY_URL/healthz" 2>/dev/null ;;
     esac
 }

@@ -657,6 +657,20 @@ function PendingItem({ store, roomId, p }: { store: Store; roomId: string; p: Pe
   );
 }
 
+/** A file's bytes. The message can reach the page before the read side knows the file is
+ * shared in the room (the history projector lags the log by a moment): a 404 is asked again. */
+async function fetchShared(fileId: string, live: () => boolean): Promise<Blob> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fileBlob(fileId);
+    } catch (e) {
+      const lagging = e instanceof ApiError && (e.status === 404 || e.status === 503);
+      if (!lagging || attempt >= 8 || !live()) throw e;
+      await new Promise((r) => window.setTimeout(r, Math.min(4_000, 250 * 2 ** attempt)));
+    }
+  }
+}
+
 /** Files need the bearer token: fetched as a blob, shown or saved from an object URL. */
 function AttachmentView({ a }: { a: Attachment }) {
   const image = a.mime_type.startsWith("image/");
@@ -666,7 +680,7 @@ function AttachmentView({ a }: { a: Attachment }) {
     if (!image) return;
     let made: string | null = null;
     let live = true;
-    fileBlob(a.file_id).then(
+    fetchShared(a.file_id, () => live).then(
       (blob) => {
         made = URL.createObjectURL(blob);
         if (live) setUrl(made);
@@ -680,7 +694,7 @@ function AttachmentView({ a }: { a: Attachment }) {
   }, [a.file_id, image]);
   const download = async () => {
     try {
-      const blob = await fileBlob(a.file_id);
+      const blob = await fetchShared(a.file_id, () => true);
       const href = URL.createObjectURL(blob);
       const link = document.createElement("a");
       link.href = href;

@@ -1,0 +1,57 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use platform::config::env_or;
+
+/// Settings of the signaling tier, read once from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_SIGNALING_LISTEN`, default `127.0.0.1:8093`.
+    pub listen: SocketAddr,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub jwks_url: String,
+    /// `CHAT_TURN_SECRET_FILE`, default `$CHAT_STATE_DIR/keys/turn-secret`: coturn's
+    /// `static-auth-secret`, shared by this tier and coturn only.
+    pub turn_secret_file: PathBuf,
+    /// `CHAT_TURN_URLS`, comma-separated, default `turn:127.0.0.1:3478?transport=udp` and the
+    /// same over TCP: what clients are told to use.
+    pub turn_urls: Vec<String>,
+    /// `CHAT_TURN_TTL_SECS`, default 3600: how long credentials work (a call in progress keeps
+    /// its allocation; new ones need fresh credentials).
+    pub turn_ttl: Duration,
+    /// `CHAT_LIMIT_<NAME>` = `<per second>/<burst>`: the budgets of `crate::limits`.
+    pub budgets: crate::limits::Budgets,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, platform::ConfigError> {
+        let shared = platform::config::Shared::from_env()?;
+        let urls: String = env_or(
+            "CHAT_TURN_URLS",
+            "turn:127.0.0.1:3478?transport=udp,turn:127.0.0.1:3478?transport=tcp".to_string(),
+        )?;
+        Ok(Self {
+            listen: env_or(
+                "CHAT_SIGNALING_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8093)),
+            )?,
+            redis_url: shared.redis_url.clone(),
+            redis_prefix: shared.redis_prefix.clone(),
+            jwks_url: shared.jwks_url.clone(),
+            turn_secret_file: env_or(
+                "CHAT_TURN_SECRET_FILE",
+                shared.state_dir.join("keys/turn-secret"),
+            )?,
+            turn_urls: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect(),
+            turn_ttl: Duration::from_secs(env_or("CHAT_TURN_TTL_SECS", 3600u64)?.max(60)),
+            budgets: crate::limits::Budgets::from_env()?,
+        })
+    }
+}
