@@ -128,57 +128,65 @@ pub struct AnalyticsProjector {
 /// projector's default, `CHAT_PROJECTION_BATCH`).
 const DEFAULT_BATCH: usize = 500;
 
-/// Inserts the view rows a cut insert left out: per key (`{keys}`) the totals of `events`
-/// less what the view holds. `{recent}` selects the newest rows (see `recent_filter`).
-const MEND_SUMS: &[&str] = &[
-    "INSERT INTO {db}.messages_per_room_minute (room_id, minute, messages, characters)
-     SELECT room_id, minute, toUInt64(e_messages - v_messages),
-            toUInt64(if(e_characters > v_characters, e_characters - v_characters, 0))
-     FROM (
-        SELECT room_id, toStartOfMinute(occurred_at) AS minute, count() AS e_messages,
-               sum(content_length) AS e_characters
-        FROM {db}.events
-        WHERE kind = 'message_posted' AND (room_id, toStartOfMinute(occurred_at)) IN (
-            SELECT room_id, toStartOfMinute(occurred_at) FROM {db}.events
-            WHERE kind = 'message_posted' AND ({recent}))
-        GROUP BY room_id, minute
-     ) ANY LEFT JOIN (
-        SELECT room_id, minute, sum(messages) AS v_messages, sum(characters) AS v_characters
-        FROM {db}.messages_per_room_minute
-        WHERE (room_id, minute) IN (
-            SELECT room_id, toStartOfMinute(occurred_at) FROM {db}.events
-            WHERE kind = 'message_posted' AND ({recent}))
-        GROUP BY room_id, minute
-     ) USING (room_id, minute)
-     WHERE e_messages > v_messages",
-    "INSERT INTO {db}.call_minutes (room_id, date, calls, duration_ms)
-     SELECT room_id, date, toUInt64(e_calls - v_calls),
-            toUInt64(if(e_duration > v_duration, e_duration - v_duration, 0))
-     FROM (
-        SELECT room_id, toDate(occurred_at) AS date, count() AS e_calls,
-               sum(duration_ms) AS e_duration
-        FROM {db}.events
-        WHERE kind = 'call_ended' AND (room_id, toDate(occurred_at)) IN (
-            SELECT room_id, toDate(occurred_at) FROM {db}.events
-            WHERE kind = 'call_ended' AND ({recent}))
-        GROUP BY room_id, date
-     ) ANY LEFT JOIN (
-        SELECT room_id, date, sum(calls) AS v_calls, sum(duration_ms) AS v_duration
-        FROM {db}.call_minutes
-        WHERE (room_id, date) IN (
-            SELECT room_id, toDate(occurred_at) FROM {db}.events
-            WHERE kind = 'call_ended' AND ({recent}))
-        GROUP BY room_id, date
-     ) USING (room_id, date)
-     WHERE e_calls > v_calls",
-    // A set, not a sum: the (date, user) pairs of the newest rows the view lacks.
-    "INSERT INTO {db}.daily_active_users (date, user_id)
-     SELECT DISTINCT toDate(occurred_at) AS date, actor_id AS user_id
-     FROM {db}.events
-     WHERE actor_id != '' AND ({recent}) AND (toDate(occurred_at), actor_id) NOT IN (
-        SELECT date, user_id FROM {db}.daily_active_users
-        WHERE date IN (SELECT toDate(occurred_at) FROM {db}.events WHERE {recent}))",
-];
+/// The view rows a cut insert left out, for a view that counts and sums one kind of event per
+/// room and period: per key the totals of `events` less what the view holds. `{recent}` selects
+/// the newest rows (see `recent_filter`), `{db}` the database.
+fn mend_sums(
+    table: &str,
+    period: &str,
+    period_of: &str,
+    kind: &str,
+    (count, sum, summed): (&str, &str, &str),
+) -> String {
+    let touched = format!(
+        "SELECT room_id, {period_of} FROM {{db}}.events WHERE kind = '{kind}' AND ({{recent}})"
+    );
+    format!(
+        "INSERT INTO {{db}}.{table} (room_id, {period}, {count}, {sum})
+         SELECT room_id, {period}, toUInt64(e_count - v_count),
+                toUInt64(if(e_sum > v_sum, e_sum - v_sum, 0))
+         FROM (
+            SELECT room_id, {period_of} AS {period}, count() AS e_count, sum({summed}) AS e_sum
+            FROM {{db}}.events
+            WHERE kind = '{kind}' AND (room_id, {period_of}) IN ({touched})
+            GROUP BY room_id, {period}
+         ) ANY LEFT JOIN (
+            SELECT room_id, {period}, sum({count}) AS v_count, sum({sum}) AS v_sum
+            FROM {{db}}.{table}
+            WHERE (room_id, {period}) IN ({touched})
+            GROUP BY room_id, {period}
+         ) USING (room_id, {period})
+         WHERE e_count > v_count"
+    )
+}
+
+/// Every view's mending statement (see `AnalyticsProjector::mend_views`).
+fn mend_statements() -> Vec<String> {
+    vec![
+        mend_sums(
+            "messages_per_room_minute",
+            "minute",
+            "toStartOfMinute(occurred_at)",
+            "message_posted",
+            ("messages", "characters", "content_length"),
+        ),
+        mend_sums(
+            "call_minutes",
+            "date",
+            "toDate(occurred_at)",
+            "call_ended",
+            ("calls", "duration_ms", "duration_ms"),
+        ),
+        // A set, not a sum: the (date, user) pairs of the newest rows the view lacks.
+        "INSERT INTO {db}.daily_active_users (date, user_id)
+         SELECT DISTINCT toDate(occurred_at) AS date, actor_id AS user_id
+         FROM {db}.events
+         WHERE actor_id != '' AND ({recent}) AND (toDate(occurred_at), actor_id) NOT IN (
+            SELECT date, user_id FROM {db}.daily_active_users
+            WHERE date IN (SELECT toDate(occurred_at) FROM {db}.events WHERE {recent}))"
+            .to_string(),
+    ]
+}
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct Position {
@@ -285,7 +293,7 @@ impl AnalyticsProjector {
         let Some(recent) = self.recent_filter().await? else {
             return Ok(());
         };
-        for statement in MEND_SUMS {
+        for statement in mend_statements() {
             self.client
                 .query(
                     &statement

@@ -35,9 +35,10 @@ async fn subscribed(url: &str, user: &User, room: &str) -> anyhow::Result<Client
     Ok(client)
 }
 
-async fn presence_log(user: &str) -> anyhow::Result<Vec<String>> {
+/// The presence transitions of `user` on the topic of the broker at `brokers`, in order.
+async fn presence_log(brokers: &str, user: &str) -> anyhow::Result<Vec<String>> {
     let events = test_support::log::read_key(
-        &env::kafka_brokers(),
+        brokers,
         &env::registry_url(),
         schemas::topics::PRESENCE_EVENTS,
         user,
@@ -124,7 +125,9 @@ async fn presence_reaches_co_members_and_the_log_also_when_a_node_dies() -> anyh
     // The transitions are on the topic, in order, and the read model follows. (Other nodes of
     // the suite on this Redis prefix may have swept the friend; they write to this broker.)
     let log = wait_for("the fourth transition on the topic", T, || async {
-        let log = presence_log(&friend.user_id).await.ok()?;
+        let log = presence_log(&env::kafka_brokers(), &friend.user_id)
+            .await
+            .ok()?;
         (log.len() >= 4).then_some(log)
     })
     .await?;
@@ -408,27 +411,7 @@ async fn presence_holds_and_loses_nothing_while_the_broker_is_away() -> anyhow::
 
     let read = |user: String| {
         let brokers = brokers.clone();
-        async move {
-            let events = test_support::log::read_key(
-                &brokers,
-                &env::registry_url(),
-                schemas::topics::PRESENCE_EVENTS,
-                &user,
-            )
-            .await
-            .ok()?;
-            Some(
-                events
-                    .iter()
-                    .filter_map(|e| match e {
-                        schemas::DomainEvent::PresenceChanged(p) => {
-                            Some(format!("{:?}", p.status).to_lowercase())
-                        }
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        }
+        async move { presence_log(&brokers, &user).await.ok() }
     };
     let flapped = wait_for("the queued transitions on the topic", T, || async {
         let log = read(flapper.user_id.clone()).await?;
@@ -465,29 +448,8 @@ async fn a_sweep_lost_with_its_node_is_taken_again() -> anyhow::Result<()> {
     let mut holder = Node::start_within(&settings, within).await?;
     let user = Api::new(env::commands_url()).user("wsclaim").await?;
     let read = || {
-        let brokers = brokers.clone();
-        let user = user.user_id.clone();
-        async move {
-            let events = test_support::log::read_key(
-                &brokers,
-                &env::registry_url(),
-                schemas::topics::PRESENCE_EVENTS,
-                &user,
-            )
-            .await
-            .ok()?;
-            Some(
-                events
-                    .iter()
-                    .filter_map(|e| match e {
-                        schemas::DomainEvent::PresenceChanged(p) => {
-                            Some(format!("{:?}", p.status).to_lowercase())
-                        }
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        }
+        let (brokers, user) = (brokers.clone(), user.user_id.clone());
+        async move { presence_log(&brokers, &user).await.ok() }
     };
     let _socket = Client::connect(&holder.ws_url, Some(&user.access_token)).await?;
     wait_for("online on the topic", T, || async {
