@@ -396,6 +396,25 @@ test("the chat in the browser", async () => {
     await a.page.screenshot({ path: join(SHOTS, "main.png") });
   });
 
+  await step("a moderator's ban ends a member's access at once", async () => {
+    // Carol joins the public room from its page; Alice (its owner) bans her from the members.
+    await c.page.goto(ENTRY + "/");
+    await c.page.getByRole("navigation", { name: "Rooms" }).getByText(`general-${tag}`).click();
+    await c.page.getByRole("button", { name: "Join this room" }).click();
+    await c.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+    await send(c.page, `hello from carol ${tag}`);
+    await a.page.getByRole("navigation", { name: "Rooms" }).getByText(`general-${tag}`).click();
+    await messageWith(a.page, `hello from carol ${tag}`).waitFor({ timeout: WAIT });
+    await a.page.getByRole("button", { name: "Members" }).click();
+    await a.page.getByRole("button", { name: `Ban ${carol.username}` }).click();
+    // Carol is told, and can no longer write there.
+    await c.page.getByText("You were banned from a room.").waitFor({ timeout: WAIT });
+    await c.page.getByLabel("Message", { exact: true }).waitFor({ state: "detached", timeout: WAIT });
+    await a.page.getByRole("button", { name: "Members" }).click();
+    await a.page.goto(roomUrl);
+    await messageWith(a.page, `The map ${tag}`).waitFor({ timeout: WAIT });
+  });
+
   await step("hostile content is shown as text and runs nothing", async () => {
     const hostile = "<img src=x onerror=alert(1)>";
     await send(a.page, hostile);
