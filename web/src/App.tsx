@@ -2,6 +2,7 @@
 // message `<img src=x onerror=alert(1)>` shows those characters.
 
 import {
+  Component,
   useCallback,
   useEffect,
   useLayoutEffect,
@@ -11,6 +12,7 @@ import {
   useSyncExternalStore,
   type FormEvent,
   type KeyboardEvent,
+  type ReactNode,
 } from "react";
 import {
   api,
@@ -52,7 +54,27 @@ function useRoute(): [string | null, number | undefined] {
 export function App() {
   const [user, setUser] = useState<string | null>(storedUser);
   useEffect(() => onSignedOut(() => setUser(null)), []);
-  return user ? <Chat me={user} /> : <Auth onIn={setUser} />;
+  return <Shown>{user ? <Chat me={user} /> : <Auth onIn={setUser} />}</Shown>;
+}
+
+/** A fault in the page itself shows what happened and a way back, never a blank screen. */
+class Shown extends Component<{ children: ReactNode }, { error: string | null }> {
+  state = { error: null as string | null };
+
+  static getDerivedStateFromError(error: unknown) {
+    return { error: error instanceof Error ? error.message : String(error) };
+  }
+
+  render() {
+    if (this.state.error === null) return this.props.children;
+    return (
+      <main className="auth" role="alert">
+        <h1>Something went wrong</h1>
+        <p>The page hit an error it could not recover from: {this.state.error}</p>
+        <button onClick={() => location.reload()}>Reload</button>
+      </main>
+    );
+  }
 }
 
 function Auth({ onIn }: { onIn: (user: string) => void }) {
