@@ -517,6 +517,9 @@ web_root() {
         (cd "$dir" && ./node_modules/.bin/tsc --noEmit \
             && CHAT_WEB_OUT="$out" ./node_modules/.bin/vite build --logLevel warn >&2) \
             || die "the web client does not build (see above)"
+        # Builds of earlier sources go after a day (another stack may still serve one today).
+        find "$CHAT_CACHE_DIR/web" -maxdepth 1 -name 'dist-*' ! -path "$out" -mtime +0 \
+            -exec rm -rf {} + 2>/dev/null || true
     fi
     echo "$out"
 }
