@@ -58,44 +58,28 @@ pub async fn list(
     app.limits.reads.check(&claims.sub)?;
     let limit = params.int("limit", 100, 1..=500)?;
     let rooms = app.db().collection::<RoomDoc>(ROOMS);
-    let docs: Vec<RoomDoc> = match params.get("scope").unwrap_or("joined") {
-        scope @ ("joined" | "invited") => {
-            let ids = if scope == "joined" {
-                member_rooms(&app, &claims.sub).await?
-            } else {
-                invited_rooms(&app, &claims.sub).await?
-            };
-            rooms
-                .find(doc! {"_id": {"$in": ids}})
-                .with_options(
-                    FindOptions::builder()
-                        .sort(doc! {"last_activity": -1})
-                        .limit(limit)
-                        .build(),
-                )
-                .await?
-                .try_collect()
-                .await?
-        }
-        "public" => {
-            rooms
-                .find(doc! {"visibility": "public"})
-                .with_options(
-                    FindOptions::builder()
-                        .sort(doc! {"last_activity": -1})
-                        .limit(limit)
-                        .build(),
-                )
-                .await?
-                .try_collect()
-                .await?
-        }
+    // The scope picks which rooms; every scope lists them by recent activity.
+    let filter = match params.get("scope").unwrap_or("joined") {
+        "joined" => doc! {"_id": {"$in": member_rooms(&app, &claims.sub).await?}},
+        "invited" => doc! {"_id": {"$in": invited_rooms(&app, &claims.sub).await?}},
+        "public" => doc! {"visibility": "public"},
         other => {
             return Err(QueryError::invalid(format!(
                 "scope must be joined, invited or public, not {other:?}"
             )));
         }
     };
+    let docs: Vec<RoomDoc> = rooms
+        .find(filter)
+        .with_options(
+            FindOptions::builder()
+                .sort(doc! {"last_activity": -1})
+                .limit(limit)
+                .build(),
+        )
+        .await?
+        .try_collect()
+        .await?;
     Ok(Json(json!(docs.iter().map(room_json).collect::<Vec<_>>())))
 }
 

@@ -174,7 +174,8 @@ export async function token(): Promise<string> {
 
 type Options = { body?: unknown; anonymous?: boolean; signal?: AbortSignal };
 
-export async function call<T>(method: string, path: string, options: Options = {}): Promise<T> {
+/** A request with the session's token (unless `anonymous`); an API error is thrown. */
+async function authorized(path: string, method: string, options: Options = {}): Promise<Response> {
   const send = async (bearer: string | null) => {
     const headers: Record<string, string> = {};
     if (bearer) headers.Authorization = `Bearer ${bearer}`;
@@ -192,6 +193,11 @@ export async function call<T>(method: string, path: string, options: Options = {
     response = await send(await refresh());
   }
   if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+export async function call<T>(method: string, path: string, options: Options = {}): Promise<T> {
+  const response = await authorized(path, method, options);
   if (response.status === 204) return undefined as T;
   const text = await response.text();
   return (text ? JSON.parse(text) : undefined) as T;
@@ -224,14 +230,7 @@ export async function logout() {
 
 /** Bytes of a file the caller may read (they need the bearer token, so no plain `src` URL). */
 export async function fileBlob(fileId: string): Promise<Blob> {
-  const get = async (bearer: string) =>
-    rawFetch(`/v1/files/${encodeURIComponent(fileId)}`, {
-      headers: { Authorization: `Bearer ${bearer}` },
-    });
-  let response = await get(await token());
-  if (response.status === 401) response = await get(await refresh());
-  if (!response.ok) throw await errorOf(response);
-  return response.blob();
+  return (await authorized(`/v1/files/${encodeURIComponent(fileId)}`, "GET")).blob();
 }
 
 /** Uploads one file with progress (0..1); XMLHttpRequest, as fetch reports no upload progress. */

@@ -287,10 +287,9 @@ export class Store {
     t.messages = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
   }
 
+  /** The send that made `messageId` is shown as the message itself now. */
   private settle(t: Timeline, messageId: string) {
-    const before = t.pending.length;
     t.pending = t.pending.filter((p) => p.message_id !== messageId);
-    return before !== t.pending.length;
   }
 
   private onFrame(f: Frame) {

@@ -74,7 +74,7 @@ for _, user in ipairs(users) do
   local last = redis.call('ZRANGE', conns, -1, -1, 'WITHSCORES')
   if #last == 0 then
     redis.call('ZADD', KEYS[1], ARGV[3], user)
-    table.insert(gone, ARGV[3] .. ':' .. user)
+    table.insert(gone, user)
   else
     redis.call('ZADD', KEYS[1], last[2], user)
   end
@@ -436,24 +436,18 @@ impl Presence {
 
     async fn sweep(&self) {
         let now = now_ms();
+        let claim = now + CLAIM.as_millis() as i64;
         let gone: Result<Vec<String>, _> = SWEEP_SCRIPT
             .key(self.deadlines_key())
             .arg(now)
             .arg(format!("{}ws:conns:", self.prefix))
-            .arg(now + CLAIM.as_millis() as i64)
+            .arg(claim)
             .invoke_async(&mut self.redis.clone())
             .await;
         match gone {
-            Ok(claimed) => {
-                for entry in claimed {
-                    // `claim:user`; user ids hold no ':' before the claim's digits end.
-                    let Some((claim, user)) = entry.split_once(':') else {
-                        continue;
-                    };
-                    let Ok(claim) = claim.parse::<i64>() else {
-                        continue;
-                    };
-                    self.decided(user, PresenceStatus::Offline, Some(claim));
+            Ok(users) => {
+                for user in users {
+                    self.decided(&user, PresenceStatus::Offline, Some(claim));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "presence: sweep failed"),
