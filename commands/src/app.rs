@@ -7,7 +7,7 @@ use futures::FutureExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{identity, rooms_http};
+use crate::{calls_http, identity, rooms_http};
 
 pub use crate::state::{App, AppState};
 
@@ -28,6 +28,11 @@ fn rooms() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(rooms_http::react, rooms_http::unreact))
         .routes(routes!(rooms_http::mark_read))
+        .routes(routes!(calls_http::start))
+        .routes(routes!(calls_http::join))
+        .routes(routes!(calls_http::leave))
+        .routes(routes!(calls_http::decline))
+        .routes(routes!(calls_http::end))
 }
 
 /// Identity and uploads (uploads take bodies up to `max_upload` bytes).

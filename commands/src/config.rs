@@ -49,6 +49,9 @@ pub struct Config {
     /// `CHAT_COMMAND_TIMEOUT_MS`, default 10000: how long a command may wait for its room's
     /// writer (catching up after a rebalance) and the broker's acknowledgement.
     pub command_timeout: Duration,
+    /// `CHAT_CALL_RING_SECS`, default 30: how long a call rings unanswered before it ends
+    /// (`CallEnded` reason `unanswered`).
+    pub call_ring: Duration,
     /// `CHAT_FILES_DIR`, default `$CHAT_STATE_DIR/files`: where uploaded bytes are stored.
     pub files_dir: PathBuf,
     /// `CHAT_MAX_UPLOAD_BYTES`, default 25 MiB.
@@ -97,6 +100,7 @@ impl Config {
             budgets: crate::limits::Budgets::from_env()?,
             max_body_bytes: env_or("CHAT_MAX_BODY_BYTES", 64 * 1024)?,
             command_timeout: Duration::from_millis(env_or("CHAT_COMMAND_TIMEOUT_MS", 10_000u64)?),
+            call_ring: Duration::from_secs(env_or("CHAT_CALL_RING_SECS", 30u64)?),
             argon2_m_kib: env_or("CHAT_ARGON2_M_KIB", 19_456u32)?,
             files_dir: env_or("CHAT_FILES_DIR", shared.state_dir.join("files"))?,
             max_upload_bytes: env_or("CHAT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024u64)?,

@@ -68,6 +68,7 @@ impl From<CommandError> for ApiError {
                     "message" => "message_not_found",
                     "user" => "user_not_found",
                     "file" => "file_not_found",
+                    "call" => "call_not_found",
                     _ => "not_found",
                 },
                 message,

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod body;
+pub mod calls_http;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -21,6 +21,8 @@ platform::budgets! {
         rooms: 0.1, 10;
         /// Join, leave, invite, ban and role changes, per user.
         membership: 2.0, 30;
+        /// Starting, joining, leaving, declining and ending calls, per user.
+        calls: 1.0, 20;
         /// Uploads, per user.
         uploads: 0.2, 10;
         /// Registrations, per client address.

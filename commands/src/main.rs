@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         WriterMetrics::register(&registry)?,
         directory,
         &config.group_id,
-        config.command_timeout,
+        (config.command_timeout, config.call_ring),
         shutdown.clone(),
     )
     .await?;

@@ -17,7 +17,7 @@ use crate::error::CommandError;
 use crate::rooms::{Actor, Command, Outcome, validate};
 
 /// Runs `command` on the room's writer and answers `success` with its outcome.
-async fn run(
+pub(crate) async fn run(
     app: &AppState,
     room_id: String,
     caller: AccessClaims,
@@ -32,7 +32,7 @@ async fn run(
     Ok((success, axum::Json(outcome)).into_response())
 }
 
-fn room_path_id(raw: &str) -> Result<String, CommandError> {
+pub(crate) fn room_path_id(raw: &str) -> Result<String, CommandError> {
     validate::id(raw, "room_id")
 }
 

@@ -16,6 +16,9 @@ use test_support::{
     Api, PrivateStack, Service, User, env, free_port, unique, unique_ident, wait_for,
 };
 
+/// The ring timeout of these tests' instances.
+const RING_SECS: i64 = 3;
+
 struct Cluster {
     stack: PrivateStack,
     brokers: String,
@@ -54,6 +57,7 @@ impl Cluster {
             ("CHAT_COMMANDS_GROUP", group.to_string()),
             ("CHAT_JWT_PRIVATE_KEY_FILE", env::jwt_private_key_file()),
             ("CHAT_LIMIT_POSTS", "100000/100000".into()),
+            ("CHAT_CALL_RING_SECS", RING_SECS.to_string()),
             ("RUST_LOG", "info".into()),
         ]
         .into_iter()
@@ -787,5 +791,104 @@ async fn redis_losing_its_data_revives_no_revoked_token() -> anyhow::Result<()> 
         || async { (me(token.clone()).await.ok()?.0 == StatusCode::UNAUTHORIZED).then_some(()) },
     )
     .await?;
+    Ok(())
+}
+
+/// A call on the log: its id, when it started, and each `CallEnded` (reason, time) it got.
+type CallOnLog = (String, i64, Vec<(String, i64)>);
+
+/// Calls of the room on the log, in log order.
+fn calls_of(events: &[DomainEvent]) -> Vec<CallOnLog> {
+    let mut calls: Vec<CallOnLog> = Vec::new();
+    for e in events {
+        match e {
+            DomainEvent::CallStarted(c) => {
+                calls.push((c.call_id.clone(), c.envelope.occurred_at, Vec::new()))
+            }
+            DomainEvent::CallEnded(c) => {
+                if let Some(call) = calls.iter_mut().find(|(id, ..)| *id == c.call_id) {
+                    call.2
+                        .push((c.reason.clone().unwrap_or_default(), c.envelope.occurred_at));
+                }
+            }
+            _ => {}
+        }
+    }
+    calls
+}
+
+/// A call nobody answers rings out once: while its writer runs, and when the writer is killed
+/// while it rings (the instance that writes the room next finds the ringing call in the log and
+/// ends it, late but once). Nothing else is written, and seqs stay gap-free.
+#[tokio::test]
+async fn a_ringing_call_rings_out_once_even_when_its_writer_dies_while_it_rings()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new()?;
+    let (mut a, api, user, room) = cluster.writer_with_room("g", "ring").await?;
+    let start = || async {
+        let answer = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/rooms/{room}/calls"),
+                Some(&user.access_token),
+                Some(serde_json::json!({"media": "audio"})),
+            )
+            .await?;
+        anyhow::ensure!(answer.status == StatusCode::CREATED, "{answer:?}");
+        Ok(answer.body["call_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let ended = |count: usize| {
+        let cluster = &cluster;
+        let room = &room;
+        async move {
+            wait_for(
+                &format!("{count} calls ended"),
+                Duration::from_secs(30),
+                || async {
+                    let events = room_events(cluster, room).await.ok()?;
+                    let calls = calls_of(&events);
+                    (calls.iter().filter(|c| !c.2.is_empty()).count() >= count).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    let first = start().await?;
+    ended(1).await?;
+
+    let second = start().await?;
+    a.service.kill9()?;
+    tokio::time::sleep(Duration::from_secs(RING_SECS as u64 + 1)).await;
+    a.service.start()?;
+    a.wait_ready(12).await?;
+    ended(2).await?;
+    // Time for a second ring-out to be written, were there one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let events = room_events(&cluster, &room).await?;
+    assert_eq!(seqs(&events), (1..=events.len() as i64).collect::<Vec<_>>());
+    let calls = calls_of(&events);
+    assert_eq!(
+        calls.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        [first, second]
+    );
+    for (call, started, ends) in &calls {
+        assert_eq!(ends.len(), 1, "call {call} ended once: {ends:?}");
+        let (reason, at) = &ends[0];
+        assert_eq!(reason, "unanswered");
+        assert!(
+            at - started >= RING_SECS * 1000,
+            "call {call} rang {} ms",
+            at - started
+        );
+    }
+    assert_eq!(
+        events.len(),
+        1 + 2 * 2,
+        "room created, then each call started and ended"
+    );
     Ok(())
 }

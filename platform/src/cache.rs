@@ -33,3 +33,18 @@ pub async fn ping(redis: &ConnectionManager) -> Result<(), String> {
 pub fn room_events_channel(prefix: &str) -> String {
     format!("{prefix}fanout:room-events")
 }
+
+/// The Redis pub/sub channel that carries relayed call signals (offers, answers, ICE
+/// candidates) from the signaling tier to the fan-out nodes; each node hands a message to the
+/// sockets it holds of [`RelayedSignal::to`]. Like the typing channel it is ephemeral: a
+/// signal for a user with no socket anywhere is gone, and WebRTC clients renegotiate.
+pub fn call_signals_channel(prefix: &str) -> String {
+    format!("{prefix}fanout:call-signals")
+}
+
+/// One message of [`call_signals_channel`]: the recipient and the socket frame, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayedSignal {
+    pub to: String,
+    pub frame: String,
+}

@@ -17,6 +17,34 @@ pub struct MessageModel {
     pub edited: bool,
     /// (user, emoji), sorted.
     pub reactions: BTreeSet<(String, String)>,
+    /// For a call's history entry: what its `call` part must show.
+    pub call: Option<CallModel>,
+}
+
+/// A call as its history entry must show it (`read_model::history::message_json`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallModel {
+    pub media: String,
+    pub status: String,
+    pub participants: BTreeSet<String>,
+    pub took_part: BTreeSet<String>,
+    pub duration_ms: i64,
+    pub reason: Option<String>,
+    pub ended_at: Option<i64>,
+}
+
+impl CallModel {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "media": self.media,
+            "status": self.status,
+            "participants": self.participants,
+            "took_part": self.took_part,
+            "duration_ms": self.duration_ms,
+            "reason": self.reason,
+            "ended_at": self.ended_at,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -203,8 +231,57 @@ impl Model {
                 let m = self.memberships.entry(key(&e.member_id)).or_default();
                 m.read_seq = m.read_seq.max(e.read_seq);
             }
+            E::CallStarted(e) => {
+                let media = serde_json::to_value(e.media)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let initiator = BTreeSet::from([e.initiator_id.clone()]);
+                self.messages
+                    .entry(e.call_id.clone())
+                    .or_insert(MessageModel {
+                        room_id: room.to_string(),
+                        seq,
+                        user_id: e.initiator_id.clone(),
+                        call: Some(CallModel {
+                            media,
+                            status: "ringing".into(),
+                            participants: initiator.clone(),
+                            took_part: initiator,
+                            ..CallModel::default()
+                        }),
+                        ..MessageModel::default()
+                    });
+            }
+            E::CallJoined(e) => {
+                if let Some(call) = self.call(&e.call_id) {
+                    call.participants.insert(e.member_id.clone());
+                    call.took_part.insert(e.member_id.clone());
+                    if call.participants.len() > 1 {
+                        call.status = "ongoing".into();
+                    }
+                }
+            }
+            E::CallLeft(e) => {
+                if let Some(call) = self.call(&e.call_id) {
+                    call.participants.remove(&e.member_id);
+                }
+            }
+            E::CallEnded(e) => {
+                if let Some(call) = self.call(&e.call_id) {
+                    call.status = "ended".into();
+                    call.participants.clear();
+                    call.duration_ms = e.duration_ms;
+                    call.reason = e.reason.clone();
+                    call.ended_at = Some(e.envelope.occurred_at);
+                }
+            }
             _ => {}
         }
+    }
+
+    fn call(&mut self, call_id: &str) -> Option<&mut CallModel> {
+        self.messages.get_mut(call_id)?.call.as_mut()
     }
 
     fn apply_other(&mut self, event: &DomainEvent) {

@@ -217,6 +217,23 @@ impl MongoProjector {
         Ok(Some((posted, message)))
     }
 
+    /// Adds a new entry (a post, a call) to the room's history and to the batch's inserts.
+    fn add_entry(
+        &mut self,
+        pending: &mut Pending,
+        delta: &mut RoomDelta,
+        room: &str,
+        seq: i64,
+        message: Document,
+    ) {
+        let head = self.heads.entry(room.to_string()).or_insert(-1);
+        pending
+            .history
+            .add(room, head, seq, history::stored_form(&message));
+        delta.head = Some(*head);
+        pending.posted.push(message);
+    }
+
     /// The batch's posting documents: chunks, and directory entries for blocks this process has
     /// not written one for (inserted refusing the duplicates of a replay).
     fn posting_docs(&mut self, postings: Postings) -> Vec<Document> {
@@ -360,13 +377,72 @@ impl MongoProjector {
                         "deleted": false,
                         "last_seq": seq,
                     };
-                    let head = self.heads.entry(room.clone()).or_insert(-1);
-                    pending
-                        .history
-                        .add(&room, head, seq, history::stored_form(&message));
-                    delta.head = Some(*head);
-                    pending.posted.push(message);
+                    self.add_entry(&mut pending, delta, &room, seq, message);
                     delta.messages += 1;
+                }
+                // A call is an entry of the history where it started, kept up to date as people
+                // join and leave and when it ends (its `call` part; see `read_model::history`).
+                E::CallStarted(e) => {
+                    let message = doc! {
+                        "_id": &e.call_id,
+                        "room_id": &room,
+                        "seq": seq,
+                        "user_id": &e.initiator_id,
+                        "content": "",
+                        "message_type": "call",
+                        "timestamp": at,
+                        "edited_at": Bson::Null,
+                        "reply_to": Bson::Null,
+                        "reactions": [],
+                        "attachments": [],
+                        "deleted": false,
+                        "last_seq": seq,
+                        "call": {
+                            "media": enum_str(&e.media),
+                            "status": "ringing",
+                            "participants": [&e.initiator_id],
+                            "took_part": [&e.initiator_id],
+                            "duration_ms": 0_i64,
+                            "reason": Bson::Null,
+                            "ended_at": Bson::Null,
+                        },
+                    };
+                    self.add_entry(&mut pending, delta, &room, seq, message);
+                }
+                E::CallJoined(e) => {
+                    self.update_message(&mut pending, &e.call_id, seq, |m| {
+                        if let Ok(call) = m.get_document_mut("call") {
+                            for list in ["participants", "took_part"] {
+                                add_to_set(call, list, &e.member_id);
+                            }
+                            if call.get_array("participants").map_or(0, Vec::len) > 1 {
+                                call.insert("status", "ongoing");
+                            }
+                        }
+                    })
+                    .await?;
+                }
+                E::CallLeft(e) => {
+                    self.update_message(&mut pending, &e.call_id, seq, |m| {
+                        if let Ok(call) = m.get_document_mut("call")
+                            && let Ok(list) = call.get_array_mut("participants")
+                        {
+                            list.retain(|p| p.as_str() != Some(e.member_id.as_str()));
+                        }
+                    })
+                    .await?;
+                }
+                E::CallEnded(e) => {
+                    self.update_message(&mut pending, &e.call_id, seq, |m| {
+                        if let Ok(call) = m.get_document_mut("call") {
+                            call.insert("status", "ended");
+                            call.insert("participants", Bson::Array(Vec::new()));
+                            call.insert("duration_ms", e.duration_ms);
+                            call.insert("reason", opt(&e.reason));
+                            call.insert("ended_at", at);
+                        }
+                    })
+                    .await?;
                 }
                 E::RoomCreated(e) => {
                     self.rooms
@@ -531,11 +607,7 @@ impl MongoProjector {
                         .upsert(true)
                         .await?;
                 }
-                E::CallStarted(_)
-                | E::CallJoined(_)
-                | E::CallLeft(_)
-                | E::CallEnded(_)
-                | E::UserRegistered(_)
+                E::UserRegistered(_)
                 | E::UserProfileUpdated(_)
                 | E::SessionRevoked(_)
                 | E::PresenceChanged(_) => {}
@@ -680,6 +752,20 @@ async fn insert_refusing_duplicates(
 struct Pending {
     posted: PostedInBatch,
     history: PendingHistory,
+}
+
+/// Appends `value` to the string array `list` of `d` unless it holds it already.
+fn add_to_set(d: &mut Document, list: &str, value: &str) {
+    match d.get_array_mut(list) {
+        Ok(items) => {
+            if !items.iter().any(|i| i.as_str() == Some(value)) {
+                items.push(Bson::String(value.to_string()));
+            }
+        }
+        Err(_) => {
+            d.insert(list, vec![Bson::String(value.to_string())]);
+        }
+    }
 }
 
 /// Messages posted in the batch, waiting to be inserted.

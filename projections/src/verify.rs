@@ -190,6 +190,13 @@ fn shown_diffs(
     if actual != wanted {
         diffs.push(format!("{what}: shown {actual:?}, log says {wanted:?}"));
     }
+    let call = expected.call.as_ref().map(|c| c.json());
+    if m.get("call") != call.as_ref() {
+        diffs.push(format!(
+            "{what}: call {:?}, log says {call:?}",
+            m.get("call")
+        ));
+    }
     if reactions != expected.reactions {
         diffs.push(format!(
             "{what}: reactions {reactions:?}, log says {:?}",

@@ -211,7 +211,7 @@ pub fn message_json(m: &Document) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    json!({
+    let mut shown = json!({
         "message_id": m.get_str("_id").unwrap_or_default(),
         "room_id": m.get_str("room_id").unwrap_or_default(),
         "seq": integer(m, "seq").unwrap_or_default(),
@@ -224,6 +224,36 @@ pub fn message_json(m: &Document) -> Value {
         "reply_to": m.get_str("reply_to").ok(),
         "reactions": reactions.into_iter().map(|(emoji, user_ids)| json!({"emoji": emoji, "user_ids": user_ids})).collect::<Vec<_>>(),
         "attachments": attachments,
+    });
+    if let Ok(call) = m.get_document("call") {
+        shown["call"] = call_json(call);
+    }
+    shown
+}
+
+/// The `call` part of a call's history entry (`message_type` `call`): what a client shows for
+/// it (ringing, ongoing with whom, or ended: why and how long it was talked).
+fn call_json(c: &Document) -> Value {
+    let ids = |list: &str| -> Vec<String> {
+        let mut ids: Vec<String> = c
+            .get_array(list)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    json!({
+        "media": c.get_str("media").unwrap_or("video"),
+        "status": c.get_str("status").unwrap_or("ended"),
+        "participants": ids("participants"),
+        "took_part": ids("took_part"),
+        "duration_ms": integer(c, "duration_ms").unwrap_or_default(),
+        "reason": c.get_str("reason").ok(),
+        "ended_at": c.get_datetime("ended_at").ok().map(|t| t.timestamp_millis()),
     })
 }
 

@@ -11,9 +11,11 @@ use redis::aio::ConnectionManager;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::calls::Calls;
 use crate::config::Config;
 use crate::error::SignalingError;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::turn::{TurnCredentials, TurnSecret};
 
 pub struct App {
@@ -22,6 +24,30 @@ pub struct App {
     pub redis: ConnectionManager,
     pub limits: Limits,
     pub turn: TurnSecret,
+    pub calls: Calls,
+    pub metrics: Metrics,
+    /// The call state caught up with the log (`crate::follow`): ready to relay.
+    pub caught_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl App {
+    /// Hands `frame` to the fan-out nodes for the sockets of `to`.
+    pub async fn relay(&self, to: &str, frame: String) -> Result<(), SignalingError> {
+        let message = platform::cache::RelayedSignal {
+            to: to.to_string(),
+            frame,
+        };
+        let payload = serde_json::to_vec(&message).unwrap_or_default();
+        let mut redis = self.redis.clone();
+        redis::cmd("PUBLISH")
+            .arg(platform::cache::call_signals_channel(
+                &self.config.redis_prefix,
+            ))
+            .arg(payload)
+            .query_async::<i64>(&mut redis)
+            .await?;
+        Ok(())
+    }
 }
 
 pub type AppState = Arc<App>;
@@ -62,7 +88,9 @@ pub async fn turn_credentials(
 }
 
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(turn_credentials))
+    OpenApiRouter::new()
+        .routes(routes!(turn_credentials))
+        .routes(routes!(crate::relay::signal))
 }
 
 /// This tier's part of the platform's OpenAPI document.
@@ -73,10 +101,23 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, prometheus::Error> {
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
     let redis = app.clone();
-    let ops = platform::ops::Ops::new(registry).probe("redis", move || {
-        let app = redis.clone();
-        async move { platform::cache::ping(&app.redis).await }.boxed()
-    });
+    let state = app.clone();
+    let ops = platform::ops::Ops::new(registry)
+        .probe("redis", move || {
+            let app = redis.clone();
+            async move { platform::cache::ping(&app.redis).await }.boxed()
+        })
+        .probe("call_state", move || {
+            let caught_up = state.caught_up.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if caught_up {
+                    Ok(())
+                } else {
+                    Err("still reading the call events of the log".to_string())
+                }
+            }
+            .boxed()
+        });
     let (api, _) = routes().split_for_parts();
     let api = platform::ops::api_fallbacks(api).with_state(app);
     let api = http_metrics.around(api);

@@ -12,6 +12,15 @@ pub struct Config {
     pub redis_url: String,
     pub redis_prefix: String,
     pub jwks_url: String,
+    /// `CHAT_KAFKA_BROKERS`: the call state follows `chat.room-events`.
+    pub brokers: String,
+    /// `CHAT_REGISTRY_URL`, default [`schemas::DEFAULT_REGISTRY_URL`].
+    pub registry_url: String,
+    /// `CHAT_SIGNALING_GROUP`, default `chat-signaling`: the consumer group of the call state.
+    pub group_id: String,
+    /// `CHAT_MAX_SIGNAL_BYTES`, default 16 KiB: the largest relayed payload (an SDP with many
+    /// codecs and candidates is a few KiB).
+    pub max_signal_bytes: usize,
     /// `CHAT_TURN_SECRET_FILE`, default `$CHAT_STATE_DIR/keys/turn-secret`: coturn's
     /// `static-auth-secret`, shared by this tier and coturn only.
     pub turn_secret_file: PathBuf,
@@ -40,6 +49,13 @@ impl Config {
             redis_url: shared.redis_url.clone(),
             redis_prefix: shared.redis_prefix.clone(),
             jwks_url: shared.jwks_url.clone(),
+            brokers: shared.brokers.clone(),
+            registry_url: platform::config::env_string(
+                "CHAT_REGISTRY_URL",
+                schemas::DEFAULT_REGISTRY_URL,
+            ),
+            group_id: platform::config::env_string("CHAT_SIGNALING_GROUP", "chat-signaling"),
+            max_signal_bytes: env_or("CHAT_MAX_SIGNAL_BYTES", 16 * 1024usize)?,
             turn_secret_file: env_or(
                 "CHAT_TURN_SECRET_FILE",
                 shared.state_dir.join("keys/turn-secret"),

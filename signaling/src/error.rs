@@ -10,6 +10,20 @@ pub enum SignalingError {
     Auth(#[from] AuthError),
     #[error("too many requests; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("no such call, or it ended")]
+    CallNotFound,
+    /// The caller may not do this to this call (`code`, message).
+    #[error("{1}")]
+    Forbidden(&'static str, String),
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// Redis (the call state, the relay) did not answer; the client retries.
+    #[error("the call state is unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 impl From<SignalingError> for ApiError {
@@ -20,6 +34,23 @@ impl From<SignalingError> for ApiError {
             SignalingError::RateLimited { retry_after } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
                     .with_retry_after(retry_after)
+            }
+            SignalingError::Invalid(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+            }
+            SignalingError::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            SignalingError::CallNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "call_not_found", message)
+            }
+            SignalingError::Forbidden(code, _) => {
+                ApiError::new(StatusCode::FORBIDDEN, code, message)
+            }
+            SignalingError::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
+            SignalingError::Redis(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+                    .with_retry_after(1)
             }
         }
     }

@@ -1,10 +1,14 @@
-//! Calls: coturn REST-API credentials now; offer/answer/ICE relay between a call's participants
-//! and the call's state (ringing, Janus rooms) are built on this tier next (see the calls issue).
+//! Calls: the call state (who is in which call, followed from the log), the relay of offers,
+//! answers and ICE candidates between a call's participants, and coturn REST-API credentials.
 //! The call lifecycle events themselves are written by the commands tier, the only producer of
 //! domain events.
 
 pub mod app;
+pub mod calls;
 pub mod config;
 pub mod error;
+pub mod follow;
 pub mod limits;
+pub mod metrics;
+pub mod relay;
 pub mod turn;

@@ -6,6 +6,9 @@ platform::budgets! {
     pub struct Budgets / Limits {
         /// TURN credentials: a client needs one set per call, not one per second.
         turn: 0.2, 10;
+        /// Relayed offers, answers and ICE candidates: setting up a call sends a burst of them
+        /// (a candidate per interface and transport), an ICE restart another.
+        signals: 20.0, 200;
     }
 }
 

@@ -3,8 +3,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::auth::TokenVerifier;
+use schemas::EventCodec;
 use signaling::app::{self, App};
+use signaling::calls::Calls;
 use signaling::config::Config;
+use signaling::follow::Follower;
+use signaling::metrics::Metrics;
 use signaling::turn::TurnSecret;
 use tokio_util::sync::CancellationToken;
 
@@ -30,14 +34,33 @@ async fn main() -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let limits =
         signaling::limits::Limits::new(&config.budgets, &platform::limits::refusals(&registry)?);
+    let metrics = Metrics::register(&registry)?;
+    let calls = Calls::new(redis.clone(), &config.redis_prefix);
+    let codec = Arc::new(EventCodec::new(&config.registry_url)?);
+    let follower = Follower {
+        brokers: config.brokers.clone(),
+        group: config.group_id.clone(),
+        codec,
+        calls: calls.clone(),
+        metrics: metrics.clone(),
+        caught_up: Arc::default(),
+    };
+    let caught_up = follower.caught_up.clone();
+    let consumer = follower
+        .create()
+        .context("cannot read the room events (CHAT_KAFKA_BROKERS)")?;
     let app = Arc::new(App {
         limits,
         redis,
         verifier,
         turn,
+        calls,
+        metrics,
+        caught_up,
         config: config.clone(),
     });
     let stop = CancellationToken::new();
+    let following = tokio::spawn(follower.run(consumer, stop.clone()));
     let keys = app.clone();
     let keys_stop = stop.clone();
     tokio::spawn(async move {
@@ -55,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(platform::shutdown::signal())
         .await?;
     stop.cancel();
+    let _ = following.await;
     tracing::info!("signaling stopped");
     Ok(())
 }

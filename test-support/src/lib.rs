@@ -60,6 +60,9 @@ pub mod env {
     pub fn ws_url() -> String {
         var("CHAT_WS_URL", "http://127.0.0.1:8092")
     }
+    pub fn signaling_url() -> String {
+        var("CHAT_SIGNALING_URL", "http://127.0.0.1:8093")
+    }
     /// Settings of one more ws-fanout node listening on `port`, joined to this stack.
     pub fn ws_fanout_node(port: u16) -> Vec<(String, String)> {
         [
@@ -74,6 +77,7 @@ pub mod env {
             ("CHAT_JWKS_URL", format!("{}/v1/auth/jwks", commands_url())),
             ("CHAT_COMMANDS_URL", commands_url()),
             ("CHAT_QUERY_URL", query_url()),
+            ("CHAT_SIGNALING_URL", signaling_url()),
             ("RUST_LOG", "info".to_string()),
         ]
         .into_iter()

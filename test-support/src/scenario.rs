@@ -15,7 +15,7 @@ fn id() -> String {
 }
 
 /// `rooms` rooms with `members` members each and `messages` posts per room, with edits,
-/// deletes, reactions, read markers, a leave and a ban per room, presence changes and the
+/// deletes, reactions, read markers, calls (from the 11th post on), a leave and a ban per room, presence changes and the
 /// users' registrations. `start_ms` is the time of the first event; events are 1 s apart
 /// within a room.
 pub fn chat(rooms: usize, members: usize, messages: usize, start_ms: i64) -> Scenario {
@@ -125,6 +125,59 @@ pub fn chat(rooms: usize, members: usize, messages: usize, start_ms: i64) -> Sce
                     MessageDeleted {
                         envelope: next(author, &mut seq),
                         message_id: message_id.clone(),
+                    }
+                    .into(),
+                );
+            }
+            if i % 25 == 10 && members.len() > 1 {
+                // A call: started, answered, talked 2 events long, everyone left.
+                let (caller, callee) = (author, members[(i + 1) % members.len()]);
+                let call_id = id();
+                let started = next(caller, &mut seq);
+                let media = if i % 2 == 0 {
+                    CallMedia::Audio
+                } else {
+                    CallMedia::Video
+                };
+                events.push(
+                    CallStarted {
+                        envelope: started,
+                        call_id: call_id.clone(),
+                        initiator_id: caller.clone(),
+                        media,
+                    }
+                    .into(),
+                );
+                let answered = next(callee, &mut seq);
+                let answered_at = answered.occurred_at;
+                events.push(
+                    CallJoined {
+                        envelope: answered,
+                        call_id: call_id.clone(),
+                        member_id: callee.clone(),
+                    }
+                    .into(),
+                );
+                for who in [caller, callee] {
+                    events.push(
+                        CallLeft {
+                            envelope: next(who, &mut seq),
+                            call_id: call_id.clone(),
+                            member_id: who.clone(),
+                            reason: Some("hung_up".into()),
+                        }
+                        .into(),
+                    );
+                }
+                let mut ended = next(callee, &mut seq);
+                ended.actor_id = Some(callee.clone());
+                let duration_ms = ended.occurred_at - answered_at;
+                events.push(
+                    CallEnded {
+                        envelope: ended,
+                        call_id,
+                        duration_ms,
+                        reason: Some("everyone_left".into()),
                     }
                     .into(),
                 );

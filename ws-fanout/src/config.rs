@@ -21,6 +21,9 @@ pub struct Config {
     /// `CHAT_COMMANDS_URL`, default `http://127.0.0.1:8090`: `send` frames become HTTP commands
     /// there, so a socket write gets exactly the HTTP validation.
     pub commands_url: String,
+    /// `CHAT_SIGNALING_URL`, default `http://127.0.0.1:8093`: `call.signal` frames go to its
+    /// relay.
+    pub signaling_url: String,
     /// `CHAT_WS_ROOM_BUFFER`, default 512: recent events kept per room for `since_seq` resumes.
     pub room_buffer: usize,
     /// `CHAT_WS_WARM_RECORDS`, default 20000: records per partition read back at start-up
@@ -67,6 +70,7 @@ impl Config {
             redis_prefix: shared.redis_prefix.clone(),
             jwks_url: shared.jwks_url.clone(),
             commands_url: env_string("CHAT_COMMANDS_URL", "http://127.0.0.1:8090"),
+            signaling_url: env_string("CHAT_SIGNALING_URL", "http://127.0.0.1:8093"),
             room_buffer: env_or("CHAT_WS_ROOM_BUFFER", 512usize)?.max(1),
             warm_records: env_or("CHAT_WS_WARM_RECORDS", 20_000i64)?.max(0),
             socket_queue: env_or("CHAT_WS_QUEUE", 1024usize)?.max(8),

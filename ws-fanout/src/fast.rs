@@ -3,8 +3,8 @@
 //! acknowledges them). Every copy goes through the same room line as the log's, which releases
 //! only `head + 1`; anything lost or reordered here is repaired by the log.
 //!
-//! The same subscription carries the ephemeral signals between nodes: typing indicators and
-//! presence transitions.
+//! The same subscription carries the ephemeral signals between nodes: typing indicators,
+//! presence transitions and relayed call signals.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use schemas::EventCodec;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::limits::SocketCounts;
 use crate::line::{Frame, Origin};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -29,6 +30,8 @@ pub struct Fast {
     pub codec: Arc<EventCodec>,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
+    /// Where relayed call signals find their recipient's sockets.
+    pub sockets: Arc<SocketCounts>,
 }
 
 impl Fast {
@@ -53,8 +56,14 @@ impl Fast {
         let events = platform::cache::room_events_channel(&self.prefix);
         let typing = crate::typing::channel(&self.prefix);
         let presence = crate::presence::channel(&self.prefix);
+        let signals = platform::cache::call_signals_channel(&self.prefix);
         pubsub
-            .subscribe(&[events.as_str(), typing.as_str(), presence.as_str()])
+            .subscribe(&[
+                events.as_str(),
+                typing.as_str(),
+                presence.as_str(),
+                signals.as_str(),
+            ])
             .await?;
         let mut messages = pubsub.on_message();
         loop {
@@ -68,6 +77,10 @@ impl Fast {
             let name = message.get_channel_name();
             if name == typing {
                 self.typing.receive(message.get_payload_bytes());
+                continue;
+            }
+            if name == signals {
+                self.deliver_signal(message.get_payload_bytes());
                 continue;
             }
             if name == presence {
@@ -88,5 +101,20 @@ impl Fast {
                 self.hub.offer(room, seq, frame, Origin::Fast, fact);
             }
         }
+    }
+
+    fn deliver_signal(&self, payload: &[u8]) {
+        let outcome = match serde_json::from_slice::<platform::cache::RelayedSignal>(payload) {
+            Ok(signal) => {
+                let frame = Frame::from(signal.frame);
+                if self.sockets.deliver(&signal.to, &frame) > 0 {
+                    "delivered"
+                } else {
+                    "not_here"
+                }
+            }
+            Err(_) => "malformed",
+        };
+        self.metrics.signals.with_label_values(&[outcome]).inc();
     }
 }

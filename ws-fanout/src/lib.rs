@@ -20,6 +20,7 @@ pub mod poll;
 pub mod presence;
 pub mod protocol;
 pub mod sessions;
+pub mod signals;
 pub mod socket;
 pub mod tail;
 pub mod typing;

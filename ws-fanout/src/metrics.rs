@@ -21,6 +21,9 @@ pub struct Metrics {
     pub tail_lag: IntGauge,
     /// Typing indicators by outcome: relayed to the room, or absorbed by the per-socket limit.
     pub typing: IntCounterVec,
+    /// Relayed call signals from the channel, by outcome: delivered to a socket here, for a
+    /// user with no socket here, malformed.
+    pub signals: IntCounterVec,
     /// Presence transitions this node decided, by status.
     pub presence: IntCounterVec,
     pub polls: IntCounter,
@@ -79,6 +82,13 @@ impl Metrics {
                 Opts::new("ws_typing_total", "Typing indicators by outcome"),
                 &["outcome"],
             )?,
+            signals: IntCounterVec::new(
+                Opts::new(
+                    "ws_call_signals_total",
+                    "Relayed call signals from the channel, by outcome",
+                ),
+                &["outcome"],
+            )?,
             presence: IntCounterVec::new(
                 Opts::new(
                     "ws_presence_transitions_total",
@@ -109,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(m.kept_events.clone()))?;
         registry.register(Box::new(m.tail_lag.clone()))?;
         registry.register(Box::new(m.typing.clone()))?;
+        registry.register(Box::new(m.signals.clone()))?;
         registry.register(Box::new(m.presence.clone()))?;
         registry.register(Box::new(m.polls.clone()))?;
         Ok(m)

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::commands::CallAction;
 use crate::error::FanoutError;
 
 /// A frame from a client, after validation.
@@ -28,6 +29,20 @@ pub enum ClientFrame {
     },
     Typing {
         room_id: String,
+    },
+    /// `call.start` / `call.join` / `call.leave` / `call.decline` / `call.end`.
+    Call {
+        action: CallAction,
+        room_id: String,
+        call_id: Option<String>,
+        media: Option<String>,
+        busy: bool,
+    },
+    /// `call.signal`: an offer, answer or ICE candidate for another participant.
+    Signal {
+        call_id: String,
+        to: String,
+        payload: Value,
     },
     Ping,
 }
@@ -57,6 +72,22 @@ struct SendBody {
     client_msg_id: String,
     content: String,
     reply_to: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallBody {
+    room_id: String,
+    call_id: Option<String>,
+    media: Option<String>,
+    #[serde(default)]
+    busy: bool,
+}
+
+#[derive(Deserialize)]
+struct SignalBody {
+    call_id: String,
+    to: String,
+    payload: Value,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +164,44 @@ fn frame_of(value: Value) -> Result<ClientFrame, FanoutError> {
                 reply_to: b.reply_to,
             }
         }
+        "call.start" | "call.join" | "call.leave" | "call.decline" | "call.end" => {
+            let action = match kind.as_str() {
+                "call.start" => CallAction::Start,
+                "call.join" => CallAction::Join,
+                "call.leave" => CallAction::Leave,
+                "call.decline" => CallAction::Decline,
+                _ => CallAction::End,
+            };
+            let b: CallBody = body(&kind, value)?;
+            let call_id = b.call_id.map(|id| id_of(id, "call_id")).transpose()?;
+            if action != CallAction::Start && call_id.is_none() {
+                return Err(FanoutError::InvalidFrame(format!(
+                    "{kind}: call_id is required"
+                )));
+            }
+            if let Some(m) = &b.media
+                && !matches!(m.as_str(), "audio" | "video")
+            {
+                return Err(FanoutError::InvalidFrame(
+                    "media is \"audio\" or \"video\"".into(),
+                ));
+            }
+            ClientFrame::Call {
+                action,
+                room_id: room_id(b.room_id)?,
+                call_id,
+                media: b.media,
+                busy: b.busy,
+            }
+        }
+        "call.signal" => {
+            let b: SignalBody = body(&kind, value)?;
+            ClientFrame::Signal {
+                call_id: id_of(b.call_id, "call_id")?,
+                to: id_of(b.to, "to")?,
+                payload: b.payload,
+            }
+        }
         "ping" => ClientFrame::Ping,
         other => {
             return Err(FanoutError::UnknownType(
@@ -144,9 +213,13 @@ fn frame_of(value: Value) -> Result<ClientFrame, FanoutError> {
 }
 
 fn room_id(id: String) -> Result<String, FanoutError> {
+    id_of(id, "room_id")
+}
+
+fn id_of(id: String, field: &str) -> Result<String, FanoutError> {
     uuid::Uuid::parse_str(&id)
         .map(|u| u.to_string())
-        .map_err(|_| FanoutError::InvalidFrame("room_id is not a valid id".into()))
+        .map_err(|_| FanoutError::InvalidFrame(format!("{field} is not a valid id")))
 }
 
 /// `{"type":"event","room_id","seq","event"}`, serialized once and shared by every socket.
@@ -192,6 +265,21 @@ pub fn ack_frame(client_msg_id: &str, message_id: &str, seq: i64) -> String {
         .to_string()
 }
 
+/// The answer to an accepted `call.*` lifecycle frame (`seq`: null when it changed nothing).
+pub fn call_accepted_frame(
+    action: &str,
+    room_id: &str,
+    call_id: Option<&str>,
+    seq: Option<i64>,
+    reference: Option<&str>,
+) -> String {
+    let mut v = json!({"type": "call.accepted", "action": action, "room_id": room_id, "call_id": call_id, "seq": seq});
+    if let Some(r) = reference {
+        v["ref"] = json!(r);
+    }
+    v.to_string()
+}
+
 pub fn pong_frame() -> String {
     json!({"type": "pong"}).to_string()
 }
@@ -219,6 +307,29 @@ mod tests {
             ),
             (
                 &format!("{{\"type\":\"send\",\"room_id\":\"{room}\",\"content\":\"hi\"}}"),
+                "invalid_frame",
+            ),
+            (
+                &format!("{{\"type\":\"call.join\",\"room_id\":\"{room}\"}}"),
+                "invalid_frame",
+            ),
+            (
+                &format!("{{\"type\":\"call.leave\",\"room_id\":\"{room}\",\"call_id\":\"../x\"}}"),
+                "invalid_frame",
+            ),
+            (
+                &format!("{{\"type\":\"call.start\",\"room_id\":\"{room}\",\"media\":\"smell\"}}"),
+                "invalid_frame",
+            ),
+            ("{\"type\":\"call.start\"}", "invalid_frame"),
+            (
+                &format!(
+                    "{{\"type\":\"call.signal\",\"call_id\":\"{room}\",\"to\":\"bob\",\"payload\":{{}}}}"
+                ),
+                "invalid_frame",
+            ),
+            (
+                &format!("{{\"type\":\"call.signal\",\"call_id\":\"{room}\",\"to\":\"{room}\"}}"),
                 "invalid_frame",
             ),
         ] {

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
-use crate::commands::{CommandsClient, Refused};
+use crate::commands::{CallAction, CommandsClient};
 use crate::config::Config;
 use crate::error::FanoutError;
 use crate::heads::Heads;
@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{self, ClientFrame};
 use crate::sessions::Sessions;
+use crate::signals::{Outgoing, Pending, QUEUED_SIGNALS, SignalingClient};
 use crate::typing::{Throttle, Typing};
 
 /// Close codes (RFC 6455 and the 4000 range for the application).
@@ -51,6 +52,7 @@ pub struct Node {
     pub access: Access,
     pub verifier: TokenVerifier,
     pub commands: CommandsClient,
+    pub signaling: SignalingClient,
     pub metrics: Metrics,
     pub stop: CancellationToken,
     pub typing: Arc<Typing>,
@@ -76,7 +78,8 @@ impl Node {
         presence: Arc<Presence>,
     ) -> Result<Self, FanoutError> {
         let access = Access::new(&config.brokers, hub.partitions() as i32)?;
-        let commands = CommandsClient::new(http, &config.commands_url);
+        let commands = CommandsClient::new(http.clone(), &config.commands_url);
+        let signaling = SignalingClient::new(http, &config.signaling_url);
         let limits = Limits::new(&config.budgets, &metrics.refused);
         Ok(Self {
             limits,
@@ -88,6 +91,7 @@ impl Node {
             access,
             verifier,
             commands,
+            signaling,
             metrics,
             stop,
             typing,
@@ -115,6 +119,8 @@ struct Session {
     rooms: BTreeSet<String>,
     /// In-flight `send` frames of this socket (each is an HTTP command).
     sends: Arc<Semaphore>,
+    /// This socket's call signals on their way to the relay, in order (started on the first).
+    signals: Option<Outgoing>,
     typing: Throttle,
 }
 
@@ -179,29 +185,31 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
     let Some((claims, token)) = authenticate(&node, &mut socket, url_token).await else {
         return;
     };
-    let _place = match node
-        .sockets_per_user
-        .take(&claims.sub, node.config.max_sockets_per_user)
-    {
-        Ok(place) => place,
-        Err(e) => {
-            send_bounded(&mut socket, text_message(e.frame(None))).await;
-            close_with(&mut socket, close::POLICY, e.code()).await;
-            node.metrics
-                .closes
-                .with_label_values(&["too_many_sockets"])
-                .inc();
-            return;
-        }
-    };
     let id = node.next_socket_id();
     let (outlet, rx) = Outlet::new(id, claims.sub.clone(), node.config.socket_queue);
+    let _place =
+        match node
+            .sockets_per_user
+            .take(&claims.sub, node.config.max_sockets_per_user, &outlet)
+        {
+            Ok(place) => place,
+            Err(e) => {
+                send_bounded(&mut socket, text_message(e.frame(None))).await;
+                close_with(&mut socket, close::POLICY, e.code()).await;
+                node.metrics
+                    .closes
+                    .with_label_values(&["too_many_sockets"])
+                    .inc();
+                return;
+            }
+        };
     let mut session = Session {
         claims,
         token,
         outlet,
         rooms: BTreeSet::new(),
         sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT)),
+        signals: None,
         typing: Throttle::default(),
     };
     let watch = node.sessions.watch(&session.claims.sid);
@@ -396,6 +404,8 @@ fn frame_type(frame: &ClientFrame) -> &'static str {
         ClientFrame::Unsubscribe { .. } => "unsubscribe",
         ClientFrame::Send { .. } => "send",
         ClientFrame::Typing { .. } => "typing",
+        ClientFrame::Call { .. } => "call",
+        ClientFrame::Signal { .. } => "signal",
         ClientFrame::Ping => "ping",
     }
 }
@@ -446,6 +456,50 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
             reply_to,
         } => send(node, session, room_id, client_msg_id, content, reply_to),
         ClientFrame::Typing { room_id } => typing(node, session, &room_id).await,
+        ClientFrame::Call {
+            action,
+            room_id,
+            call_id,
+            media,
+            busy,
+        } => call(
+            node,
+            session,
+            CallFrame {
+                action,
+                room_id,
+                call_id,
+                media,
+                busy,
+            },
+            reference.clone(),
+        ),
+        ClientFrame::Signal {
+            call_id,
+            to,
+            payload,
+        } => {
+            let outgoing = session.signals.get_or_insert_with(|| {
+                Outgoing::start(
+                    node.signaling.clone(),
+                    session.token.clone(),
+                    session.outlet.clone(),
+                )
+            });
+            let pending = Pending {
+                call_id,
+                to,
+                payload,
+                reference: reference.clone(),
+            };
+            if outgoing.queue(pending) {
+                Ok(())
+            } else {
+                Err(FanoutError::TooManyInFlight(format!(
+                    "{QUEUED_SIGNALS} signals of this socket wait for the relay; slow down"
+                )))
+            }
+        }
     };
     let outcome = if result.is_ok() { "ok" } else { "error" };
     node.metrics
@@ -543,6 +597,60 @@ async fn typing(node: &Arc<Node>, session: &mut Session, room_id: &str) -> Resul
     node.typing.publish(room_id, user).await
 }
 
+struct CallFrame {
+    action: CallAction,
+    room_id: String,
+    call_id: Option<String>,
+    media: Option<String>,
+    busy: bool,
+}
+
+/// A socket's call lifecycle frame is the call command of API.md made with the caller's token
+/// (same rules, same budget); the answer comes back as `call.accepted` or `error`. The call's
+/// events reach every member through the room's stream like any other event.
+fn call(
+    node: &Arc<Node>,
+    session: &Session,
+    frame: CallFrame,
+    reference: Option<String>,
+) -> Result<(), FanoutError> {
+    let Ok(permit) = session.sends.clone().try_acquire_owned() else {
+        return Err(FanoutError::TooManyInFlight(format!(
+            "{SENDS_IN_FLIGHT} commands on this socket await their answers; wait for them"
+        )));
+    };
+    let node = node.clone();
+    let outlet = session.outlet.clone();
+    let token = session.token.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let done = node
+            .commands
+            .call(
+                &token,
+                &frame.room_id,
+                frame.action,
+                frame.call_id.as_deref(),
+                frame.media.as_deref(),
+                frame.busy,
+            )
+            .await;
+        let reference = reference.as_deref();
+        let answer = match done {
+            Ok(o) => protocol::call_accepted_frame(
+                frame.action.name(),
+                &frame.room_id,
+                o.call_id.as_deref().or(frame.call_id.as_deref()),
+                o.seq,
+                reference,
+            ),
+            Err(refused) => refused.frame(reference),
+        };
+        outlet.push(text(answer));
+    });
+    Ok(())
+}
+
 /// A socket `send` is the HTTP post of API.md made with the caller's token, so it gets exactly
 /// the same validation, idempotency and rate limits; the answer comes back as `ack` or `error`.
 fn send(
@@ -575,12 +683,7 @@ fn send(
             .await;
         let answer = match posted {
             Ok(p) => protocol::ack_frame(&client_msg_id, &p.message_id, p.seq),
-            Err(Refused::Api { code, message }) => {
-                protocol::error_frame(&code, &message, Some(&client_msg_id))
-            }
-            Err(Refused::Unreachable(message)) => {
-                protocol::error_frame("unavailable", &message, Some(&client_msg_id))
-            }
+            Err(refused) => refused.frame(Some(&client_msg_id)),
         };
         outlet.push(text(answer));
     });

@@ -28,6 +28,8 @@ struct Fixture {
     private_room: String,
     message: String,
     file: String,
+    /// A call ringing in `room`, started by `member`.
+    call: String,
 }
 
 impl Fixture {
@@ -61,6 +63,18 @@ impl Fixture {
             None,
         )
         .await?;
+        let started = api
+            .call(
+                Method::POST,
+                &format!("/v1/rooms/{room}/calls"),
+                Some(&member.access_token),
+                Some(json!({"media": "audio"})),
+            )
+            .await?;
+        let call = started.body["call_id"]
+            .as_str()
+            .with_context(|| format!("call: {started:?}"))?
+            .to_string();
         // Reads answer once the projectors have the message and the file.
         test_support::wait_for("the file through the read side", T, || async {
             let answer = api
@@ -83,6 +97,7 @@ impl Fixture {
             private_room,
             message,
             file,
+            call,
         })
     }
 
@@ -91,18 +106,25 @@ impl Fixture {
         match (method, path) {
             ("post", "/v1/rooms/{room_id}/leave") => &self.member,
             ("post", "/v1/rooms/{room_id}/join") => &self.outsider,
+            // The call's own caller hangs up or ends it; the owner joins or declines it.
+            ("post", "/v1/rooms/{room_id}/calls/{call_id}/leave")
+            | ("post", "/v1/rooms/{room_id}/calls/{call_id}/end") => &self.member,
             _ => &self.owner,
         }
     }
 
     fn path_value(&self, path: &str, name: &str) -> String {
         match name {
-            "room_id" if path.ends_with("/invites") => self.private_room.clone(),
+            // A new call starts in a room without one.
+            "room_id" if path.ends_with("/invites") || path.ends_with("/calls") => {
+                self.private_room.clone()
+            }
             "room_id" => self.room.clone(),
             "message_id" => self.message.clone(),
             "file_id" => self.file.clone(),
             "user_id" => self.member.user_id.clone(),
             "emoji" => ":thumbsup:".into(),
+            "call_id" => self.call.clone(),
             other => panic!("no value for path parameter {other}"),
         }
     }
@@ -139,6 +161,8 @@ impl Fixture {
             "content" => json!("edited or posted"),
             "reason" => json!("spam"),
             "seq" => json!(1),
+            "media" => json!("audio"),
+            "busy" => json!(false),
             other => panic!("no value for body property {other} of {path}"),
         }
     }

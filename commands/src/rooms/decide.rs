@@ -6,6 +6,7 @@ use schemas::events::*;
 use schemas::{DomainEvent, Envelope};
 use serde::Serialize;
 
+use super::calls;
 use super::state::{MessageInfo, RoomState, key};
 use crate::error::CommandError;
 
@@ -77,6 +78,47 @@ pub enum Command {
     MarkRead {
         seq: i64,
     },
+    StartCall {
+        media: CallMedia,
+    },
+    JoinCall {
+        call_id: String,
+    },
+    LeaveCall {
+        call_id: String,
+        reason: LeaveReason,
+    },
+    /// Declining a ringing call (or being busy in another): recorded so the caller is told,
+    /// and a call every other member declined ends at once instead of ringing out.
+    DeclineCall {
+        call_id: String,
+        busy: bool,
+    },
+    /// Ends the call for everyone (its caller, moderators, the owner).
+    EndCall {
+        call_id: String,
+    },
+    /// Issued by the partition writer itself when a call rang unanswered for the ring timeout.
+    RingTimeout {
+        call_id: String,
+    },
+}
+
+/// Why a participant leaves a call (`CallLeft.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    HungUp,
+    /// Every socket of the participant dropped and none came back in time.
+    Disconnected,
+}
+
+impl LeaveReason {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::HungUp => "hung_up",
+            LeaveReason::Disconnected => "disconnected",
+        }
+    }
 }
 
 impl Command {
@@ -95,6 +137,12 @@ impl Command {
             Command::React { .. } => "react",
             Command::Unreact { .. } => "unreact",
             Command::MarkRead { .. } => "mark_read",
+            Command::StartCall { .. } => "start_call",
+            Command::JoinCall { .. } => "join_call",
+            Command::LeaveCall { .. } => "leave_call",
+            Command::DeclineCall { .. } => "decline_call",
+            Command::EndCall { .. } => "end_call",
+            Command::RingTimeout { .. } => "ring_timeout",
         }
     }
 }
@@ -106,6 +154,9 @@ pub struct Outcome {
     pub room_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// The call a call command concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
     pub seq: Option<i64>,
     pub event_id: Option<String>,
 }
@@ -179,6 +230,12 @@ pub fn decide(
         Command::React { message_id, emoji } => reaction(&e, room, me, message_id, emoji, true),
         Command::Unreact { message_id, emoji } => reaction(&e, room, me, message_id, emoji, false),
         Command::MarkRead { seq } => mark_read(&e, room, me, seq),
+        Command::StartCall { media } => calls::start(&e, room, me, media),
+        Command::JoinCall { call_id } => calls::join(&e, room, me, call_id),
+        Command::LeaveCall { call_id, reason } => calls::leave(&e, room, me, call_id, reason),
+        Command::DeclineCall { call_id, busy } => calls::decline(&e, room, me, call_id, busy),
+        Command::EndCall { call_id } => calls::end(&e, room, me, call_id),
+        Command::RingTimeout { call_id } => calls::ring_timeout(&e, room, call_id),
     }
 }
 
@@ -258,7 +315,9 @@ fn leave(e: &Emitter, room: &RoomState, me: &str) -> Result<Decision, CommandErr
         member_id: me.to_string(),
         reason: None,
     };
-    Ok(e.emit(vec![event.into()], None))
+    let mut events = vec![event.into()];
+    calls::drop_participant(e, room, me, "left_room", &mut events);
+    Ok(e.emit(events, None))
 }
 
 fn invite(
@@ -326,10 +385,12 @@ fn ban(
     }
     let event = MemberBanned {
         envelope: e.envelope(1),
-        member_id: user_id,
+        member_id: user_id.clone(),
         reason,
     };
-    Ok(e.emit(vec![event.into()], None))
+    let mut events = vec![event.into()];
+    calls::drop_participant(e, room, &user_id, "banned", &mut events);
+    Ok(e.emit(events, None))
 }
 
 fn set_role(
@@ -378,6 +439,7 @@ fn post(
         return Ok(Decision::Noop(Outcome {
             room_id: e.room_id.to_string(),
             message_id: Some(first.message_id.to_string()),
+            call_id: None,
             seq: Some(first.seq),
             event_id: Some(first.event_id.to_string()),
         }));
@@ -558,7 +620,7 @@ fn mark_read(e: &Emitter, room: &RoomState, me: &str, seq: i64) -> Result<Decisi
     Ok(e.emit(vec![event.into()], None))
 }
 
-fn forbidden(code: &'static str, message: &str) -> CommandError {
+pub(super) fn forbidden(code: &'static str, message: &str) -> CommandError {
     CommandError::Forbidden(code, message.to_string())
 }
 
@@ -572,7 +634,7 @@ fn hidden_or(room: &RoomState, visible_error: CommandError) -> CommandError {
 }
 
 /// The caller's role, or the error for a non-member / banned user.
-fn require_member(room: &RoomState, user_id: &str) -> Result<Role, CommandError> {
+pub(super) fn require_member(room: &RoomState, user_id: &str) -> Result<Role, CommandError> {
     if let Some(role) = room.role_of(user_id) {
         return Ok(role);
     }
@@ -595,7 +657,7 @@ fn live_message(room: &RoomState, message_id: &str) -> Result<MessageInfo, Comma
 }
 
 /// Builds envelopes with consecutive seqs after `base_seq`.
-struct Emitter<'a> {
+pub(super) struct Emitter<'a> {
     room_id: &'a str,
     base_seq: i64,
     actor: &'a Actor,
@@ -613,7 +675,7 @@ impl<'a> Emitter<'a> {
     }
 
     /// Envelope of the `n`-th (1-based) event of this command.
-    fn envelope(&self, n: i64) -> Envelope {
+    pub(super) fn envelope(&self, n: i64) -> Envelope {
         let mut envelope = Envelope::for_room(
             self.room_id,
             self.base_seq + n,
@@ -623,23 +685,25 @@ impl<'a> Emitter<'a> {
         envelope
     }
 
-    fn emit(&self, events: Vec<DomainEvent>, message_id: Option<String>) -> Decision {
+    pub(super) fn emit(&self, events: Vec<DomainEvent>, message_id: Option<String>) -> Decision {
         let last = events.last().map(|e| e.envelope().clone());
         Decision::Emit(
             events,
             Outcome {
                 room_id: self.room_id.to_string(),
                 message_id,
+                call_id: None,
                 seq: last.as_ref().and_then(|e| e.seq),
                 event_id: last.map(|e| e.event_id),
             },
         )
     }
 
-    fn noop(&self) -> Decision {
+    pub(super) fn noop(&self) -> Decision {
         Decision::Noop(Outcome {
             room_id: self.room_id.to_string(),
             message_id: None,
+            call_id: None,
             seq: None,
             event_id: None,
         })

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use schemas::DomainEvent;
-use schemas::events::{Role, Visibility};
+use schemas::events::{CallMedia, Role, Visibility};
 use sha2::{Digest, Sha256};
 
 /// Per-author `client_msg_id`s remembered per room: retries within this window get the first
@@ -48,6 +48,21 @@ pub struct PostOutcome {
     pub event_id: uuid::Uuid,
 }
 
+/// A room's call as its writer needs it to decide the next call command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    pub initiator: String,
+    pub media: CallMedia,
+    /// When it started (the `CallStarted` event's time, Unix ms).
+    pub started_at: i64,
+    /// When a second participant first joined: talk time (and `call_minutes`) counts from
+    /// here. `None` while it rings unanswered.
+    pub answered_at: Option<i64>,
+    pub participants: HashSet<String>,
+    /// Members who declined it (or were busy) while it rang.
+    pub declined: HashSet<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RoomState {
     pub room_id: String,
@@ -64,8 +79,8 @@ pub struct RoomState {
     /// Per message, how many members hold each emoji (bounds what a message accumulates).
     reaction_kinds: HashMap<Key, HashMap<Key, u32>>,
     pub read_markers: HashMap<String, i64>,
-    /// call_id -> participants
-    pub calls: HashMap<String, HashSet<String>>,
+    /// The room's call, if one is going on (a room has at most one at a time, as a huddle).
+    pub call: Option<(String, CallInfo)>,
     /// (author, client_msg_id) -> first answer
     posted: HashMap<(Key, Key), PostOutcome>,
     posted_order: VecDeque<(Key, Key)>,
@@ -87,6 +102,21 @@ impl RoomState {
 
     pub fn message(&self, message_id: &str) -> Option<MessageInfo> {
         self.messages.get(&key(message_id)).copied()
+    }
+
+    /// The call `call_id` if it is this room's call and still going on.
+    pub fn call(&self, call_id: &str) -> Option<&CallInfo> {
+        self.call
+            .as_ref()
+            .filter(|(id, _)| id == call_id)
+            .map(|(_, call)| call)
+    }
+
+    fn call_mut(&mut self, call_id: &str) -> Option<&mut CallInfo> {
+        self.call
+            .as_mut()
+            .filter(|(id, _)| id == call_id)
+            .map(|(_, call)| call)
     }
 
     /// Whether `emoji` is new on the message and the message already shows `limit` different
@@ -220,22 +250,38 @@ impl RoomState {
             }
             E::AttachmentUploaded(_) => {}
             E::CallStarted(e) => {
-                self.calls
-                    .insert(e.call_id.clone(), HashSet::from([e.initiator_id.clone()]));
+                self.call = Some((
+                    e.call_id.clone(),
+                    CallInfo {
+                        initiator: e.initiator_id.clone(),
+                        media: e.media,
+                        started_at: e.envelope.occurred_at,
+                        answered_at: None,
+                        participants: HashSet::from([e.initiator_id.clone()]),
+                        declined: HashSet::new(),
+                    },
+                ));
             }
             E::CallJoined(e) => {
-                self.calls
-                    .entry(e.call_id.clone())
-                    .or_default()
-                    .insert(e.member_id.clone());
+                if let Some(call) = self.call_mut(&e.call_id) {
+                    call.participants.insert(e.member_id.clone());
+                    if call.answered_at.is_none() && call.participants.len() > 1 {
+                        call.answered_at = Some(e.envelope.occurred_at);
+                    }
+                }
             }
             E::CallLeft(e) => {
-                if let Some(p) = self.calls.get_mut(&e.call_id) {
-                    p.remove(&e.member_id);
+                if let Some(call) = self.call_mut(&e.call_id)
+                    && !call.participants.remove(&e.member_id)
+                {
+                    // Left without having joined: a decline (or busy) while it rang.
+                    call.declined.insert(e.member_id.clone());
                 }
             }
             E::CallEnded(e) => {
-                self.calls.remove(&e.call_id);
+                if self.call.as_ref().is_some_and(|(id, _)| *id == e.call_id) {
+                    self.call = None;
+                }
             }
             E::UserRegistered(_)
             | E::UserProfileUpdated(_)
@@ -259,6 +305,10 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct Rooms {
     rooms: HashMap<String, RoomState>,
+    /// Rooms whose call rings unanswered, with the call and when it started: the writer ends
+    /// each one the ring timeout after its start (`Command::RingTimeout`). Kept from the log,
+    /// so a writer that takes a partition over arms the calls its predecessor left ringing.
+    ringing: HashMap<String, (String, i64)>,
 }
 
 impl Rooms {
@@ -272,6 +322,28 @@ impl Rooms {
 
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty()
+    }
+
+    #[cfg(test)]
+    pub fn get_mut_for_test(&mut self, room_id: &str) -> &mut RoomState {
+        self.rooms.get_mut(room_id).expect("room")
+    }
+
+    /// The calls that have rung `ring_ms` or longer at `now_ms`, as (room, call).
+    pub fn rung_out(&self, ring_ms: i64, now_ms: i64) -> Vec<(String, String)> {
+        self.ringing
+            .iter()
+            .filter(|(_, (_, started))| started + ring_ms <= now_ms)
+            .map(|(room, (call, _))| (room.clone(), call.clone()))
+            .collect()
+    }
+
+    /// When the next ringing call rings out (Unix ms), if any rings.
+    pub fn next_ring_out(&self, ring_ms: i64) -> Option<i64> {
+        self.ringing
+            .values()
+            .map(|(_, started)| started + ring_ms)
+            .min()
     }
 
     pub fn apply(&mut self, event: &DomainEvent) -> Applied {
@@ -312,6 +384,20 @@ impl Rooms {
         }
         state.mutate(event);
         state.seq = seq;
+        if let DomainEvent::CallStarted(_)
+        | DomainEvent::CallJoined(_)
+        | DomainEvent::CallEnded(_) = event
+        {
+            match &state.call {
+                Some((call_id, call)) if call.answered_at.is_none() => {
+                    self.ringing
+                        .insert(room_id.to_string(), (call_id.clone(), call.started_at));
+                }
+                _ => {
+                    self.ringing.remove(room_id);
+                }
+            }
+        }
         state.recent.push_back((seq, key(&envelope.event_id)));
         if state.recent.len() > RECENT_EVENTS {
             state.recent.pop_front();

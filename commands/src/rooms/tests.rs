@@ -464,3 +464,313 @@ fn a_message_shows_a_bounded_number_of_different_reactions() {
         "409 too_many_reactions"
     );
 }
+
+// ---- calls ----
+
+/// The API code an error is answered with (the one mapping of `crate::error`).
+trait Code {
+    fn code(self) -> &'static str;
+}
+
+impl Code for CommandError {
+    fn code(self) -> &'static str {
+        platform::error::ApiError::from(self).code
+    }
+}
+
+impl World {
+    /// The events `command` emits (applied), or its error.
+    fn emitted(
+        &mut self,
+        who: &str,
+        command: Command,
+    ) -> Result<Vec<schemas::DomainEvent>, CommandError> {
+        match decide(ROOM, self.rooms.get(ROOM), &actor(who), command)? {
+            Decision::Emit(events, _) => {
+                for e in &events {
+                    assert_eq!(self.rooms.apply(e), Applied::Applied);
+                }
+                Ok(events)
+            }
+            Decision::Noop(_) => Ok(Vec::new()),
+        }
+    }
+
+    fn start_call(&mut self, who: &str) -> String {
+        let outcome = self.ok(
+            who,
+            Command::StartCall {
+                media: schemas::events::CallMedia::Video,
+            },
+        );
+        outcome.call_id.expect("a call id")
+    }
+
+    fn members(&mut self, names: &[&str]) {
+        for name in names {
+            self.ok(name, Command::Join);
+        }
+    }
+}
+
+/// `(kind, member or reason)` of call events, to compare sequences.
+fn call_story(events: &[schemas::DomainEvent]) -> Vec<(String, String)> {
+    use schemas::DomainEvent as E;
+    events
+        .iter()
+        .filter_map(|e| match e {
+            E::CallStarted(c) => Some(("started".into(), c.initiator_id.clone())),
+            E::CallJoined(c) => Some(("joined".into(), c.member_id.clone())),
+            E::CallLeft(c) => Some((
+                "left".into(),
+                format!("{}:{}", c.member_id, c.reason.clone().unwrap_or_default()),
+            )),
+            E::CallEnded(c) => Some(("ended".into(), c.reason.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn story(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn only_members_start_and_join_one_call_per_room() {
+    let mut w = World::with_room("owner", Visibility::Public);
+    w.members(&["ann"]);
+    let media = || Command::StartCall {
+        media: schemas::events::CallMedia::Audio,
+    };
+    assert_eq!(w.err("stranger", media()).code(), "not_a_member");
+    let call = w.start_call("ann");
+    assert_eq!(w.err("owner", media()).code(), "call_in_progress");
+    let join = |id: &str| Command::JoinCall {
+        call_id: id.to_string(),
+    };
+    assert_eq!(w.err("stranger", join(&call)).code(), "not_a_member");
+    assert_eq!(
+        w.err("owner", join("018f0000-0000-7000-8000-0000000000ff"))
+            .code(),
+        "call_not_found"
+    );
+    let events = w.emitted("owner", join(&call)).unwrap();
+    assert_eq!(call_story(&events), story(&[("joined", "owner")]));
+    assert!(
+        w.emitted("owner", join(&call)).unwrap().is_empty(),
+        "a repeat writes nothing"
+    );
+    let room = w.rooms.get(ROOM).unwrap();
+    assert!(room.call(&call).unwrap().answered_at.is_some());
+}
+
+#[test]
+fn the_last_one_leaving_ends_the_call() {
+    let mut w = World::with_room("owner", Visibility::Public);
+    w.members(&["ann", "bob"]);
+    let call = w.start_call("ann");
+    let id = || call.clone();
+    w.ok("bob", Command::JoinCall { call_id: id() });
+    let leave = |reason| Command::LeaveCall {
+        call_id: call.clone(),
+        reason,
+    };
+    let first = w.emitted("ann", leave(LeaveReason::HungUp)).unwrap();
+    assert_eq!(call_story(&first), story(&[("left", "ann:hung_up")]));
+    assert!(
+        w.emitted("ann", leave(LeaveReason::HungUp))
+            .unwrap()
+            .is_empty()
+    );
+    let last = w.emitted("bob", leave(LeaveReason::HungUp)).unwrap();
+    assert_eq!(
+        call_story(&last),
+        story(&[("left", "bob:hung_up"), ("ended", "everyone_left")])
+    );
+    assert!(w.rooms.get(ROOM).unwrap().call.is_none());
+    assert_eq!(
+        w.err("bob", Command::JoinCall { call_id: id() }).code(),
+        "call_not_found"
+    );
+    // A new call may start now; the last one dropping ends it as "disconnected".
+    let again = w.start_call("bob");
+    let dropped = w
+        .emitted(
+            "bob",
+            Command::LeaveCall {
+                call_id: again,
+                reason: LeaveReason::Disconnected,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        call_story(&dropped),
+        story(&[("left", "bob:disconnected"), ("ended", "disconnected")])
+    );
+}
+
+#[test]
+fn declines_and_the_ring_timeout_end_an_unanswered_call() {
+    let mut w = World::with_room("owner", Visibility::Public);
+    w.members(&["ann", "bob"]);
+    let call = w.start_call("ann");
+    let decline = |busy| Command::DeclineCall {
+        call_id: call.clone(),
+        busy,
+    };
+    assert_eq!(w.err("ann", decline(false)).code(), "in_call");
+    let bob = w.emitted("bob", decline(true)).unwrap();
+    assert_eq!(call_story(&bob), story(&[("left", "bob:busy")]));
+    assert!(w.emitted("bob", decline(false)).unwrap().is_empty());
+    assert_eq!(
+        w.rooms.rung_out(30_000, i64::MAX / 2).len(),
+        1,
+        "still ringing"
+    );
+    let owner = w.emitted("owner", decline(false)).unwrap();
+    assert_eq!(
+        call_story(&owner),
+        story(&[("left", "owner:declined"), ("ended", "declined")])
+    );
+    assert!(w.rooms.rung_out(30_000, i64::MAX / 2).is_empty());
+
+    // Nobody answers: the ring timeout (the writer's own command) ends it, once.
+    let call = w.start_call("ann");
+    let started = w.rooms.get(ROOM).unwrap().call(&call).unwrap().started_at;
+    assert!(w.rooms.rung_out(30_000, started + 29_999).is_empty());
+    assert_eq!(w.rooms.next_ring_out(30_000), Some(started + 30_000));
+    assert_eq!(
+        w.rooms.rung_out(30_000, started + 30_000),
+        vec![(ROOM.to_string(), call.clone())]
+    );
+    let timeout = || Command::RingTimeout {
+        call_id: call.clone(),
+    };
+    let ended = w.emitted("", timeout()).unwrap();
+    assert_eq!(call_story(&ended), story(&[("ended", "unanswered")]));
+    match &ended[0] {
+        schemas::DomainEvent::CallEnded(e) => {
+            assert_eq!(e.duration_ms, 0, "never answered: no talk time");
+            assert_eq!(e.envelope.actor_id, None, "nobody ended it");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(w.emitted("", timeout()).unwrap().is_empty());
+    assert_eq!(w.rooms.next_ring_out(30_000), None);
+
+    // Answered calls never ring out.
+    let call = w.start_call("ann");
+    w.ok(
+        "bob",
+        Command::JoinCall {
+            call_id: call.clone(),
+        },
+    );
+    assert_eq!(w.rooms.next_ring_out(30_000), None);
+    assert!(
+        w.emitted("", Command::RingTimeout { call_id: call })
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn banned_and_departing_members_leave_the_call_and_only_callers_and_moderators_end_it() {
+    let mut w = World::with_room("owner", Visibility::Public);
+    w.members(&["ann", "bob", "mod"]);
+    w.ok(
+        "owner",
+        Command::SetRole {
+            user_id: "mod".into(),
+            role: Role::Moderator,
+        },
+    );
+    let call = w.start_call("ann");
+    w.ok(
+        "bob",
+        Command::JoinCall {
+            call_id: call.clone(),
+        },
+    );
+    let banned = w
+        .emitted(
+            "mod",
+            Command::Ban {
+                user_id: "bob".into(),
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(call_story(&banned), story(&[("left", "bob:banned")]));
+    assert_eq!(
+        w.err(
+            "bob",
+            Command::JoinCall {
+                call_id: call.clone()
+            }
+        )
+        .code(),
+        "banned"
+    );
+    let gone = w.emitted("ann", Command::Leave).unwrap();
+    assert_eq!(
+        call_story(&gone),
+        story(&[("left", "ann:left_room"), ("ended", "everyone_left")])
+    );
+
+    w.members(&["ann", "cat"]);
+    let call = w.start_call("ann");
+    let end = || Command::EndCall {
+        call_id: call.clone(),
+    };
+    assert_eq!(w.err("cat", end()).code(), "not_allowed");
+    assert_eq!(w.err("stranger", end()).code(), "not_a_member");
+    assert_eq!(
+        call_story(&w.emitted("mod", end()).unwrap()),
+        story(&[("ended", "hung_up")])
+    );
+    let call = w.start_call("cat");
+    assert_eq!(
+        call_story(
+            &w.emitted("cat", Command::EndCall { call_id: call })
+                .unwrap()
+        ),
+        story(&[("ended", "hung_up")])
+    );
+}
+
+#[test]
+fn talk_time_counts_from_the_answer() {
+    let mut w = World::with_room("owner", Visibility::Private);
+    let call = w.start_call("owner");
+    // Make the answer look 5 s older than now, as if the call had been going on that long.
+    let joined = w.emitted(
+        "owner",
+        Command::Invite {
+            user_id: "ann".into(),
+        },
+    );
+    assert!(joined.is_ok());
+    w.ok("ann", Command::Join);
+    w.ok(
+        "ann",
+        Command::JoinCall {
+            call_id: call.clone(),
+        },
+    );
+    if let Some((_, info)) = &mut w.rooms.get_mut_for_test(ROOM).call {
+        info.answered_at = info.answered_at.map(|a| a - 5_000);
+    }
+    let ended = w
+        .emitted("owner", Command::EndCall { call_id: call })
+        .unwrap();
+    match ended.last() {
+        Some(schemas::DomainEvent::CallEnded(e)) => {
+            assert!((5_000..6_000).contains(&e.duration_ms), "{}", e.duration_ms)
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -59,6 +59,7 @@ struct Inner {
     group: String,
     owned: RwLock<HashMap<i32, Owned>>,
     command_timeout: Duration,
+    call_ring: Duration,
     runtime: tokio::runtime::Handle,
     /// Set after the first assignment (possibly empty) from the group.
     assigned_once: watch::Receiver<bool>,
@@ -77,7 +78,7 @@ impl Writer {
         metrics: WriterMetrics,
         directory: OwnerDirectory,
         group: &str,
-        command_timeout: Duration,
+        (command_timeout, call_ring): (Duration, Duration),
         shutdown: CancellationToken,
     ) -> Result<(Self, std::thread::JoinHandle<()>), CommandError> {
         let partitions = log.partition_count(schemas::topics::ROOM_EVENTS).await?;
@@ -91,6 +92,7 @@ impl Writer {
                 group: group.to_string(),
                 owned: RwLock::new(HashMap::new()),
                 command_timeout,
+                call_ring,
                 runtime: tokio::runtime::Handle::current(),
                 assigned_once,
                 assigned_once_tx,
@@ -280,6 +282,7 @@ impl Writer {
                 ready: ready_tx,
                 stop: stop.clone(),
                 directory: self.inner.directory.clone(),
+                call_ring: self.inner.call_ring,
             };
             let task = self.inner.runtime.spawn(writer.run());
             owned.insert(

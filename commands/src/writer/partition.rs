@@ -43,6 +43,8 @@ const LINGER_AT_MOST: Duration = Duration::from_millis(25);
 /// How long a writer whose append failed waits before taking the partition again: a revocation
 /// that is on its way (an instance resuming from a pause) stops it first.
 const REOPEN_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// How soon ring-outs are tried again after one was refused (say, the registry was away).
+const RING_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Job {
     pub room_id: String,
@@ -61,6 +63,8 @@ pub struct PartitionWriter {
     pub ready: watch::Sender<bool>,
     pub stop: CancellationToken,
     pub directory: OwnerDirectory,
+    /// How long a call rings unanswered before this writer ends it.
+    pub call_ring: Duration,
 }
 
 /// A decided command waiting for the transactions before it (and its own) to commit.
@@ -99,14 +103,34 @@ impl PartitionWriter {
         let mut poisoned = false;
         let mut next_start = tokio::time::Instant::now();
         let mut commit_started = tokio::time::Instant::now();
+        let ring_ms = self.call_ring.as_millis() as i64;
+        // A ring-out that could not be decided (the registry away) is tried again after this.
+        let mut ring_floor = tokio::time::Instant::now();
         loop {
             let lingering = committing.is_none()
                 && !waiting.is_empty()
                 && tokio::time::Instant::now() < next_start;
+            let ring_at = rooms
+                .next_ring_out(ring_ms)
+                .map(|at| instant_of(at).max(ring_floor));
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled(), if !stopping => stopping = true,
                 _ = tokio::time::sleep_until(next_start), if lingering => {}
+                _ = sleep_until_some(ring_at), if !stopping && !poisoned => {
+                    ring_floor = tokio::time::Instant::now() + RING_RETRY;
+                    for (room_id, call_id) in rooms.rung_out(ring_ms, schemas::envelope::now_ms()) {
+                        let job = Job {
+                            room_id,
+                            actor: Actor { user_id: String::new(), username: String::new() },
+                            command: Command::RingTimeout { call_id },
+                            reply: oneshot::channel().0,
+                        };
+                        let (answer, consistent) = self.decide(job, &mut rooms).await;
+                        waiting.push(answer);
+                        poisoned |= !consistent;
+                    }
+                }
                 done = wait_for(&mut committing) => {
                     committing = None;
                     let (returned, answers, result) = done;
@@ -296,6 +320,20 @@ impl PartitionWriter {
                 self.partition
             ))));
         }
+    }
+}
+
+/// The tokio instant of a Unix-ms time (now if it is past).
+fn instant_of(unix_ms: i64) -> tokio::time::Instant {
+    let ahead = (unix_ms - schemas::envelope::now_ms()).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_millis(ahead)
+}
+
+/// Sleeps until `at`; never when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -176,3 +176,19 @@ pub async fn upload(
         .send()
         .await
 }
+
+/// A Redis prefix of its own for nodes writing to a private broker: presence is one system per
+/// prefix (any node's sweep takes any lapsed user of it), so on the suite's shared prefix such a
+/// node swept users of other tests and wrote their "offline" to its own broker, where those
+/// tests never found it (2 runs in 4). Its revocation marks are declared kept, as the commands
+/// tier does for the prefixes it serves (no session of it is revoked).
+pub async fn private_prefix(kind: &str) -> anyhow::Result<String> {
+    let prefix = format!("{kind}-{}:", uuid::Uuid::now_v7().simple());
+    let mut redis = platform::cache::connect(&env::redis_url()).await?;
+    let _: () = redis::cmd("SET")
+        .arg(platform::auth::revocations_kept_key(&prefix))
+        .arg(1)
+        .query_async(&mut redis)
+        .await?;
+    Ok(prefix)
+}

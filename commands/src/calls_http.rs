@@ -1,0 +1,178 @@
+//! HTTP handlers of the call commands (API.md "Calls"). Calls are room events, so these go to
+//! the room's writer like every room command; the socket's `call.*` frames are these same
+//! requests made by the fan-out node with the caller's token.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use platform::auth::Caller;
+use schemas::events::CallMedia;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::body::{Body, Valid};
+use crate::error::CommandError;
+use crate::rooms::{Command, LeaveReason, Outcome, validate};
+use crate::rooms_http::{room_path_id, run};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct StartCallRequest {
+    /// What the caller's side sends; participants choose their own devices when they join.
+    #[serde(default = "video")]
+    media: CallMedia,
+}
+
+fn video() -> CallMedia {
+    CallMedia::Video
+}
+
+impl Body for StartCallRequest {
+    type Valid = CallMedia;
+    fn validated(self) -> Result<CallMedia, CommandError> {
+        Ok(self.media)
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/calls",
+    tag = "calls",
+    summary = "Start the room's call (members); it rings the other members until one joins or the ring timeout",
+    params(("room_id" = String, Path, description = "the room")),
+    request_body = StartCallRequest,
+    responses((status = 201, description = "written; `call_id` names the call", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
+pub async fn start(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Path(room_id): Path<String>,
+    Valid(media): Valid<StartCallRequest>,
+) -> Result<Response, CommandError> {
+    app.limits.calls.check(&caller.sub)?;
+    let room_id = room_path_id(&room_id)?;
+    run(
+        &app,
+        room_id,
+        caller,
+        Command::StartCall { media },
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// The `{room_id}` and `{call_id}` of a call path, checked.
+fn call_path(room_id: &str, call_id: &str) -> Result<(String, String), CommandError> {
+    Ok((room_path_id(room_id)?, validate::id(call_id, "call_id")?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/calls/{call_id}/join",
+    tag = "calls",
+    summary = "Join the room's call (members)",
+    params(("room_id" = String, Path, description = "the room"), ("call_id" = String, Path, description = "the call")),
+    responses((status = 200, description = "written (nothing when already in it)", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
+pub async fn join(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Path((room_id, call_id)): Path<(String, String)>,
+) -> Result<Response, CommandError> {
+    app.limits.calls.check(&caller.sub)?;
+    let (room_id, call_id) = call_path(&room_id, &call_id)?;
+    run(
+        &app,
+        room_id,
+        caller,
+        Command::JoinCall { call_id },
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/calls/{call_id}/leave",
+    tag = "calls",
+    summary = "Hang up: leave the call (the last one leaving ends it)",
+    params(("room_id" = String, Path, description = "the room"), ("call_id" = String, Path, description = "the call")),
+    responses((status = 200, description = "written (nothing when not in it)", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
+pub async fn leave(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Path((room_id, call_id)): Path<(String, String)>,
+) -> Result<Response, CommandError> {
+    app.limits.calls.check(&caller.sub)?;
+    let (room_id, call_id) = call_path(&room_id, &call_id)?;
+    let command = Command::LeaveCall {
+        call_id,
+        reason: LeaveReason::HungUp,
+    };
+    run(&app, room_id, caller, command, StatusCode::OK).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct DeclineRequest {
+    /// The member is in another call (clients decline with `busy` on their own).
+    #[serde(default)]
+    busy: bool,
+}
+
+impl Body for DeclineRequest {
+    type Valid = bool;
+    fn validated(self) -> Result<bool, CommandError> {
+        Ok(self.busy)
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/calls/{call_id}/decline",
+    tag = "calls",
+    summary = "Decline a ringing call (members not in it); when every other member declined, it ends",
+    params(("room_id" = String, Path, description = "the room"), ("call_id" = String, Path, description = "the call")),
+    request_body = DeclineRequest,
+    responses((status = 200, description = "written (nothing once answered or declined)", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
+pub async fn decline(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Path((room_id, call_id)): Path<(String, String)>,
+    Valid(busy): Valid<DeclineRequest>,
+) -> Result<Response, CommandError> {
+    app.limits.calls.check(&caller.sub)?;
+    let (room_id, call_id) = call_path(&room_id, &call_id)?;
+    let command = Command::DeclineCall { call_id, busy };
+    run(&app, room_id, caller, command, StatusCode::OK).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/calls/{call_id}/end",
+    tag = "calls",
+    summary = "End the call for everyone (its caller, moderators, the owner)",
+    params(("room_id" = String, Path, description = "the room"), ("call_id" = String, Path, description = "the call")),
+    responses((status = 200, description = "written", body = Outcome), platform::openapi::Refused),
+    security(("bearer" = []))
+)]
+pub async fn end(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Path((room_id, call_id)): Path<(String, String)>,
+) -> Result<Response, CommandError> {
+    app.limits.calls.check(&caller.sub)?;
+    let (room_id, call_id) = call_path(&room_id, &call_id)?;
+    run(
+        &app,
+        room_id,
+        caller,
+        Command::EndCall { call_id },
+        StatusCode::OK,
+    )
+    .await
+}

@@ -1,0 +1,139 @@
+//! Follows `chat.room-events` into the call state (`crate::calls`).
+//!
+//! One consumer group for all signaling instances: each reads its share of the partitions and
+//! applies the call events in them. An offset is stored only after its record was applied
+//! (and committed with the next auto-commit), so a restart reads again from at most a second
+//! back, and the per-call seq guard makes applying a record twice change nothing. A store that
+//! does not answer is retried with backoff (counted), never skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use schemas::EventCodec;
+use tokio_util::sync::CancellationToken;
+
+use crate::calls::Calls;
+use crate::metrics::Metrics;
+
+pub struct Follower {
+    pub brokers: String,
+    pub group: String,
+    pub codec: Arc<EventCodec>,
+    pub calls: Calls,
+    pub metrics: Metrics,
+    /// Set once the follower has partitions and found nothing more to read: the call state
+    /// holds every call the log held then (the tier's readiness).
+    pub caught_up: Arc<AtomicBool>,
+}
+
+/// How long the log must stay quiet before the call state counts as caught up.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// The registry id of a record's writer schema (Confluent wire format: magic 0, then 4 bytes).
+fn schema_id(payload: &[u8]) -> Option<u32> {
+    match payload {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+impl Follower {
+    pub fn create(&self) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+        let consumer: StreamConsumer = schemas::kafka::consumer_config(&self.brokers, &self.group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .create()?;
+        consumer.subscribe(&[schemas::topics::ROOM_EVENTS])?;
+        Ok(consumer)
+    }
+
+    /// Runs until `stop`.
+    pub async fn run(self, consumer: StreamConsumer, stop: CancellationToken) {
+        // Whether each writer schema seen so far is a call event's: most records are messages,
+        // and knowing their schema id spares decoding them.
+        let mut calls_by_schema: HashMap<u32, bool> = HashMap::new();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = consumer.recv() => m,
+                _ = tokio::time::sleep(QUIET), if !self.caught_up.load(Ordering::Relaxed) => {
+                    let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+                    if assigned {
+                        self.caught_up.store(true, Ordering::Relaxed);
+                        tracing::info!("call state caught up with the log");
+                    }
+                    continue;
+                }
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    self.metrics.log_errors.inc();
+                    tracing::warn!(error = %e, "reading the room events; going on");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            };
+            let payload = message.payload().unwrap_or_default();
+            let id = schema_id(payload);
+            if id.and_then(|id| calls_by_schema.get(&id)) == Some(&false) {
+                self.store(&consumer, &message);
+                continue;
+            }
+            let decoded = platform::retry::until_ok("decode room event", &stop, || async {
+                match self.codec.decode(payload).await {
+                    Err(e) if e.is_transient() => Err(e),
+                    other => Ok(other),
+                }
+            })
+            .await;
+            let Some(decoded) = decoded else { break };
+            match decoded {
+                Ok(event) => {
+                    if let Some(id) = id {
+                        calls_by_schema.insert(id, event.kind().as_str().starts_with("call_"));
+                    }
+                    let applied = platform::retry::until_ok("apply call event", &stop, || {
+                        let calls = &self.calls;
+                        let metrics = &self.metrics;
+                        let event = &event;
+                        async move {
+                            calls.apply(event).await.inspect_err(|_| {
+                                metrics.store_errors.inc();
+                            })
+                        }
+                    })
+                    .await;
+                    match applied {
+                        Some(true) => self.metrics.call_events.inc(),
+                        Some(false) => {}
+                        None => break,
+                    }
+                }
+                // Not an event this build can read, so not a call event it could act on.
+                Err(e) => {
+                    self.metrics.undecodable.inc();
+                    tracing::debug!(error = %e, offset = message.offset(), "undecodable record");
+                }
+            }
+            self.store(&consumer, &message);
+        }
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(error = %e, "last commit on stop");
+        }
+    }
+
+    /// Marks the record done: its offset goes out with the next auto-commit.
+    fn store(&self, consumer: &StreamConsumer, message: &rdkafka::message::BorrowedMessage<'_>) {
+        if let Err(e) = consumer.store_offset_from_message(message) {
+            tracing::warn!(error = %e, "cannot store the offset");
+        }
+    }
+}

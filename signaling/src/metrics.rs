@@ -1,0 +1,49 @@
+//! This tier's own Prometheus series (the HTTP ones come from `platform::ops`).
+
+use prometheus::{IntCounter, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Call events applied to the call state.
+    pub call_events: IntCounter,
+    /// Records of the room log no reader schema of this build decodes.
+    pub undecodable: IntCounter,
+    /// Failed reads of the room log (retried).
+    pub log_errors: IntCounter,
+    /// Failed writes of the call state (retried, never skipped).
+    pub store_errors: IntCounter,
+    /// Signals passed on to a recipient's sockets.
+    pub relayed: IntCounter,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(Self {
+            call_events: counter(
+                "signaling_call_events_total",
+                "call events applied to the call state",
+            )?,
+            undecodable: counter(
+                "signaling_undecodable_records_total",
+                "room log records this build cannot decode",
+            )?,
+            log_errors: counter(
+                "signaling_log_errors_total",
+                "failed reads of the room log (retried)",
+            )?,
+            store_errors: counter(
+                "signaling_store_errors_total",
+                "failed writes of the call state (retried)",
+            )?,
+            relayed: counter(
+                "signaling_signals_relayed_total",
+                "signals passed to a recipient's sockets",
+            )?,
+        })
+    }
+}
