@@ -196,6 +196,7 @@ function Chat({ me }: { me: string }) {
           </button>
         </div>
       )}
+      {store.ringing && <RingBanner store={store} />}
       <Sidebar store={store} active={roomId} />
       <main className="room">
         {roomId ? <RoomView key={roomId} store={store} roomId={roomId} focusSeq={aroundSeq} /> : <Welcome />}
@@ -401,6 +402,7 @@ function RoomView({ store, roomId, focusSeq }: { store: Store; roomId: string; f
           {room.name}
         </h1>
         {room.topic && <p className="topic">{room.topic}</p>}
+        {room.joined && <CallButton store={store} roomId={roomId} />}
         <button aria-expanded={showMembers} onClick={() => setShowMembers(!showMembers)}>
           Members
         </button>
@@ -410,6 +412,7 @@ function RoomView({ store, roomId, focusSeq }: { store: Store; roomId: string; f
           </button>
         )}
       </header>
+      {store.session?.roomId === roomId && <CallPanel store={store} />}
       {showMembers && <Members store={store} roomId={roomId} />}
       <Timeline store={store} roomId={roomId} focusSeq={focusSeq} onReply={setReplyTo} />
       <p className="typing" aria-live="polite">
@@ -424,6 +427,102 @@ function RoomView({ store, roomId, focusSeq }: { store: Store; roomId: string; f
       )}
     </>
   );
+}
+
+/** Start the room's call, or join the one going on. */
+function CallButton({ store, roomId }: { store: Store; roomId: string }) {
+  const call = store.calls.get(roomId);
+  const inIt = store.session?.roomId === roomId;
+  if (inIt) return null;
+  const run = (work: Promise<unknown>) => void work.catch((e) => store.fail(e));
+  if (call) {
+    return (
+      <button className="call" onClick={() => run(store.joinCall(roomId))}>
+        Join call
+      </button>
+    );
+  }
+  return (
+    <>
+      <button className="call" onClick={() => run(store.startCall(roomId, "video"))}>
+        Video call
+      </button>
+      <button className="call" onClick={() => run(store.startCall(roomId, "audio"))}>
+        Audio call
+      </button>
+    </>
+  );
+}
+
+function RingBanner({ store }: { store: Store }) {
+  const ring = store.ringing!;
+  const room = store.rooms.get(ring.roomId);
+  const answer = () => {
+    location.hash = `#/r/${encodeURIComponent(ring.roomId)}`;
+    void store.joinCall(ring.roomId).catch((e) => store.fail(e));
+  };
+  return (
+    <div role="alertdialog" aria-label="Incoming call" className="ring">
+      <span>
+        {store.name(ring.from)} is calling{room ? ` in ${room.name}` : ""} ({ring.media})
+      </span>
+      <button onClick={answer}>Join</button>
+      <button onClick={() => void store.declineCall().catch((e) => store.fail(e))}>Decline</button>
+    </div>
+  );
+}
+
+/** A `<video>` showing a MediaStream (no URL, so nothing for the page's CSP to allow). */
+function StreamView({ stream, label, muted }: { stream: MediaStream | null; label: string; muted?: boolean }) {
+  const ref = useRef<HTMLVideoElement>(null);
+  useEffect(() => {
+    if (ref.current && ref.current.srcObject !== stream) ref.current.srcObject = stream;
+  });
+  return <video ref={ref} aria-label={label} autoPlay playsInline muted={muted} />;
+}
+
+function CallPanel({ store }: { store: Store }) {
+  const session = store.session!;
+  const peers = [...session.peers.entries()];
+  return (
+    <section className="call-panel" aria-label="Call">
+      <div className="videos">
+        <StreamView stream={session.local} label="Your video" muted />
+        {peers.map(([user, peer]) => (
+          <figure key={user}>
+            <StreamView stream={peer.remote} label={`Video of ${store.name(user)}`} />
+            <figcaption>
+              {store.name(user)} · {peer.pc.connectionState}
+            </figcaption>
+          </figure>
+        ))}
+      </div>
+      {peers.length === 0 && <p>Waiting for others to join…</p>}
+      {session.error && <p role="alert">{session.error}</p>}
+      <button className="hang-up" onClick={() => void store.hangUp().catch((e) => store.fail(e))}>
+        Hang up
+      </button>
+    </section>
+  );
+}
+
+function callText(store: Store, m: Message) {
+  const c = m.call!;
+  const kind = c.media === "audio" ? "Audio call" : "Video call";
+  if (c.status === "ringing") return `${kind} from ${store.name(m.user_id)}: ringing`;
+  if (c.status === "ongoing") {
+    return `${kind}: ongoing with ${c.participants.map((u) => store.name(u)).join(", ")}`;
+  }
+  const seconds = Math.round(c.duration_ms / 1000);
+  const length = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+  switch (c.reason) {
+    case "unanswered":
+      return `${kind} from ${store.name(m.user_id)}: no answer`;
+    case "declined":
+      return `${kind} from ${store.name(m.user_id)}: declined`;
+    default:
+      return c.duration_ms > 0 ? `${kind} ended · ${length}` : `${kind} ended`;
+  }
 }
 
 function Members({ store, roomId }: { store: Store; roomId: string }) {
@@ -595,6 +694,15 @@ function MessageItem({
     void run(api.edit(roomId, m.message_id, content).then(() => setEditing(false)));
   };
   const time = new Date(m.timestamp).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (m.call) {
+    return (
+      <li className="msg call-entry" data-seq={m.seq} data-message-id={m.message_id}>
+        <span aria-hidden="true">📞 </span>
+        <span className="call-text">{callText(store, m)}</span>{" "}
+        <time dateTime={new Date(m.timestamp).toISOString()}>{time}</time>
+      </li>
+    );
+  }
   return (
     <li className={mine ? "msg mine" : "msg"} data-seq={m.seq} data-message-id={m.message_id}>
       <div className="meta">

@@ -55,7 +55,22 @@ export type Message = {
   reply_to?: string | null;
   reactions: Reaction[];
   attachments: Attachment[];
+  call?: CallSummary;
 };
+
+/** The `call` part of a call's history entry (API.md). */
+export type CallSummary = {
+  media: "audio" | "video";
+  status: "ringing" | "ongoing" | "ended";
+  participants: string[];
+  took_part: string[];
+  duration_ms: number;
+  reason?: string | null;
+  ended_at?: number | null;
+};
+
+export type IceServer = { urls: string[]; username: string; credential: string; ttl: number };
+export type CallOutcome = { call_id: string; seq: number | null };
 
 export type Member = { user_id: string; username: string; role: string; online: boolean };
 export type Unread = { room_id: string; unread: number; last_seq: number; read_seq: number };
@@ -326,6 +341,15 @@ export const api = {
     ),
   read: (id: string, seq: number) =>
     call("POST", `/v1/rooms/${encodeURIComponent(id)}/read`, { body: { seq } }),
+  startCall: (id: string, media: "audio" | "video") =>
+    call<CallOutcome>("POST", `/v1/rooms/${encodeURIComponent(id)}/calls`, { body: { media } }),
+  callAction: (id: string, callId: string, action: "join" | "leave" | "end" | "decline", busy = false) =>
+    call<CallOutcome>(
+      "POST",
+      `/v1/rooms/${encodeURIComponent(id)}/calls/${encodeURIComponent(callId)}/${action}`,
+      action === "decline" ? { body: { busy } } : {},
+    ),
+  turn: () => call<IceServer>("POST", "/v1/calls/turn-credentials"),
   search: (q: string) =>
     call<{ messages: Message[]; next_before?: string }>(
       "GET",

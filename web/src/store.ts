@@ -12,6 +12,7 @@ import {
   type Message,
   type Room,
 } from "./api";
+import { CallSession } from "./call";
 import { Live, type Frame, type Status } from "./live";
 
 export type Pending = {
@@ -39,6 +40,21 @@ export type Timeline = {
   typing: Map<string, number>;
   error?: string;
 };
+
+/** A room's call as the page knows it: who is in it, with the seq each joined at. */
+export type ActiveCall = {
+  call_id: string;
+  initiator: string;
+  media: "audio" | "video";
+  participants: Map<string, number>;
+  status: "ringing" | "ongoing";
+};
+
+/** A call ringing for this user. */
+export type Ring = { roomId: string; callId: string; from: string; media: "audio" | "video" };
+
+/** Signals kept for a call this page is about to enter (they may come before its join's answer). */
+const EARLY_SIGNALS = 200;
 
 export type RoomEntry = Room & {
   joined: boolean;
@@ -69,6 +85,12 @@ export class Store {
   online = new Set<string>();
   active: string | null = null;
   notice: string | null = null;
+  /** Calls going on, by room. */
+  calls = new Map<string, ActiveCall>();
+  /** The call this page is in (one at a time). */
+  session: CallSession | null = null;
+  ringing: Ring | null = null;
+  private early: { callId: string; from: string; payload: Record<string, unknown> }[] = [];
   version = 0;
   private listeners = new Set<Listener>();
   private live: Live;
@@ -118,6 +140,7 @@ export class Store {
 
   stop() {
     window.clearInterval(this.refresher);
+    this.session?.close();
     this.live.stop();
   }
 
@@ -283,6 +306,15 @@ export class Store {
       bySeq.set(m.seq, m);
       if (t.position === null || m.seq > t.position) t.position = m.seq;
       this.settle(t, m.message_id);
+      if (m.call && m.call.status !== "ended" && !this.calls.has(m.room_id)) {
+        this.calls.set(m.room_id, {
+          call_id: m.message_id,
+          initiator: m.user_id,
+          media: m.call.media,
+          participants: new Map(m.call.participants.map((u) => [u, m.seq])),
+          status: m.call.status,
+        });
+      }
     }
     t.messages = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
   }
@@ -314,6 +346,13 @@ export class Store {
         else this.online.delete(f.user_id as string);
         this.changed();
         break;
+      case "call.signal": {
+        const callId = f.call_id as string;
+        const payload = f.payload as Record<string, unknown>;
+        if (this.session?.callId === callId) this.session.receive(f.from as string, payload);
+        else if (this.early.length < EARLY_SIGNALS) this.early.push({ callId, from: f.from as string, payload });
+        break;
+      }
       case "error":
         if (f.code === "unauthorized" || f.code === "revoked") this.fail(String(f.message));
         break;
@@ -347,6 +386,7 @@ export class Store {
     const room = this.rooms.get(roomId);
     if (room) room.last_seq = Math.max(room.last_seq, seq);
     if (EVENT_KINDS_OF_MESSAGES.has(kind)) this.applyMessageEvent(roomId, t, seq, kind, event);
+    else if (kind.startsWith("call_")) this.applyCallEvent(roomId, t, seq, kind, event);
     else this.applyRoomEvent(roomId, kind, event);
     this.changed();
   }
@@ -420,6 +460,161 @@ export class Store {
     }
     // A new object for React's sake.
     t.messages = [...t.messages];
+  }
+
+  /** A call event: the room's call, the call's history entry, the ring, and this page's part
+   * in it (peers met and left, the session ended). */
+  private applyCallEvent(roomId: string, t: Timeline, seq: number, kind: string, e: Record<string, unknown>) {
+    const callId = e.call_id as string;
+    const member = (e.member_id ?? e.initiator_id) as string | undefined;
+    const envelope = e.envelope as { occurred_at?: number };
+    const entry = t.messages.find((m) => m.message_id === callId);
+    const call = this.calls.get(roomId);
+    const inSession = this.session?.callId === callId;
+    switch (kind) {
+      case "call_started": {
+        const media = e.media as "audio" | "video";
+        this.calls.set(roomId, {
+          call_id: callId,
+          initiator: member!,
+          media,
+          participants: new Map([[member!, seq]]),
+          status: "ringing",
+        });
+        if (!entry) {
+          t.messages.push({
+            message_id: callId,
+            room_id: roomId,
+            seq,
+            user_id: member!,
+            content: "",
+            message_type: "call",
+            timestamp: envelope.occurred_at ?? Date.now(),
+            deleted: false,
+            reactions: [],
+            attachments: [],
+            call: { media, status: "ringing", participants: [member!], took_part: [member!], duration_ms: 0 },
+          });
+        }
+        if (member !== this.me && this.rooms.get(roomId)?.joined) {
+          // In another call already: busy (the caller is told so).
+          if (this.session) void api.callAction(roomId, callId, "decline", true).catch(() => undefined);
+          else this.ringing = { roomId, callId, from: member!, media };
+        }
+        break;
+      }
+      case "call_joined":
+        if (call?.call_id === callId && member) {
+          call.participants.set(member, seq);
+          call.status = "ongoing";
+        }
+        if (entry?.call && member) {
+          if (!entry.call.participants.includes(member)) entry.call.participants.push(member);
+          if (!entry.call.took_part.includes(member)) entry.call.took_part.push(member);
+          entry.call.status = "ongoing";
+        }
+        if (member === this.me && this.ringing?.callId === callId) this.ringing = null;
+        if (inSession && member && member !== this.me) this.session!.met(member, seq);
+        break;
+      case "call_left":
+        if (call?.call_id === callId && member) call.participants.delete(member);
+        if (entry?.call && member) entry.call.participants = entry.call.participants.filter((u) => u !== member);
+        if (member === this.me) {
+          if (this.ringing?.callId === callId) this.ringing = null;
+          if (inSession) this.endSession(e.reason === "banned" ? "You were removed from the call." : null);
+        } else if (inSession && member) this.session!.left(member);
+        break;
+      case "call_ended":
+        if (call?.call_id === callId) this.calls.delete(roomId);
+        if (entry?.call) {
+          entry.call = {
+            ...entry.call,
+            status: "ended",
+            participants: [],
+            duration_ms: Number(e.duration_ms ?? 0),
+            reason: (e.reason as string | null) ?? null,
+            ended_at: envelope.occurred_at ?? Date.now(),
+          };
+        }
+        if (this.ringing?.callId === callId) this.ringing = null;
+        if (inSession) this.endSession(null);
+        break;
+    }
+    t.messages = [...t.messages];
+  }
+
+  /** Starts a call in the room and enters it. */
+  async startCall(roomId: string, media: "audio" | "video" = "video") {
+    if (this.session) throw new Error("You are in a call already; hang up first.");
+    const session = this.newSession(roomId, "", media);
+    try {
+      await session.open();
+      const started = await api.startCall(roomId, media);
+      this.adopt(session, started.call_id, started.seq);
+    } catch (e) {
+      session.close();
+      this.session = null;
+      throw e;
+    }
+  }
+
+  /** Joins the room's call (from the room, or by answering its ring). */
+  async joinCall(roomId: string) {
+    const call = this.calls.get(roomId);
+    if (!call) throw new Error("The call has ended.");
+    if (this.session?.callId === call.call_id) return;
+    if (this.session) throw new Error("You are in a call already; hang up first.");
+    const session = this.newSession(roomId, call.call_id, call.media);
+    try {
+      await session.open();
+      const joined = await api.callAction(roomId, call.call_id, "join");
+      this.ringing = null;
+      this.adopt(session, call.call_id, joined.seq);
+      for (const [user, seq] of call.participants) if (user !== this.me) session.met(user, seq);
+    } catch (e) {
+      session.close();
+      this.session = null;
+      throw e;
+    }
+  }
+
+  async declineCall() {
+    const ring = this.ringing;
+    this.ringing = null;
+    this.changed();
+    if (ring) await api.callAction(ring.roomId, ring.callId, "decline");
+  }
+
+  /** Leaves the call this page is in. */
+  async hangUp() {
+    const session = this.session;
+    if (!session) return;
+    this.endSession(null);
+    if (session.callId) await api.callAction(session.roomId, session.callId, "leave");
+  }
+
+  private newSession(roomId: string, callId: string, media: "audio" | "video") {
+    const session = new CallSession(roomId, callId, media, (f) => this.live.send(f), () => this.changed());
+    this.session = session;
+    this.changed();
+    return session;
+  }
+
+  /** The session is in call `callId` from `seq` (its join; null: it was in it already). */
+  private adopt(session: CallSession, callId: string, seq: number | null) {
+    const known = this.calls.get(session.roomId)?.participants.get(this.me);
+    session.enter(callId, seq ?? known ?? Number.MAX_SAFE_INTEGER);
+    const early = this.early.filter((s) => s.callId === callId);
+    this.early = this.early.filter((s) => s.callId !== callId);
+    for (const s of early) session.receive(s.from, s.payload);
+    this.changed();
+  }
+
+  private endSession(notice: string | null) {
+    this.session?.close();
+    this.session = null;
+    if (notice) this.notice = notice;
+    this.changed();
   }
 
   private applyRoomEvent(roomId: string, kind: string, e: Record<string, unknown>) {

@@ -34,6 +34,12 @@ before(async () => {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // Calls: a synthetic camera and microphone, no permission prompt, and host candidates
+      // on loopback (this machine's only network for the test).
+      "--use-fake-device-for-media-stream",
+      "--use-fake-ui-for-media-stream",
+      "--allow-loopback-in-peer-connection",
+      "--autoplay-policy=no-user-gesture-required",
     ],
   });
 });
@@ -413,6 +419,39 @@ test("the chat in the browser", async () => {
     await a.page.getByRole("button", { name: "Members" }).click();
     await a.page.goto(roomUrl);
     await messageWith(a.page, `The map ${tag}`).waitFor({ timeout: WAIT });
+  });
+
+  await step("two people call each other: each sees the other's video playing", async () => {
+    await b.page.goto(roomUrl);
+    await messageWith(b.page, `The map ${tag}`).waitFor({ timeout: WAIT });
+    await a.page.getByRole("button", { name: "Video call" }).click();
+    const ring = b.page.getByRole("alertdialog", { name: "Incoming call" });
+    await ring.waitFor({ timeout: WAIT });
+    await ring.getByRole("button", { name: "Join" }).click();
+    for (const [p, other] of [
+      [a.page, bob.username],
+      [b.page, alice.username],
+    ]) {
+      const label = `Video of ${other}`;
+      await p.getByLabel(label).waitFor({ timeout: WAIT });
+      // Frames decoded and the clock running: media flows, not just a connected box.
+      await p.waitForFunction(
+        (name) => {
+          const v = document.querySelector(`video[aria-label="${name}"]`);
+          return v && v.readyState >= 2 && v.videoWidth > 0 && !v.paused && v.currentTime > 1;
+        },
+        label,
+        { timeout: 30_000 },
+      );
+    }
+    await timeline(b.page).getByText(/Video call: ongoing with/).waitFor({ timeout: WAIT });
+    await a.page.screenshot({ path: join(SHOTS, "call.png") });
+    await a.page.getByRole("button", { name: "Hang up" }).click();
+    await b.page.getByRole("button", { name: "Hang up" }).click();
+    for (const p of [a.page, b.page]) {
+      await timeline(p).getByText(/Video call ended · \d+:\d\d/).waitFor({ timeout: WAIT });
+      await p.getByRole("region", { name: "Call" }).waitFor({ state: "detached", timeout: WAIT });
+    }
   });
 
   await step("hostile content is shown as text and runs nothing", async () => {
