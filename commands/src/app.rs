@@ -81,13 +81,19 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
     let max_upload = app.config.max_upload_bytes as usize + 64 * 1024;
     let ownership_state = app.clone();
     // Every room command goes through the forwarding layer to its room's writer.
+    let forward = || axum::middleware::from_fn_with_state(app.clone(), crate::forward::to_owner);
     let (api, _) = rooms()
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::forward::to_owner,
-        ))
+        .route_layer(forward())
         .merge(identity_and_files(max_upload))
         .split_for_parts();
+    // Undocumented on purpose: only the platform's own tiers call it.
+    let internal = Router::new()
+        .route(
+            "/internal/rooms/{room_id}/calls/{call_id}/drop",
+            axum::routing::post(calls_http::drop_disconnected),
+        )
+        .route_layer(forward());
+    let api = api.merge(internal);
     let api = platform::ops::api_fallbacks(api)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app);

@@ -3,8 +3,8 @@
 //! requests made by the fan-out node with the caller's token.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use platform::auth::Caller;
 use schemas::events::CallMedia;
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::body::{Body, Valid};
 use crate::error::CommandError;
-use crate::rooms::{Command, LeaveReason, Outcome, validate};
+use crate::rooms::{Actor, Command, LeaveReason, Outcome, validate};
 use crate::rooms_http::{room_path_id, run};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -175,4 +175,41 @@ pub async fn end(
         StatusCode::OK,
     )
     .await
+}
+
+#[derive(Deserialize)]
+pub struct DropRequest {
+    user_id: String,
+}
+
+impl Body for DropRequest {
+    type Valid = String;
+    fn validated(self) -> Result<String, CommandError> {
+        validate::id(&self.user_id, "user_id")
+    }
+}
+
+/// Internal (`platform::internal`, not routed by nginx, not in the OpenAPI document): the
+/// signaling tier takes a participant whose sockets all dropped out of the call, as `CallLeft`
+/// with reason `disconnected` (and `CallEnded` `disconnected` if nobody is left).
+pub async fn drop_disconnected(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((room_id, call_id)): Path<(String, String)>,
+    Valid(user_id): Valid<DropRequest>,
+) -> Result<Response, CommandError> {
+    if !app.internal.as_ref().is_some_and(|s| s.admits(&headers)) {
+        return Err(CommandError::Auth(platform::auth::AuthError::Invalid));
+    }
+    let (room_id, call_id) = call_path(&room_id, &call_id)?;
+    let actor = Actor {
+        user_id,
+        username: String::new(),
+    };
+    let command = Command::LeaveCall {
+        call_id,
+        reason: LeaveReason::Disconnected,
+    };
+    let outcome = app.writer.execute(room_id, actor, command).await?;
+    Ok((StatusCode::OK, axum::Json(outcome)).into_response())
 }

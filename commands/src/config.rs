@@ -52,6 +52,10 @@ pub struct Config {
     /// `CHAT_CALL_RING_SECS`, default 30: how long a call rings unanswered before it ends
     /// (`CallEnded` reason `unanswered`).
     pub call_ring: Duration,
+    /// `CHAT_INTERNAL_SECRET_FILE`, default `$CHAT_STATE_DIR/keys/internal-secret`: admits the
+    /// other tiers' requests on the platform's own behalf (`platform::internal`); without the
+    /// file those requests are refused.
+    pub internal_secret_file: PathBuf,
     /// `CHAT_FILES_DIR`, default `$CHAT_STATE_DIR/files`: where uploaded bytes are stored.
     pub files_dir: PathBuf,
     /// `CHAT_MAX_UPLOAD_BYTES`, default 25 MiB.
@@ -100,6 +104,10 @@ impl Config {
             budgets: crate::limits::Budgets::from_env()?,
             max_body_bytes: env_or("CHAT_MAX_BODY_BYTES", 64 * 1024)?,
             command_timeout: Duration::from_millis(env_or("CHAT_COMMAND_TIMEOUT_MS", 10_000u64)?),
+            internal_secret_file: env_or(
+                "CHAT_INTERNAL_SECRET_FILE",
+                shared.state_dir.join("keys/internal-secret"),
+            )?,
             call_ring: Duration::from_secs(env_or("CHAT_CALL_RING_SECS", 30u64)?),
             argon2_m_kib: env_or("CHAT_ARGON2_M_KIB", 19_456u32)?,
             files_dir: env_or("CHAT_FILES_DIR", shared.state_dir.join("files"))?,

@@ -92,6 +92,13 @@ async fn main() -> anyhow::Result<()> {
             config.upload_quota_bytes,
         )
         .await?,
+        internal: match platform::internal::InternalSecret::load(&config.internal_secret_file) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %config.internal_secret_file.display(), "no internal secret: internal requests are refused");
+                None
+            }
+        },
         config: config.clone(),
         store,
         signer,

@@ -27,6 +27,8 @@ pub struct App {
     pub limits: Limits,
     pub http: reqwest::Client,
     pub files: crate::files::FileStore,
+    /// Admits other tiers' internal requests (`None`: no secret file, so none is admitted).
+    pub internal: Option<platform::internal::InternalSecret>,
 }
 
 pub type AppState = Arc<App>;

@@ -56,6 +56,7 @@ fi
 : "${CHAT_TURN_MIN_PORT:=49160}"            # coturn's relayed addresses
 : "${CHAT_TURN_MAX_PORT:=49260}"
 : "${CHAT_TURN_SECRET_FILE:=$CHAT_STATE_DIR/keys/turn-secret}"
+: "${CHAT_INTERNAL_SECRET_FILE:=$CHAT_STATE_DIR/keys/internal-secret}"   # tier-to-tier requests
 : "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
 
 RUN_DIR="$CHAT_STATE_DIR/run"
@@ -79,7 +80,7 @@ export CHAT_PROJECTIONS_URL="http://127.0.0.1:$CHAT_PROJECTIONS_PORT"
 export CHAT_WS_URL="http://127.0.0.1:$CHAT_WS_PORT"
 export CHAT_ENTRY_URL="http://127.0.0.1:$CHAT_ENTRY_PORT"
 export CHAT_SIGNALING_URL="http://127.0.0.1:$CHAT_SIGNALING_PORT"
-export CHAT_TURN_SECRET_FILE
+export CHAT_TURN_SECRET_FILE CHAT_INTERNAL_SECRET_FILE
 export CHAT_TURN_URLS="turn:127.0.0.1:$CHAT_TURN_PORT?transport=udp,turn:127.0.0.1:$CHAT_TURN_PORT?transport=tcp"
 export CHAT_JWKS_URL="$CHAT_COMMANDS_URL/v1/auth/jwks"
 export CHAT_JWT_PRIVATE_KEY_FILE

@@ -373,6 +373,7 @@ ensure_jwt_key() {
 
 start_commands() {
     ensure_jwt_key
+    ensure_internal_secret
     local binary; binary="$(bin_dir)/commands"
     restart_if_rebuilt commands "$binary"
     if ! running_pid commands >/dev/null; then
@@ -428,12 +429,22 @@ install_nginx() { command -v nginx >/dev/null 2>&1 || ensure_apt nginx; }
 
 install_coturn() { command -v turnserver >/dev/null 2>&1 || ensure_apt coturn; }
 
-ensure_turn_secret() {
-    [ -s "$CHAT_TURN_SECRET_FILE" ] && return 0
+# A random secret in a file of its own (mode 600), made once per stack: <file> <what it is>.
+ensure_secret() {
+    [ -s "$1" ] && return 0
     command -v openssl >/dev/null 2>&1 || ensure_apt openssl
-    mkdir -p "$(dirname "$CHAT_TURN_SECRET_FILE")"
-    (umask 077 && openssl rand -hex 32 >"$CHAT_TURN_SECRET_FILE") || die "cannot make the TURN secret"
-    log "generated a TURN secret at $CHAT_TURN_SECRET_FILE"
+    mkdir -p "$(dirname "$1")"
+    (umask 077 && openssl rand -hex 32 >"$1") || die "cannot make the $2"
+    log "generated the $2 at $1"
+}
+
+ensure_turn_secret() {
+    ensure_secret "$CHAT_TURN_SECRET_FILE" "TURN secret"
+}
+
+# Admits the tiers' requests to each other on the platform's own behalf (platform::internal).
+ensure_internal_secret() {
+    ensure_secret "$CHAT_INTERNAL_SECRET_FILE" "internal secret"
 }
 
 start_coturn() {
@@ -469,6 +480,7 @@ EOF
 
 start_signaling() {
     ensure_turn_secret
+    ensure_internal_secret
     start_workspace_service signaling signaling CHAT_SIGNALING_LISTEN "$CHAT_SIGNALING_PORT" "$CHAT_SIGNALING_URL"
 }
 

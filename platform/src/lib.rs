@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod internal;
 pub mod json;
 pub mod limits;
 pub mod listen;

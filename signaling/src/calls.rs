@@ -1,11 +1,13 @@
 //! Who is in which call, as signaling needs it to relay: kept in Redis, so any signaling
 //! instance answers for any call and a restarted one knows every call still going on.
 //!
-//! The state is a projection of the call events on `chat.room-events` (`crate::follow`),
-//! applied idempotently: each call remembers the `seq` of the last event applied to it, and a
-//! record read again (a restart before its offset was committed) changes nothing.
+//! The state is a projection of the call events on `chat.room-events` (`crate::follow`), and of
+//! the same events from the fast channel, which brings them a moment after the writer's
+//! acknowledgement instead of after the log's delivery (a client that joined and signals at
+//! once is then known). Applying is idempotent and order-free per member (the newest seq wins),
+//! so a record read twice, late, or once from each source changes nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -17,28 +19,32 @@ use crate::error::SignalingError;
 /// call's seq still guards against a late re-read reviving it.
 const STATE_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Applies one call event. KEYS: the call's hash, its participants' set. ARGV: seq, op,
-/// member, room, ttl. A call that ended takes nobody in again.
+/// Applies one call event. KEYS: the call's hash, its members' hash (member -> `seq:1` in the
+/// call, `seq:0` out of it). ARGV: seq, op, member, room, ttl. Returns 1 when the member's state
+/// changed. Events come from the log and, earlier, from the fast channel, so they may arrive
+/// twice and out of order: each member's state is the one of their newest event (a later seq
+/// wins), and nothing changes a call once it ended.
 const APPLY: &str = r#"
 local seq = tonumber(ARGV[1])
-local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-if seq <= last then return 0 end
-local ended = redis.call('HGET', KEYS[1], 'status') == 'ended'
-redis.call('HSET', KEYS[1], 'seq', seq, 'room_id', ARGV[4])
+redis.call('HSET', KEYS[1], 'room_id', ARGV[4])
+local changed = 0
 if ARGV[2] == 'ended' then
   redis.call('HSET', KEYS[1], 'status', 'ended')
   redis.call('DEL', KEYS[2])
-elseif not ended then
-  redis.call('HSET', KEYS[1], 'status', 'on')
-  if ARGV[2] == 'left' then
-    redis.call('SREM', KEYS[2], ARGV[3])
-  else
-    redis.call('SADD', KEYS[2], ARGV[3])
+elseif redis.call('HGET', KEYS[1], 'status') ~= 'ended' then
+  redis.call('HSETNX', KEYS[1], 'status', 'on')
+  local current = redis.call('HGET', KEYS[2], ARGV[3])
+  local last = current and tonumber(string.match(current, '^(%d+)')) or 0
+  if seq > last then
+    local flag = '1'
+    if ARGV[2] == 'left' then flag = '0' end
+    redis.call('HSET', KEYS[2], ARGV[3], seq .. ':' .. flag)
+    changed = 1
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
-return 1
+return changed
 "#;
 
 #[derive(Clone)]
@@ -84,7 +90,7 @@ impl Calls {
         };
         let (call, members) = self.keys(call_id);
         let mut redis = self.redis.clone();
-        redis::Script::new(APPLY)
+        let changed: i64 = redis::Script::new(APPLY)
             .key(call)
             .key(members)
             .arg(seq)
@@ -92,23 +98,92 @@ impl Calls {
             .arg(member)
             .arg(room)
             .arg(STATE_TTL_SECS)
-            .invoke_async::<i64>(&mut redis)
+            .invoke_async(&mut redis)
             .await?;
+        // The user's index follows the member's newest state (a hint: an entry can outlive its
+        // call, so readers check the call itself).
+        if changed == 1 && !member.is_empty() {
+            let mut index = redis::cmd(if op == "left" { "SREM" } else { "SADD" });
+            index.arg(self.user_key(member)).arg(call_id.as_str());
+            index.query_async::<i64>(&mut redis).await?;
+        }
         Ok(true)
+    }
+
+    /// The calls `user` may be in (an index kept beside the calls: an entry can outlive its
+    /// call after a crash, so callers check the call itself and [`Self::forget`] stale ones).
+    pub async fn of_user(&self, user: &str) -> Result<Vec<String>, SignalingError> {
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("SMEMBERS")
+            .arg(self.user_key(user))
+            .query_async(&mut redis)
+            .await?)
+    }
+
+    pub async fn forget(&self, user: &str, call_id: &str) -> Result<(), SignalingError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("SREM")
+            .arg(self.user_key(user))
+            .arg(call_id)
+            .query_async::<i64>(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Records `user`'s latest presence transition (`offline`, at Unix ms). The two topics are
+    /// read independently, so an offline may be read before the join it followed; a join
+    /// applied later finds it here (`Self::offline_since`).
+    pub async fn note_presence(
+        &self,
+        user: &str,
+        offline: bool,
+        at: i64,
+    ) -> Result<(), SignalingError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("SET")
+            .arg(format!("{}presence-seen:{user}", self.prefix))
+            .arg(format!("{at}:{}", u8::from(offline)))
+            .arg("EX")
+            .arg(24 * 3600)
+            .query_async::<()>(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// When `user` went offline, if their latest transition is an offline.
+    pub async fn offline_since(&self, user: &str) -> Result<Option<i64>, SignalingError> {
+        let mut redis = self.redis.clone();
+        let seen: Option<String> = redis::cmd("GET")
+            .arg(format!("{}presence-seen:{user}", self.prefix))
+            .query_async(&mut redis)
+            .await?;
+        Ok(seen.and_then(|s| {
+            let (at, offline) = s.split_once(':')?;
+            (offline == "1").then(|| at.parse().ok()).flatten()
+        }))
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        format!("{}user-calls:{user}", self.prefix)
     }
 
     pub async fn get(&self, call_id: &str) -> Result<Option<CallView>, SignalingError> {
         let (call, members) = self.keys(call_id);
         let mut redis = self.redis.clone();
-        let (fields, participants): (Vec<Option<String>>, HashSet<String>) = redis::pipe()
+        let (fields, members): (Vec<Option<String>>, HashMap<String, String>) = redis::pipe()
             .cmd("HMGET")
             .arg(&call)
             .arg("room_id")
             .arg("status")
-            .cmd("SMEMBERS")
+            .cmd("HGETALL")
             .arg(&members)
             .query_async(&mut redis)
             .await?;
+        let participants = members
+            .into_iter()
+            .filter(|(_, state)| state.ends_with(":1"))
+            .map(|(member, _)| member)
+            .collect();
         let (Some(Some(room_id)), status) = (fields.first().cloned(), fields.get(1).cloned())
         else {
             return Ok(None);

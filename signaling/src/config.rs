@@ -16,8 +16,16 @@ pub struct Config {
     pub brokers: String,
     /// `CHAT_REGISTRY_URL`, default [`schemas::DEFAULT_REGISTRY_URL`].
     pub registry_url: String,
+    /// `CHAT_FAST_CHANNEL`, default the commands tier's fast channel under `CHAT_REDIS_PREFIX`
+    /// (`platform::cache::room_events_channel`): where call events arrive ahead of the log.
+    pub fast_channel: String,
     /// `CHAT_SIGNALING_GROUP`, default `chat-signaling`: the consumer group of the call state.
     pub group_id: String,
+    /// `CHAT_COMMANDS_URL`, default `http://127.0.0.1:8090`: where participants whose sockets
+    /// all dropped are taken out of their calls.
+    pub commands_url: String,
+    /// `CHAT_INTERNAL_SECRET_FILE`, default `$CHAT_STATE_DIR/keys/internal-secret`.
+    pub internal_secret_file: PathBuf,
     /// `CHAT_MAX_SIGNAL_BYTES`, default 16 KiB: the largest relayed payload (an SDP with many
     /// codecs and candidates is a few KiB).
     pub max_signal_bytes: usize,
@@ -54,7 +62,19 @@ impl Config {
                 "CHAT_REGISTRY_URL",
                 schemas::DEFAULT_REGISTRY_URL,
             ),
+            fast_channel: platform::config::env_string(
+                "CHAT_FAST_CHANNEL",
+                &platform::cache::room_events_channel(&shared.redis_prefix),
+            ),
             group_id: platform::config::env_string("CHAT_SIGNALING_GROUP", "chat-signaling"),
+            commands_url: platform::config::env_string(
+                "CHAT_COMMANDS_URL",
+                "http://127.0.0.1:8090",
+            ),
+            internal_secret_file: env_or(
+                "CHAT_INTERNAL_SECRET_FILE",
+                shared.state_dir.join("keys/internal-secret"),
+            )?,
             max_signal_bytes: env_or("CHAT_MAX_SIGNAL_BYTES", 16 * 1024usize)?,
             turn_secret_file: env_or(
                 "CHAT_TURN_SECRET_FILE",

@@ -1,4 +1,5 @@
-//! Follows `chat.room-events` into the call state (`crate::calls`).
+//! Follows `chat.room-events` into the call state (`crate::calls`), and
+//! `chat.presence-events` for participants whose sockets all dropped (`crate::drops`).
 //!
 //! One consumer group for all signaling instances: each reads its share of the partitions and
 //! applies the call events in them. An offset is stored only after its record was applied
@@ -13,10 +14,12 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use schemas::EventCodec;
+use schemas::events::PresenceStatus;
+use schemas::{DomainEvent, EventCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::Calls;
+use crate::drops::Dropper;
 use crate::metrics::Metrics;
 
 pub struct Follower {
@@ -24,6 +27,7 @@ pub struct Follower {
     pub group: String,
     pub codec: Arc<EventCodec>,
     pub calls: Calls,
+    pub dropper: Dropper,
     pub metrics: Metrics,
     /// Set once the follower has partitions and found nothing more to read: the call state
     /// holds every call the log held then (the tier's readiness).
@@ -34,7 +38,7 @@ pub struct Follower {
 const QUIET: Duration = Duration::from_millis(500);
 
 /// The registry id of a record's writer schema (Confluent wire format: magic 0, then 4 bytes).
-fn schema_id(payload: &[u8]) -> Option<u32> {
+pub(crate) fn schema_id(payload: &[u8]) -> Option<u32> {
     match payload {
         [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => None,
@@ -48,14 +52,18 @@ impl Follower {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
             .create()?;
-        consumer.subscribe(&[schemas::topics::ROOM_EVENTS])?;
+        consumer.subscribe(&[
+            schemas::topics::ROOM_EVENTS,
+            schemas::topics::PRESENCE_EVENTS,
+        ])?;
         Ok(consumer)
     }
 
     /// Runs until `stop`.
     pub async fn run(self, consumer: StreamConsumer, stop: CancellationToken) {
-        // Whether each writer schema seen so far is a call event's: most records are messages,
-        // and knowing their schema id spares decoding them.
+        // Whether each writer schema seen so far is one this follower acts on (call events,
+        // presence): most records are messages, and knowing their schema id spares decoding
+        // them.
         let mut calls_by_schema: HashMap<u32, bool> = HashMap::new();
         loop {
             let message = tokio::select! {
@@ -98,7 +106,21 @@ impl Follower {
             match decoded {
                 Ok(event) => {
                     if let Some(id) = id {
-                        calls_by_schema.insert(id, event.kind().as_str().starts_with("call_"));
+                        let kind = event.kind().as_str();
+                        calls_by_schema
+                            .insert(id, kind.starts_with("call_") || kind == "presence_changed");
+                    }
+                    if let Some(user) = self.disconnected(&event, &stop).await {
+                        let dropped = platform::retry::until_ok(
+                            "drop a disconnected participant",
+                            &stop,
+                            || self.dropper.offline(&user),
+                        )
+                        .await;
+                        match dropped {
+                            Some(n) => self.metrics.dropped.inc_by(n as u64),
+                            None => break,
+                        }
                     }
                     let applied = platform::retry::until_ok("apply call event", &stop, || {
                         let calls = &self.calls;
@@ -116,6 +138,18 @@ impl Follower {
                         Some(false) => {}
                         None => break,
                     }
+                    if let Some(user) = self.joined_while_away(&event, &stop).await {
+                        let dropped = platform::retry::until_ok(
+                            "drop a disconnected participant",
+                            &stop,
+                            || self.dropper.offline(&user),
+                        )
+                        .await;
+                        match dropped {
+                            Some(n) => self.metrics.dropped.inc_by(n as u64),
+                            None => break,
+                        }
+                    }
                 }
                 // Not an event this build can read, so not a call event it could act on.
                 Err(e) => {
@@ -123,11 +157,49 @@ impl Follower {
                     tracing::debug!(error = %e, offset = message.offset(), "undecodable record");
                 }
             }
+            if stop.is_cancelled() {
+                // Stopped mid-record: it may be half done, so its offset is not stored.
+                break;
+            }
             self.store(&consumer, &message);
         }
         if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(error = %e, "last commit on stop");
         }
+    }
+
+    /// A presence transition: noted; for an offline, the user whose calls to leave.
+    async fn disconnected(&self, event: &DomainEvent, stop: &CancellationToken) -> Option<String> {
+        let DomainEvent::PresenceChanged(p) = event else {
+            return None;
+        };
+        let user = p.envelope.user_id.clone()?;
+        let offline = p.status == PresenceStatus::Offline;
+        platform::retry::until_ok("note a presence transition", stop, || {
+            self.calls
+                .note_presence(&user, offline, p.envelope.occurred_at)
+        })
+        .await?;
+        offline.then_some(user)
+    }
+
+    /// A start or join by a user whose latest presence is an offline that came after it (read
+    /// first, the topics being independent): that user's sockets had dropped already.
+    async fn joined_while_away(
+        &self,
+        event: &DomainEvent,
+        stop: &CancellationToken,
+    ) -> Option<String> {
+        let (user, at) = match event {
+            DomainEvent::CallStarted(e) => (&e.initiator_id, e.envelope.occurred_at),
+            DomainEvent::CallJoined(e) => (&e.member_id, e.envelope.occurred_at),
+            _ => return None,
+        };
+        let since = platform::retry::until_ok("read a presence transition", stop, || {
+            self.calls.offline_since(user)
+        })
+        .await??;
+        (since >= at).then(|| user.clone())
     }
 
     /// Marks the record done: its offset goes out with the next auto-commit.

@@ -6,7 +6,9 @@
 pub mod app;
 pub mod calls;
 pub mod config;
+pub mod drops;
 pub mod error;
+pub mod fast;
 pub mod follow;
 pub mod limits;
 pub mod metrics;

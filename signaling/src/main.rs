@@ -3,10 +3,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::auth::TokenVerifier;
+use platform::internal::InternalSecret;
 use schemas::EventCodec;
 use signaling::app::{self, App};
 use signaling::calls::Calls;
 use signaling::config::Config;
+use signaling::drops::Dropper;
 use signaling::follow::Follower;
 use signaling::metrics::Metrics;
 use signaling::turn::TurnSecret;
@@ -37,10 +39,33 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::register(&registry)?;
     let calls = Calls::new(redis.clone(), &config.redis_prefix);
     let codec = Arc::new(EventCodec::new(&config.registry_url)?);
+    let fast = signaling::fast::Fast {
+        redis_url: config.redis_url.clone(),
+        channel: config.fast_channel.clone(),
+        codec: codec.clone(),
+        calls: calls.clone(),
+        metrics: metrics.clone(),
+    };
+    let secret = match InternalSecret::load(&config.internal_secret_file) {
+        Ok(secret) => Some(secret),
+        Err(e) => {
+            tracing::warn!(error = %e, file = %config.internal_secret_file.display(), "no internal secret: participants whose sockets drop stay in their calls");
+            None
+        }
+    };
+    let dropper = Dropper {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?,
+        commands_url: config.commands_url.clone(),
+        secret,
+        calls: calls.clone(),
+    };
     let follower = Follower {
         brokers: config.brokers.clone(),
         group: config.group_id.clone(),
         codec,
+        dropper,
         calls: calls.clone(),
         metrics: metrics.clone(),
         caught_up: Arc::default(),
@@ -61,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let stop = CancellationToken::new();
     let following = tokio::spawn(follower.run(consumer, stop.clone()));
+    tokio::spawn(fast.run(stop.clone()));
     let keys = app.clone();
     let keys_stop = stop.clone();
     tokio::spawn(async move {

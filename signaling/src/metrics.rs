@@ -4,8 +4,10 @@ use prometheus::{IntCounter, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
-    /// Call events applied to the call state.
+    /// Call events applied to the call state from the log.
     pub call_events: IntCounter,
+    /// Call events applied from the fast channel (ahead of the log).
+    pub fast_call_events: IntCounter,
     /// Records of the room log no reader schema of this build decodes.
     pub undecodable: IntCounter,
     /// Failed reads of the room log (retried).
@@ -14,6 +16,8 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Signals passed on to a recipient's sockets.
     pub relayed: IntCounter,
+    /// Participants taken out of calls because their sockets all dropped.
+    pub dropped: IntCounter,
 }
 
 impl Metrics {
@@ -27,6 +31,10 @@ impl Metrics {
             call_events: counter(
                 "signaling_call_events_total",
                 "call events applied to the call state",
+            )?,
+            fast_call_events: counter(
+                "signaling_fast_call_events_total",
+                "call events applied from the fast channel, ahead of the log",
             )?,
             undecodable: counter(
                 "signaling_undecodable_records_total",
@@ -43,6 +51,10 @@ impl Metrics {
             relayed: counter(
                 "signaling_signals_relayed_total",
                 "signals passed to a recipient's sockets",
+            )?,
+            dropped: counter(
+                "signaling_disconnected_participants_total",
+                "participants taken out of calls because their sockets all dropped",
             )?,
         })
     }

@@ -20,15 +20,7 @@ impl TurnSecret {
 
     /// Reads the secret file (one line; surrounding whitespace is not part of it).
     pub fn load(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        let secret = text.trim();
-        if secret.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is empty", path.display()),
-            ));
-        }
-        Ok(Self(secret.as_bytes().to_vec()))
+        platform::internal::read_secret(path).map(Self)
     }
 
     /// The username and password for `user_id` that coturn accepts until `expiry` (Unix s).

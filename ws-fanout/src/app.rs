@@ -66,7 +66,7 @@ pub fn router(
     registry: prometheus::Registry,
 ) -> Result<Router, prometheus::Error> {
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
-    let (redis_node, tail_node) = (node.clone(), node.clone());
+    let (redis_node, tail_node, fast_node) = (node.clone(), node.clone(), node.clone());
     let ops = platform::ops::Ops::new(registry)
         .probe("redis", move || {
             let node = redis_node.clone();
@@ -79,6 +79,19 @@ pub fn router(
                     Ok(())
                 } else {
                     Err("the log tail is still reading what the log held at start".to_string())
+                }
+            }
+            .boxed()
+        })
+        .probe("fast_channel", move || {
+            let live = fast_node
+                .fast_subscribed
+                .load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if live {
+                    Ok(())
+                } else {
+                    Err("not subscribed to the fast channel (Redis pub/sub) yet".to_string())
                 }
             }
             .boxed()

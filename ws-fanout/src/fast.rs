@@ -7,6 +7,7 @@
 //! presence transitions and relayed call signals.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -32,15 +33,18 @@ pub struct Fast {
     pub metrics: Metrics,
     /// Where relayed call signals find their recipient's sockets.
     pub sockets: Arc<SocketCounts>,
+    /// Set while the subscription is live (the node's readiness).
+    pub subscribed: Arc<AtomicBool>,
 }
 
 impl Fast {
     /// Listens until `stop`, resubscribing after any loss of the connection.
     pub async fn run(self, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            match self.listen(&stop).await {
-                Ok(()) => {}
-                Err(e) => tracing::debug!(error = %e, "fast channel lost; resubscribing"),
+            let outcome = self.listen(&stop).await;
+            self.subscribed.store(false, Ordering::Relaxed);
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, "fast channel lost; resubscribing");
             }
             self.metrics.fast_reconnects.inc();
             tokio::select! {
@@ -65,6 +69,7 @@ impl Fast {
                 signals.as_str(),
             ])
             .await?;
+        self.subscribed.store(true, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
         loop {
             let message = tokio::select! {

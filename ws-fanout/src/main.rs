@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             hub: node.hub.clone(),
             metrics: node.metrics.clone(),
             sockets: node.sockets_per_user.clone(),
+            subscribed: node.fast_subscribed.clone(),
         }
         .run(stop.clone()),
     );

@@ -61,6 +61,9 @@ pub struct Node {
     pub sockets_per_user: Arc<SocketCounts>,
     /// Open sessions, ended by revocations from the log (`crate::sessions`).
     pub sessions: Arc<Sessions>,
+    /// Whether the fast channel's subscription is live (`crate::fast`): until it is, typing,
+    /// presence and call signals for this node's sockets would be lost, so it is not ready.
+    pub fast_subscribed: Arc<std::sync::atomic::AtomicBool>,
     next_id: AtomicU64,
 }
 
@@ -85,6 +88,7 @@ impl Node {
             limits,
             sockets_per_user: Arc::default(),
             sessions: Arc::default(),
+            fast_subscribed: Arc::default(),
             config,
             hub,
             heads,

@@ -548,6 +548,13 @@ async fn a_call_goes_on_when_signaling_and_fan_out_nodes_restart() -> anyhow::Re
             format!("{}/v1/auth/jwks", env::commands_url()),
         ),
         ("CHAT_SIGNALING_GROUP", test_support::unique("signaling")),
+        // Call events ahead of the log, from the stack's commands tier.
+        (
+            "CHAT_FAST_CHANNEL",
+            platform::cache::room_events_channel(
+                &std::env::var("CHAT_REDIS_PREFIX").unwrap_or_default(),
+            ),
+        ),
         ("RUST_LOG", "info".into()),
     ]
     .into_iter()
@@ -623,5 +630,65 @@ async fn a_call_goes_on_when_signaling_and_fan_out_nodes_restart() -> anyhow::Re
     let got = got.expect("a signal reaches Bob on his new node");
     assert_eq!(got["from"], ann.user_id.as_str());
     drop(bob_node);
+    Ok(())
+}
+
+/// A participant whose sockets all dropped leaves the call once the presence grace is over:
+/// Bob's node dies (`kill -9`), another node of the same presence system sweeps his lapsed
+/// connection, and he is out of the call (`call_left` `disconnected`); a caller alone in a call
+/// whose socket closes ends it (`call_ended` `disconnected`).
+#[tokio::test]
+async fn a_participant_whose_sockets_all_drop_leaves_the_call() -> anyhow::Result<()> {
+    let api = Api::new(env::entry_url());
+    let ann = api.user("drop").await?;
+    let bob = api.user("drop").await?;
+    let room = api.create_room(&ann, "public").await?;
+    assert_eq!(api.join(&bob, &room).await?.status, StatusCode::OK);
+    let mut watching = subscribed(&ann, &room).await?;
+    let prefix = common::private_prefix("drop").await?;
+    let vars = [
+        ("CHAT_REDIS_PREFIX", prefix.as_str()),
+        ("CHAT_WS_PRESENCE_TTL_SECS", "3"),
+    ];
+    let mut doomed = common::Node::start(&vars).await?;
+    let staying = common::Node::start(&vars).await?;
+    let _bob_socket = Client::connect(&doomed.ws_url, Some(&bob.access_token)).await?;
+    let call = call_with(&api, &room, &ann, &[&bob]).await?;
+    call_events(&mut watching, "call_joined").await?;
+
+    doomed.service.kill9()?;
+    let left = call_events(&mut watching, "call_left").await?;
+    let left = &left.last().expect("a call event").1;
+    assert_eq!(left["member_id"], bob.user_id.as_str());
+    assert_eq!(left["reason"], "disconnected");
+    // Ann, still in it, hangs up: the call ends as everyone left.
+    let hung_up = api
+        .call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/calls/{call}/leave"),
+            Some(&ann.access_token),
+            None,
+        )
+        .await?;
+    assert_eq!(hung_up.status, StatusCode::OK);
+    let ended = call_events(&mut watching, "call_ended").await?;
+    assert_eq!(
+        ended.last().map(|(_, e)| e["reason"].clone()),
+        Some(json!("everyone_left"))
+    );
+
+    // Bob, back on the other node, calls and closes his only socket: the call ends.
+    let bob_socket = Client::connect(&staying.ws_url, Some(&bob.access_token)).await?;
+    call_with(&api, &room, &bob, &[]).await?;
+    call_events(&mut watching, "call_started").await?;
+    drop(bob_socket);
+    let gone = call_events(&mut watching, "call_ended").await?;
+    assert_eq!(
+        gone.iter()
+            .map(|(_, e)| e["reason"].clone())
+            .collect::<Vec<_>>(),
+        [json!("disconnected"), json!("disconnected")],
+        "call_left then call_ended, both disconnected"
+    );
     Ok(())
 }

@@ -28,7 +28,8 @@ struct Fixture {
     private_room: String,
     message: String,
     file: String,
-    /// A call ringing in `room`, started by `member`.
+    /// A call in `room` started by `member`, answered by `outsider` (a member of `room` for
+    /// the call's sake, though of no other room of the fixture).
     call: String,
 }
 
@@ -75,6 +76,16 @@ impl Fixture {
             .as_str()
             .with_context(|| format!("call: {started:?}"))?
             .to_string();
+        api.join(&outsider, &room).await?;
+        let answered = api
+            .call(
+                Method::POST,
+                &format!("/v1/rooms/{room}/calls/{call}/join"),
+                Some(&outsider.access_token),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(answered.status.is_success(), "answer: {answered:?}");
         // Reads answer once the projectors have the message and the file.
         test_support::wait_for("the file through the read side", T, || async {
             let answer = api
@@ -108,7 +119,8 @@ impl Fixture {
             ("post", "/v1/rooms/{room_id}/join") => &self.outsider,
             // The call's own caller hangs up or ends it; the owner joins or declines it.
             ("post", "/v1/rooms/{room_id}/calls/{call_id}/leave")
-            | ("post", "/v1/rooms/{room_id}/calls/{call_id}/end") => &self.member,
+            | ("post", "/v1/rooms/{room_id}/calls/{call_id}/end")
+            | ("post", "/v1/calls/{call_id}/signal") => &self.member,
             _ => &self.owner,
         }
     }
@@ -162,6 +174,8 @@ impl Fixture {
             "reason" => json!("spam"),
             "seq" => json!(1),
             "media" => json!("audio"),
+            "to" => json!(self.outsider.user_id),
+            "payload" => json!({"type": "offer", "sdp": "v=0\r\n"}),
             "busy" => json!(false),
             other => panic!("no value for body property {other} of {path}"),
         }

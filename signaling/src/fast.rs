@@ -1,0 +1,79 @@
+//! The fast channel (ARCHITECTURE.md, "durable-then-notify"): the room events the commands tier
+//! publishes on Redis once the broker acknowledged them. Their call events are applied to the
+//! call state at once, so a participant who joined and signals a moment later is already
+//! known; the log (`crate::follow`) brings everything again and repairs whatever is lost here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use schemas::EventCodec;
+use tokio_util::sync::CancellationToken;
+
+use crate::calls::Calls;
+use crate::follow::schema_id;
+use crate::metrics::Metrics;
+
+pub struct Fast {
+    pub redis_url: String,
+    pub channel: String,
+    pub codec: Arc<EventCodec>,
+    pub calls: Calls,
+    pub metrics: Metrics,
+}
+
+impl Fast {
+    /// Listens until `stop`, subscribing again after any loss of the connection.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut calls_by_schema: HashMap<u32, bool> = HashMap::new();
+        while !stop.is_cancelled() {
+            if let Err(e) = self.listen(&stop, &mut calls_by_schema).await {
+                tracing::debug!(error = %e, "fast channel lost; subscribing again");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn listen(
+        &self,
+        stop: &CancellationToken,
+        calls_by_schema: &mut HashMap<u32, bool>,
+    ) -> Result<(), redis::RedisError> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(self.channel.as_str()).await?;
+        let mut messages = pubsub.on_message();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = messages.next() => m,
+            };
+            let Some(message) = message else {
+                return Ok(());
+            };
+            let payload = message.get_payload_bytes();
+            let id = schema_id(payload);
+            if id.and_then(|id| calls_by_schema.get(&id)) == Some(&false) {
+                continue;
+            }
+            let Ok(event) = self.codec.decode(payload).await else {
+                continue;
+            };
+            let call = event.kind().as_str().starts_with("call_");
+            if let Some(id) = id {
+                calls_by_schema.insert(id, call);
+            }
+            if call {
+                match self.calls.apply(&event).await {
+                    Ok(_) => self.metrics.fast_call_events.inc(),
+                    // The log brings it again.
+                    Err(e) => tracing::debug!(error = %e, "fast call event not applied"),
+                }
+            }
+        }
+    }
+}
