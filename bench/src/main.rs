@@ -1,6 +1,7 @@
 //! Benchmarks. Each prints its numbers and writes `bench/results/<name>.json`; none asserts on
 //! speed (tests never fail because a machine is slow).
 
+mod calls;
 mod client;
 mod commands;
 mod delivery;
@@ -45,6 +46,8 @@ enum Command {
     Scenarios(scenario::Args),
     /// Rewrites the README's performance table and chart from the result files alone.
     Summary,
+    /// 1:1 call set-up time (direct, relayed) and the relayed participants coturn carries.
+    Calls(calls::Args),
     /// Idle sockets one fan-out node holds, RSS per socket, connection set-up latency.
     Sockets(sockets::Args),
     /// One client process of `sockets` (started by it).
@@ -67,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenarios(args) => scenario::run(args, &cli.results).await,
         Command::Summary => summary::write(&cli.results, true),
         Command::Sockets(args) => sockets::run(args, &cli.results).await,
+        Command::Calls(args) => calls::run(args, &cli.results).await,
         Command::SocketsWorker(args) => sockets::worker(args).await,
         Command::LoadReceiver => receivers::worker().await,
     }

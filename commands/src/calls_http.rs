@@ -5,7 +5,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use platform::auth::Caller;
+use platform::auth::{AccessClaims, Caller};
 use schemas::events::CallMedia;
 use serde::Deserialize;
 
@@ -61,6 +61,19 @@ pub async fn start(
     .await
 }
 
+/// Runs the call command `command(call_id)` of the path `(room_id, call_id)` on the room's
+/// writer, within the caller's call budget.
+async fn on_call(
+    app: &AppState,
+    caller: AccessClaims,
+    (room_id, call_id): (String, String),
+    command: impl FnOnce(String) -> Command,
+) -> Result<Response, CommandError> {
+    app.limits.calls.check(&caller.sub)?;
+    let (room_id, call_id) = call_path(&room_id, &call_id)?;
+    run(app, room_id, caller, command(call_id), StatusCode::OK).await
+}
+
 /// The `{room_id}` and `{call_id}` of a call path, checked.
 fn call_path(room_id: &str, call_id: &str) -> Result<(String, String), CommandError> {
     Ok((room_path_id(room_id)?, validate::id(call_id, "call_id")?))
@@ -78,18 +91,9 @@ fn call_path(room_id: &str, call_id: &str) -> Result<(String, String), CommandEr
 pub async fn join(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Path((room_id, call_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<Response, CommandError> {
-    app.limits.calls.check(&caller.sub)?;
-    let (room_id, call_id) = call_path(&room_id, &call_id)?;
-    run(
-        &app,
-        room_id,
-        caller,
-        Command::JoinCall { call_id },
-        StatusCode::OK,
-    )
-    .await
+    on_call(&app, caller, path, |call_id| Command::JoinCall { call_id }).await
 }
 
 #[utoipa::path(
@@ -104,15 +108,13 @@ pub async fn join(
 pub async fn leave(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Path((room_id, call_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<Response, CommandError> {
-    app.limits.calls.check(&caller.sub)?;
-    let (room_id, call_id) = call_path(&room_id, &call_id)?;
-    let command = Command::LeaveCall {
+    on_call(&app, caller, path, |call_id| Command::LeaveCall {
         call_id,
         reason: LeaveReason::HungUp,
-    };
-    run(&app, room_id, caller, command, StatusCode::OK).await
+    })
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -142,13 +144,14 @@ impl Body for DeclineRequest {
 pub async fn decline(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Path((room_id, call_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     Valid(busy): Valid<DeclineRequest>,
 ) -> Result<Response, CommandError> {
-    app.limits.calls.check(&caller.sub)?;
-    let (room_id, call_id) = call_path(&room_id, &call_id)?;
-    let command = Command::DeclineCall { call_id, busy };
-    run(&app, room_id, caller, command, StatusCode::OK).await
+    on_call(&app, caller, path, |call_id| Command::DeclineCall {
+        call_id,
+        busy,
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -163,18 +166,9 @@ pub async fn decline(
 pub async fn end(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Path((room_id, call_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<Response, CommandError> {
-    app.limits.calls.check(&caller.sub)?;
-    let (room_id, call_id) = call_path(&room_id, &call_id)?;
-    run(
-        &app,
-        room_id,
-        caller,
-        Command::EndCall { call_id },
-        StatusCode::OK,
-    )
-    .await
+    on_call(&app, caller, path, |call_id| Command::EndCall { call_id }).await
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ fn canonical(id: &str) {
     assert_eq!(
         parsed.to_string(),
         id,
-        "room ids are passed on in canonical form"
+        "ids are passed on in canonical form"
     );
 }
 
@@ -33,6 +33,18 @@ fuzz_target!(|data: &[u8]| {
             | ClientFrame::Typing { room_id }
             | ClientFrame::Send { room_id, .. },
         ) => canonical(&room_id),
+        Ok(ClientFrame::Call {
+            room_id, call_id, ..
+        }) => {
+            canonical(&room_id);
+            if let Some(call_id) = call_id {
+                canonical(&call_id);
+            }
+        }
+        Ok(ClientFrame::Signal { call_id, to, .. }) => {
+            canonical(&call_id);
+            canonical(&to);
+        }
         Ok(ClientFrame::Auth { .. } | ClientFrame::Ping) => {}
         Err(e) => {
             let frame: Value =

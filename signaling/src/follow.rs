@@ -110,17 +110,10 @@ impl Follower {
                         calls_by_schema
                             .insert(id, kind.starts_with("call_") || kind == "presence_changed");
                     }
-                    if let Some(user) = self.disconnected(&event, &stop).await {
-                        let dropped = platform::retry::until_ok(
-                            "drop a disconnected participant",
-                            &stop,
-                            || self.dropper.offline(&user),
-                        )
-                        .await;
-                        match dropped {
-                            Some(n) => self.metrics.dropped.inc_by(n as u64),
-                            None => break,
-                        }
+                    if let Some(user) = self.disconnected(&event, &stop).await
+                        && !self.drop_offline(&user, &stop).await
+                    {
+                        break;
                     }
                     let applied = platform::retry::until_ok("apply call event", &stop, || {
                         let calls = &self.calls;
@@ -138,17 +131,10 @@ impl Follower {
                         Some(false) => {}
                         None => break,
                     }
-                    if let Some(user) = self.joined_while_away(&event, &stop).await {
-                        let dropped = platform::retry::until_ok(
-                            "drop a disconnected participant",
-                            &stop,
-                            || self.dropper.offline(&user),
-                        )
-                        .await;
-                        match dropped {
-                            Some(n) => self.metrics.dropped.inc_by(n as u64),
-                            None => break,
-                        }
+                    if let Some(user) = self.joined_while_away(&event, &stop).await
+                        && !self.drop_offline(&user, &stop).await
+                    {
+                        break;
                     }
                 }
                 // Not an event this build can read, so not a call event it could act on.
@@ -166,6 +152,18 @@ impl Follower {
         if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(error = %e, "last commit on stop");
         }
+    }
+
+    /// Takes `user` out of their calls, retrying until done; false when stopped first.
+    async fn drop_offline(&self, user: &str, stop: &CancellationToken) -> bool {
+        let dropped = platform::retry::until_ok("drop a disconnected participant", stop, || {
+            self.dropper.offline(user)
+        })
+        .await;
+        if let Some(n) = dropped {
+            self.metrics.dropped.inc_by(n as u64);
+        }
+        dropped.is_some()
     }
 
     /// A presence transition: noted; for an offline, the user whose calls to leave.

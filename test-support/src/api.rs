@@ -306,4 +306,66 @@ impl Api {
         )
         .await
     }
+
+    /// `owner` invites each of `users` to the private `room` (by id) and they join.
+    pub async fn invite_and_join(
+        &self,
+        owner: &User,
+        room: &str,
+        users: &[&User],
+    ) -> anyhow::Result<()> {
+        for user in users {
+            let invited = self
+                .call(
+                    Method::POST,
+                    &format!("/v1/rooms/{room}/invites"),
+                    Some(&owner.access_token),
+                    Some(json!({"user_id": user.user_id})),
+                )
+                .await?;
+            if invited.status != StatusCode::CREATED {
+                bail!("invite: {} {}", invited.status, invited.body);
+            }
+            let joined = self.join(user, room).await?;
+            if joined.status != StatusCode::OK {
+                bail!("join: {} {}", joined.status, joined.body);
+            }
+        }
+        Ok(())
+    }
+
+    /// `user` starts a call in `room` (`POST /v1/rooms/{room}/calls`); its id.
+    pub async fn start_call(&self, user: &User, room: &str) -> anyhow::Result<String> {
+        let started = self
+            .call(
+                Method::POST,
+                &format!("/v1/rooms/{room}/calls"),
+                Some(&user.access_token),
+                Some(json!({"media": "video"})),
+            )
+            .await?;
+        if started.status != StatusCode::CREATED {
+            bail!("start a call: {} {}", started.status, started.body);
+        }
+        Ok(started.body["call_id"]
+            .as_str()
+            .context("call_id")?
+            .to_string())
+    }
+
+    /// `user` joins call `call` of `room`.
+    pub async fn join_call(&self, user: &User, room: &str, call: &str) -> anyhow::Result<()> {
+        let joined = self
+            .call(
+                Method::POST,
+                &format!("/v1/rooms/{room}/calls/{call}/join"),
+                Some(&user.access_token),
+                None,
+            )
+            .await?;
+        if joined.status != StatusCode::OK {
+            bail!("join a call: {} {}", joined.status, joined.body);
+        }
+        Ok(())
+    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod api;
+pub mod call;
 pub mod log;
 pub mod produce;
 pub mod scenario;

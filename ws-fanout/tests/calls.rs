@@ -8,16 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::Client;
+use common::{Client, entry_ws_url as ws_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use test_support::{Api, User, env, wait_for};
 
 const T: Duration = Duration::from_secs(60);
-
-fn ws_url() -> String {
-    format!("{}/v1/ws", env::entry_url().replacen("http", "ws", 1))
-}
 
 async fn subscribed(user: &User, room: &str) -> anyhow::Result<Client> {
     let mut client = Client::connect(&ws_url(), Some(&user.access_token)).await?;
@@ -194,18 +190,8 @@ async fn who_may_start_join_and_end_a_call_and_a_participant_banned_mid_call_is_
     let banned = api.user("callz").await?;
     let stranger = api.user("callz").await?;
     let room = api.create_room(&owner, "private").await?;
-    for user in [&moderator, &member, &other, &banned] {
-        let invited = api
-            .call(
-                Method::POST,
-                &format!("/v1/rooms/{room}/invites"),
-                Some(&owner.access_token),
-                Some(json!({"user_id": user.user_id})),
-            )
-            .await?;
-        assert_eq!(invited.status, StatusCode::CREATED, "{}", invited.body);
-        assert_eq!(api.join(user, &room).await?.status, StatusCode::OK);
-    }
+    api.invite_and_join(&owner, &room, &[&moderator, &member, &other, &banned])
+        .await?;
     let role = api
         .call(
             Method::PUT,
@@ -372,12 +358,6 @@ fn candidate(n: usize) -> Value {
     json!({"candidate": format!("candidate:{n} 1 udp 2122260223 10.0.0.1 {} typ host", 50000 + n), "sdpMid": "0", "sdpMLineIndex": 0})
 }
 
-/// Sends `frame` and returns the error frame that answers its `reference`.
-async fn refused(socket: &mut Client, frame: Value, reference: &str) -> anyhow::Result<Value> {
-    socket.send(frame).await?;
-    answer(socket, reference).await
-}
-
 /// Starts a call of `caller` in `room` and lets `others` join it (HTTP, through the entry).
 async fn call_with(
     api: &Api,
@@ -385,31 +365,17 @@ async fn call_with(
     caller: &User,
     others: &[&User],
 ) -> anyhow::Result<String> {
-    let started = api
-        .call(
-            Method::POST,
-            &format!("/v1/rooms/{room}/calls"),
-            Some(&caller.access_token),
-            Some(json!({"media": "video"})),
-        )
-        .await?;
-    anyhow::ensure!(started.status == StatusCode::CREATED, "{started:?}");
-    let call = started.body["call_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let call = api.start_call(caller, room).await?;
     for user in others {
-        let joined = api
-            .call(
-                Method::POST,
-                &format!("/v1/rooms/{room}/calls/{call}/join"),
-                Some(&user.access_token),
-                None,
-            )
-            .await?;
-        anyhow::ensure!(joined.status == StatusCode::OK, "{joined:?}");
+        api.join_call(user, room, &call).await?;
     }
     Ok(call)
+}
+
+/// Sends `frame` and returns the error frame that answers its `reference`.
+async fn refused(socket: &mut Client, frame: Value, reference: &str) -> anyhow::Result<Value> {
+    socket.send(frame).await?;
+    answer(socket, reference).await
 }
 
 #[tokio::test]

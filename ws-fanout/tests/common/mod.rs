@@ -192,3 +192,8 @@ pub async fn private_prefix(kind: &str) -> anyhow::Result<String> {
         .await?;
     Ok(prefix)
 }
+
+/// The socket URL of the stack's entry (nginx).
+pub fn entry_ws_url() -> String {
+    format!("{}/v1/ws", env::entry_url().replacen("http", "ws", 1))
+}
