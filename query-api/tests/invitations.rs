@@ -60,22 +60,10 @@ async fn invitations_by_username_are_listed_until_joined() -> anyhow::Result<()>
         assert_eq!(commands.join(user, &room).await?.status, StatusCode::OK);
     }
     let promote = commands
-        .call(
-            Method::PUT,
-            &format!("/v1/rooms/{room}/members/{}/role", moderator.user_id),
-            Some(&owner.access_token),
-            Some(json!({"role": "moderator"})),
-        )
+        .set_role(&owner, &room, &moderator, "moderator")
         .await?;
     assert_eq!(promote.status, StatusCode::OK, "{}", promote.body);
-    let ban = commands
-        .call(
-            Method::POST,
-            &format!("/v1/rooms/{room}/bans"),
-            Some(&owner.access_token),
-            Some(json!({"user_id": banned.user_id})),
-        )
-        .await?;
+    let ban = commands.ban(&owner, &room, &banned).await?;
     assert_eq!(ban.status, StatusCode::CREATED, "{}", ban.body);
 
     // Who may invite to a private room: owner and moderators; others are refused.

@@ -368,4 +368,32 @@ impl Api {
         }
         Ok(())
     }
+
+    /// `owner` gives `user` the `role` in `room` (`PUT .../members/{user}/role`).
+    pub async fn set_role(
+        &self,
+        owner: &User,
+        room: &str,
+        user: &User,
+        role: &str,
+    ) -> anyhow::Result<Answer> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/rooms/{room}/members/{}/role", user.user_id),
+            Some(&owner.access_token),
+            Some(json!({"role": role})),
+        )
+        .await
+    }
+
+    /// `by` bans `user` from `room` (`POST .../bans`).
+    pub async fn ban(&self, by: &User, room: &str, user: &User) -> anyhow::Result<Answer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/bans"),
+            Some(&by.access_token),
+            Some(json!({"user_id": user.user_id})),
+        )
+        .await
+    }
 }

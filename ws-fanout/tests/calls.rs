@@ -192,28 +192,12 @@ async fn who_may_start_join_and_end_a_call_and_a_participant_banned_mid_call_is_
     let room = api.create_room(&owner, "private").await?;
     api.invite_and_join(&owner, &room, &[&moderator, &member, &other, &banned])
         .await?;
-    let role = api
-        .call(
-            Method::PUT,
-            &format!("/v1/rooms/{room}/members/{}/role", moderator.user_id),
-            Some(&owner.access_token),
-            Some(json!({"role": "moderator"})),
-        )
-        .await?;
+    let role = api.set_role(&owner, &room, &moderator, "moderator").await?;
     assert_eq!(role.status, StatusCode::OK, "{}", role.body);
-    let ban = |user: &User| {
-        let (api, room, owner, id) = (&api, &room, &owner, user.user_id.clone());
-        async move {
-            api.call(
-                Method::POST,
-                &format!("/v1/rooms/{room}/bans"),
-                Some(&owner.access_token),
-                Some(json!({"user_id": id})),
-            )
-            .await
-        }
-    };
-    assert_eq!(ban(&banned).await?.status, StatusCode::CREATED);
+    assert_eq!(
+        api.ban(&owner, &room, &banned).await?.status,
+        StatusCode::CREATED
+    );
 
     let calls = format!("/v1/rooms/{room}/calls");
     let start = |token: Option<String>| {
@@ -309,7 +293,10 @@ async fn who_may_start_join_and_end_a_call_and_a_participant_banned_mid_call_is_
         .unwrap_or_default()
         .to_string();
     assert_eq!(action(&other, &call, "join").await?.status, StatusCode::OK);
-    assert_eq!(ban(&other).await?.status, StatusCode::CREATED);
+    assert_eq!(
+        api.ban(&owner, &room, &other).await?.status,
+        StatusCode::CREATED
+    );
     let seen = call_events(&mut watching, "call_left").await?;
     let left = &seen.last().expect("a call event").1;
     assert_eq!(left["member_id"], other.user_id.as_str());
