@@ -33,12 +33,10 @@ fuzz_target!(|data: &[u8]| {
             | ClientFrame::Typing { room_id }
             | ClientFrame::Send { room_id, .. },
         ) => canonical(&room_id),
-        Ok(ClientFrame::Call {
-            room_id, call_id, ..
-        }) => {
+        Ok(ClientFrame::Call { room_id, command }) => {
             canonical(&room_id);
-            if let Some(call_id) = call_id {
-                canonical(&call_id);
+            if let Some(call_id) = command.call_id() {
+                canonical(call_id);
             }
         }
         Ok(ClientFrame::Signal { call_id, to, .. }) => {

@@ -3,7 +3,6 @@
 //! call state at once, so a participant who joined and signals a moment later is already
 //! known; the log (`crate::follow`) brings everything again and repairs whatever is lost here.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use schemas::EventCodec;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::Calls;
-use crate::follow::schema_id;
+use crate::follow::Interest;
 use crate::metrics::Metrics;
 
 pub struct Fast {
@@ -26,9 +25,9 @@ pub struct Fast {
 impl Fast {
     /// Listens until `stop`, subscribing again after any loss of the connection.
     pub async fn run(self, stop: CancellationToken) {
-        let mut calls_by_schema: HashMap<u32, bool> = HashMap::new();
+        let mut interest = Interest::new(|kind| kind.starts_with("call_"));
         while !stop.is_cancelled() {
-            if let Err(e) = self.listen(&stop, &mut calls_by_schema).await {
+            if let Err(e) = self.listen(&stop, &mut interest).await {
                 tracing::debug!(error = %e, "fast channel lost; subscribing again");
             }
             tokio::select! {
@@ -41,7 +40,7 @@ impl Fast {
     async fn listen(
         &self,
         stop: &CancellationToken,
-        calls_by_schema: &mut HashMap<u32, bool>,
+        interest: &mut Interest,
     ) -> Result<(), redis::RedisError> {
         let client = redis::Client::open(self.redis_url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await?;
@@ -56,18 +55,13 @@ impl Fast {
                 return Ok(());
             };
             let payload = message.get_payload_bytes();
-            let id = schema_id(payload);
-            if id.and_then(|id| calls_by_schema.get(&id)) == Some(&false) {
+            if interest.skips(payload) {
                 continue;
             }
             let Ok(event) = self.codec.decode(payload).await else {
                 continue;
             };
-            let call = event.kind().as_str().starts_with("call_");
-            if let Some(id) = id {
-                calls_by_schema.insert(id, call);
-            }
-            if call {
+            if interest.learn(payload, &event) {
                 match self.calls.apply(&event).await {
                     Ok(_) => self.metrics.fast_call_events.inc(),
                     // The log brings it again.

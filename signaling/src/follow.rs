@@ -37,8 +37,39 @@ pub struct Follower {
 /// How long the log must stay quiet before the call state counts as caught up.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// Which writer schemas carry records a reader acts on: most records are messages, and once a
+/// schema id is known to be none of the wanted kinds, its records are skipped undecoded.
+pub(crate) struct Interest {
+    wanted: fn(&str) -> bool,
+    by_schema: HashMap<u32, bool>,
+}
+
+impl Interest {
+    /// `wanted` says it of an event kind (`call_started`, ...).
+    pub(crate) fn new(wanted: fn(&str) -> bool) -> Self {
+        Self {
+            wanted,
+            by_schema: HashMap::new(),
+        }
+    }
+
+    /// Whether the record is known to be of no wanted kind.
+    pub(crate) fn skips(&self, payload: &[u8]) -> bool {
+        schema_id(payload).and_then(|id| self.by_schema.get(&id)) == Some(&false)
+    }
+
+    /// Notes the kind `payload` decoded to; whether it is wanted.
+    pub(crate) fn learn(&mut self, payload: &[u8], event: &DomainEvent) -> bool {
+        let wanted = (self.wanted)(event.kind().as_str());
+        if let Some(id) = schema_id(payload) {
+            self.by_schema.insert(id, wanted);
+        }
+        wanted
+    }
+}
+
 /// The registry id of a record's writer schema (Confluent wire format: magic 0, then 4 bytes).
-pub(crate) fn schema_id(payload: &[u8]) -> Option<u32> {
+fn schema_id(payload: &[u8]) -> Option<u32> {
     match payload {
         [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => None,
@@ -61,10 +92,8 @@ impl Follower {
 
     /// Runs until `stop`.
     pub async fn run(self, consumer: StreamConsumer, stop: CancellationToken) {
-        // Whether each writer schema seen so far is one this follower acts on (call events,
-        // presence): most records are messages, and knowing their schema id spares decoding
-        // them.
-        let mut calls_by_schema: HashMap<u32, bool> = HashMap::new();
+        let mut interest =
+            Interest::new(|kind| kind.starts_with("call_") || kind == "presence_changed");
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -90,8 +119,7 @@ impl Follower {
                 }
             };
             let payload = message.payload().unwrap_or_default();
-            let id = schema_id(payload);
-            if id.and_then(|id| calls_by_schema.get(&id)) == Some(&false) {
+            if interest.skips(payload) {
                 self.store(&consumer, &message);
                 continue;
             }
@@ -105,11 +133,7 @@ impl Follower {
             let Some(decoded) = decoded else { break };
             match decoded {
                 Ok(event) => {
-                    if let Some(id) = id {
-                        let kind = event.kind().as_str();
-                        calls_by_schema
-                            .insert(id, kind.starts_with("call_") || kind == "presence_changed");
-                    }
+                    interest.learn(payload, &event);
                     if let Some(user) = self.disconnected(&event, &stop).await
                         && !self.drop_offline(&user, &stop).await
                     {

@@ -431,13 +431,6 @@ impl Call {
         self.caller.media_flowing(packets) && self.callee.media_flowing(packets)
     }
 
-    pub async fn messages(&self) -> (Vec<String>, Vec<String>) {
-        (
-            self.caller.received.messages.lock().await.clone(),
-            self.callee.received.messages.lock().await.clone(),
-        )
-    }
-
     pub async fn close(&self) {
         self.caller.close().await;
         self.callee.close().await;

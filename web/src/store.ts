@@ -8,6 +8,7 @@ import {
   ApiError,
   newId,
   type Attachment,
+  type CallOutcome,
   type Member,
   type Message,
   type Room,
@@ -545,17 +546,7 @@ export class Store {
 
   /** Starts a call in the room and enters it. */
   async startCall(roomId: string, media: "audio" | "video" = "video") {
-    if (this.session) throw new Error("You are in a call already; hang up first.");
-    const session = this.newSession(roomId, "", media);
-    try {
-      await session.open();
-      const started = await api.startCall(roomId, media);
-      this.adopt(session, started.call_id, started.seq);
-    } catch (e) {
-      session.close();
-      this.session = null;
-      throw e;
-    }
+    await this.enterCall(roomId, "", media, () => api.startCall(roomId, media));
   }
 
   /** Joins the room's call (from the room, or by answering its ring). */
@@ -563,17 +554,30 @@ export class Store {
     const call = this.calls.get(roomId);
     if (!call) throw new Error("The call has ended.");
     if (this.session?.callId === call.call_id) return;
+    const session = await this.enterCall(roomId, call.call_id, call.media, () =>
+      api.callAction(roomId, call.call_id, "join"),
+    );
+    this.ringing = null;
+    for (const [user, seq] of call.participants) if (user !== this.me) session.met(user, seq);
+  }
+
+  /** Camera and microphone first, then `command` (the start or the join): if either fails,
+   * no session is left behind. */
+  private async enterCall(
+    roomId: string,
+    callId: string,
+    media: "audio" | "video",
+    command: () => Promise<CallOutcome>,
+  ): Promise<CallSession> {
     if (this.session) throw new Error("You are in a call already; hang up first.");
-    const session = this.newSession(roomId, call.call_id, call.media);
+    const session = this.newSession(roomId, callId, media);
     try {
       await session.open();
-      const joined = await api.callAction(roomId, call.call_id, "join");
-      this.ringing = null;
-      this.adopt(session, call.call_id, joined.seq);
-      for (const [user, seq] of call.participants) if (user !== this.me) session.met(user, seq);
+      const done = await command();
+      this.adopt(session, done.call_id, done.seq);
+      return session;
     } catch (e) {
-      session.close();
-      this.session = null;
+      this.endSession(null);
       throw e;
     }
   }

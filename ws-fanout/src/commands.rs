@@ -34,24 +34,56 @@ pub struct CallOutcome {
     pub seq: Option<i64>,
 }
 
-/// A call lifecycle command of the socket (`call.start`, `call.join`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallAction {
-    Start,
-    Join,
-    Leave,
-    Decline,
-    End,
+/// A call lifecycle command of the socket (`call.start`, `call.join`, ...), with what each
+/// one carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCommand {
+    Start { media: Option<String> },
+    Join { call_id: String },
+    Leave { call_id: String },
+    Decline { call_id: String, busy: bool },
+    End { call_id: String },
 }
 
-impl CallAction {
-    pub fn name(self) -> &'static str {
+impl CallCommand {
+    pub fn name(&self) -> &'static str {
         match self {
-            CallAction::Start => "start",
-            CallAction::Join => "join",
-            CallAction::Leave => "leave",
-            CallAction::Decline => "decline",
-            CallAction::End => "end",
+            CallCommand::Start { .. } => "start",
+            CallCommand::Join { .. } => "join",
+            CallCommand::Leave { .. } => "leave",
+            CallCommand::Decline { .. } => "decline",
+            CallCommand::End { .. } => "end",
+        }
+    }
+
+    /// The call it is about (none yet for a start).
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            CallCommand::Start { .. } => None,
+            CallCommand::Join { call_id }
+            | CallCommand::Leave { call_id }
+            | CallCommand::Decline { call_id, .. }
+            | CallCommand::End { call_id } => Some(call_id),
+        }
+    }
+
+    /// Its path under `/v1/rooms/` and its body, as API.md has them.
+    fn request(&self, room_id: &str) -> (String, serde_json::Value) {
+        match self {
+            CallCommand::Start { media } => (
+                format!("{room_id}/calls"),
+                serde_json::json!({"media": media.as_deref().unwrap_or("video")}),
+            ),
+            CallCommand::Decline { call_id, busy } => (
+                format!("{room_id}/calls/{call_id}/decline"),
+                serde_json::json!({"busy": busy}),
+            ),
+            CallCommand::Join { call_id }
+            | CallCommand::Leave { call_id }
+            | CallCommand::End { call_id } => (
+                format!("{room_id}/calls/{call_id}/{}", self.name()),
+                serde_json::json!({}),
+            ),
         }
     }
 }
@@ -102,37 +134,13 @@ impl CommandsClient {
             .await
     }
 
-    /// `call_id` names the call for every action but `Start`; `media` and `busy` are the
-    /// bodies of start and decline.
     pub async fn call(
         &self,
         token: &str,
         room_id: &str,
-        action: CallAction,
-        call_id: Option<&str>,
-        media: Option<&str>,
-        busy: bool,
+        command: &CallCommand,
     ) -> Result<CallOutcome, Refused> {
-        let (path, body) = match (action, call_id) {
-            (CallAction::Start, _) => (
-                format!("{room_id}/calls"),
-                serde_json::json!({"media": media.unwrap_or("video")}),
-            ),
-            (CallAction::Decline, Some(call)) => (
-                format!("{room_id}/calls/{call}/decline"),
-                serde_json::json!({"busy": busy}),
-            ),
-            (action, Some(call)) => (
-                format!("{room_id}/calls/{call}/{}", action.name()),
-                serde_json::json!({}),
-            ),
-            (_, None) => {
-                return Err(Refused::Api {
-                    code: "invalid_frame".into(),
-                    message: "call_id is required".into(),
-                });
-            }
-        };
+        let (path, body) = command.request(room_id);
         self.request(token, &path, &body).await
     }
 

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::commands::CallAction;
+use crate::commands::CallCommand;
 use crate::error::FanoutError;
 
 /// A frame from a client, after validation.
@@ -32,11 +32,8 @@ pub enum ClientFrame {
     },
     /// `call.start` / `call.join` / `call.leave` / `call.decline` / `call.end`.
     Call {
-        action: CallAction,
         room_id: String,
-        call_id: Option<String>,
-        media: Option<String>,
-        busy: bool,
+        command: CallCommand,
     },
     /// `call.signal`: an offer, answer or ICE candidate for another participant.
     Signal {
@@ -165,20 +162,8 @@ fn frame_of(value: Value) -> Result<ClientFrame, FanoutError> {
             }
         }
         "call.start" | "call.join" | "call.leave" | "call.decline" | "call.end" => {
-            let action = match kind.as_str() {
-                "call.start" => CallAction::Start,
-                "call.join" => CallAction::Join,
-                "call.leave" => CallAction::Leave,
-                "call.decline" => CallAction::Decline,
-                _ => CallAction::End,
-            };
             let b: CallBody = body(&kind, value)?;
             let call_id = b.call_id.map(|id| id_of(id, "call_id")).transpose()?;
-            if action != CallAction::Start && call_id.is_none() {
-                return Err(FanoutError::InvalidFrame(format!(
-                    "{kind}: call_id is required"
-                )));
-            }
             if let Some(m) = &b.media
                 && !matches!(m.as_str(), "audio" | "video")
             {
@@ -186,13 +171,23 @@ fn frame_of(value: Value) -> Result<ClientFrame, FanoutError> {
                     "media is \"audio\" or \"video\"".into(),
                 ));
             }
-            ClientFrame::Call {
-                action,
-                room_id: room_id(b.room_id)?,
-                call_id,
-                media: b.media,
-                busy: b.busy,
-            }
+            let room_id = room_id(b.room_id)?;
+            let command = match (kind.as_str(), call_id) {
+                ("call.start", _) => CallCommand::Start { media: b.media },
+                (_, None) => {
+                    return Err(FanoutError::InvalidFrame(format!(
+                        "{kind}: call_id is required"
+                    )));
+                }
+                ("call.join", Some(call_id)) => CallCommand::Join { call_id },
+                ("call.leave", Some(call_id)) => CallCommand::Leave { call_id },
+                ("call.decline", Some(call_id)) => CallCommand::Decline {
+                    call_id,
+                    busy: b.busy,
+                },
+                (_, Some(call_id)) => CallCommand::End { call_id },
+            };
+            ClientFrame::Call { room_id, command }
         }
         "call.signal" => {
             let b: SignalBody = body(&kind, value)?;

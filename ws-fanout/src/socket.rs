@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
-use crate::commands::{CallAction, CommandsClient};
+use crate::commands::{CallCommand, CommandsClient};
 use crate::config::Config;
 use crate::error::FanoutError;
 use crate::heads::Heads;
@@ -460,24 +460,9 @@ async fn handle(node: &Arc<Node>, session: &mut Session, text_frame: &str) {
             reply_to,
         } => send(node, session, room_id, client_msg_id, content, reply_to),
         ClientFrame::Typing { room_id } => typing(node, session, &room_id).await,
-        ClientFrame::Call {
-            action,
-            room_id,
-            call_id,
-            media,
-            busy,
-        } => call(
-            node,
-            session,
-            CallFrame {
-                action,
-                room_id,
-                call_id,
-                media,
-                busy,
-            },
-            reference.clone(),
-        ),
+        ClientFrame::Call { room_id, command } => {
+            call(node, session, room_id, command, reference.clone())
+        }
         ClientFrame::Signal {
             call_id,
             to,
@@ -601,12 +586,26 @@ async fn typing(node: &Arc<Node>, session: &mut Session, room_id: &str) -> Resul
     node.typing.publish(room_id, user).await
 }
 
-struct CallFrame {
-    action: CallAction,
-    room_id: String,
-    call_id: Option<String>,
-    media: Option<String>,
-    busy: bool,
+/// Runs one HTTP command of this socket (a `send`, a call command) in a task of its own,
+/// within the socket's bound of commands awaiting answers, and queues the frame its answer
+/// makes.
+fn in_flight<F, Fut>(node: &Arc<Node>, session: &Session, answer: F) -> Result<(), FanoutError>
+where
+    F: FnOnce(Arc<Node>, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    let Ok(permit) = session.sends.clone().try_acquire_owned() else {
+        return Err(FanoutError::TooManyInFlight(format!(
+            "{SENDS_IN_FLIGHT} sends and call commands of this socket await their answers; wait for them"
+        )));
+    };
+    let (node, outlet, token) = (node.clone(), session.outlet.clone(), session.token.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let frame = answer(node, token).await;
+        outlet.push(text(frame));
+    });
+    Ok(())
 }
 
 /// A socket's call lifecycle frame is the call command of API.md made with the caller's token
@@ -615,44 +614,23 @@ struct CallFrame {
 fn call(
     node: &Arc<Node>,
     session: &Session,
-    frame: CallFrame,
+    room_id: String,
+    command: CallCommand,
     reference: Option<String>,
 ) -> Result<(), FanoutError> {
-    let Ok(permit) = session.sends.clone().try_acquire_owned() else {
-        return Err(FanoutError::TooManyInFlight(format!(
-            "{SENDS_IN_FLIGHT} commands on this socket await their answers; wait for them"
-        )));
-    };
-    let node = node.clone();
-    let outlet = session.outlet.clone();
-    let token = session.token.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let done = node
-            .commands
-            .call(
-                &token,
-                &frame.room_id,
-                frame.action,
-                frame.call_id.as_deref(),
-                frame.media.as_deref(),
-                frame.busy,
-            )
-            .await;
+    in_flight(node, session, move |node, token| async move {
         let reference = reference.as_deref();
-        let answer = match done {
+        match node.commands.call(&token, &room_id, &command).await {
             Ok(o) => protocol::call_accepted_frame(
-                frame.action.name(),
-                &frame.room_id,
-                o.call_id.as_deref().or(frame.call_id.as_deref()),
+                command.name(),
+                &room_id,
+                o.call_id.as_deref().or(command.call_id()),
                 o.seq,
                 reference,
             ),
             Err(refused) => refused.frame(reference),
-        };
-        outlet.push(text(answer));
-    });
-    Ok(())
+        }
+    })
 }
 
 /// A socket `send` is the HTTP post of API.md made with the caller's token, so it gets exactly
@@ -665,16 +643,7 @@ fn send(
     content: String,
     reply_to: Option<String>,
 ) -> Result<(), FanoutError> {
-    let Ok(permit) = session.sends.clone().try_acquire_owned() else {
-        return Err(FanoutError::TooManyInFlight(format!(
-            "{SENDS_IN_FLIGHT} sends on this socket await their answers; wait for their acks"
-        )));
-    };
-    let node = node.clone();
-    let outlet = session.outlet.clone();
-    let token = session.token.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
+    in_flight(node, session, move |node, token| async move {
         let posted = node
             .commands
             .post(
@@ -685,11 +654,9 @@ fn send(
                 reply_to.as_deref(),
             )
             .await;
-        let answer = match posted {
+        match posted {
             Ok(p) => protocol::ack_frame(&client_msg_id, &p.message_id, p.seq),
             Err(refused) => refused.frame(Some(&client_msg_id)),
-        };
-        outlet.push(text(answer));
-    });
-    Ok(())
+        }
+    })
 }

@@ -4,7 +4,7 @@
 //! applied; a record already applied (same `seq`, same `event_id`) is a duplicate and skipped;
 //! anything else (another writer's event, a gap) is a conflict the caller reports.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use schemas::DomainEvent;
 use schemas::events::{CallMedia, Role, Visibility};
@@ -305,10 +305,13 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct Rooms {
     rooms: HashMap<String, RoomState>,
-    /// Rooms whose call rings unanswered, with the call and when it started: the writer ends
-    /// each one the ring timeout after its start (`Command::RingTimeout`). Kept from the log,
-    /// so a writer that takes a partition over arms the calls its predecessor left ringing.
-    ringing: HashMap<String, (String, i64)>,
+    /// Calls ringing unanswered, by (start time, room): the writer ends each one the ring
+    /// timeout after its start (`Command::RingTimeout`), and asks for the earliest after every
+    /// command, so the order is kept rather than searched. Kept from the log, so a writer that
+    /// takes a partition over arms the calls its predecessor left ringing.
+    ringing: BTreeMap<(i64, String), String>,
+    /// When each room's ringing call started (its key in `ringing`).
+    ringing_since: HashMap<String, i64>,
 }
 
 impl Rooms {
@@ -333,17 +336,16 @@ impl Rooms {
     pub fn rung_out(&self, ring_ms: i64, now_ms: i64) -> Vec<(String, String)> {
         self.ringing
             .iter()
-            .filter(|(_, (_, started))| started + ring_ms <= now_ms)
-            .map(|(room, (call, _))| (room.clone(), call.clone()))
+            .take_while(|((started, _), _)| started + ring_ms <= now_ms)
+            .map(|((_, room), call)| (room.clone(), call.clone()))
             .collect()
     }
 
     /// When the next ringing call rings out (Unix ms), if any rings.
     pub fn next_ring_out(&self, ring_ms: i64) -> Option<i64> {
         self.ringing
-            .values()
-            .map(|(_, started)| started + ring_ms)
-            .min()
+            .first_key_value()
+            .map(|((started, _), _)| started + ring_ms)
     }
 
     pub fn apply(&mut self, event: &DomainEvent) -> Applied {
@@ -388,14 +390,16 @@ impl Rooms {
         | DomainEvent::CallJoined(_)
         | DomainEvent::CallEnded(_) = event
         {
-            match &state.call {
-                Some((call_id, call)) if call.answered_at.is_none() => {
-                    self.ringing
-                        .insert(room_id.to_string(), (call_id.clone(), call.started_at));
-                }
-                _ => {
-                    self.ringing.remove(room_id);
-                }
+            if let Some(started) = self.ringing_since.remove(room_id) {
+                self.ringing.remove(&(started, room_id.to_string()));
+            }
+            if let Some((call_id, call)) = &state.call
+                && call.answered_at.is_none()
+            {
+                self.ringing_since
+                    .insert(room_id.to_string(), call.started_at);
+                self.ringing
+                    .insert((call.started_at, room_id.to_string()), call_id.clone());
             }
         }
         state.recent.push_back((seq, key(&envelope.event_id)));
