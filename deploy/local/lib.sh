@@ -56,6 +56,11 @@ fi
 : "${CHAT_TURN_MIN_PORT:=49160}"            # coturn's relayed addresses
 : "${CHAT_TURN_MAX_PORT:=49260}"
 : "${CHAT_TURN_SECRET_FILE:=$CHAT_STATE_DIR/keys/turn-secret}"
+: "${CHAT_JANUS_PORT:=8095}"                # Janus's HTTP API (loopback; signaling only)
+: "${CHAT_JANUS_MIN_PORT:=49500}"           # Janus's media (RTP/RTCP, one port per connection)
+: "${CHAT_JANUS_MAX_PORT:=49699}"
+: "${CHAT_JANUS_ICE_ENFORCE:=}"             # interfaces/addresses Janus gathers on (empty: all but loopback)
+: "${CHAT_JANUS_SECRET_FILE:=$CHAT_STATE_DIR/keys/janus-secret}"
 : "${CHAT_INTERNAL_SECRET_FILE:=$CHAT_STATE_DIR/keys/internal-secret}"   # tier-to-tier requests
 : "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
 
@@ -80,13 +85,14 @@ export CHAT_PROJECTIONS_URL="http://127.0.0.1:$CHAT_PROJECTIONS_PORT"
 export CHAT_WS_URL="http://127.0.0.1:$CHAT_WS_PORT"
 export CHAT_ENTRY_URL="http://127.0.0.1:$CHAT_ENTRY_PORT"
 export CHAT_SIGNALING_URL="http://127.0.0.1:$CHAT_SIGNALING_PORT"
-export CHAT_TURN_SECRET_FILE CHAT_INTERNAL_SECRET_FILE
+export CHAT_JANUS_URL="http://127.0.0.1:$CHAT_JANUS_PORT/janus"
+export CHAT_TURN_SECRET_FILE CHAT_INTERNAL_SECRET_FILE CHAT_JANUS_SECRET_FILE CHAT_JANUS_ICE_ENFORCE
 export CHAT_TURN_URLS="turn:127.0.0.1:$CHAT_TURN_PORT?transport=udp,turn:127.0.0.1:$CHAT_TURN_PORT?transport=tcp"
 export CHAT_JWKS_URL="$CHAT_COMMANDS_URL/v1/auth/jwks"
 export CHAT_JWT_PRIVATE_KEY_FILE
 
 # The infrastructure services, in start order.
-ALL_SERVICES=(postgres redis broker registry mongo clickhouse coturn commands projections query-api ws-fanout signaling nginx)
+ALL_SERVICES=(postgres redis broker registry mongo clickhouse coturn janus commands projections query-api ws-fanout signaling nginx)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }

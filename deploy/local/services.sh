@@ -478,9 +478,113 @@ EOF
     wait_until coturn 30 port_open "$CHAT_TURN_PORT"
 }
 
+# ---------- Janus (the SFU of group calls) ----------
+# Debian's janus with only what the platform uses: the VideoRoom plugin and the HTTP transport,
+# on loopback at a port of our choosing (Janus's 8088 collides with other defaults). Every
+# request needs the API secret (a file of this stack's, shared with signaling only), which is
+# also VideoRoom's admin key: rooms exist only when signaling makes them. Media on
+# CHAT_JANUS_MIN_PORT..MAX_PORT, gathered on every interface but loopback (Janus skips it), or
+# only on those CHAT_JANUS_ICE_ENFORCE names.
+
+install_janus() { command -v janus >/dev/null 2>&1 || ensure_apt janus; }
+
+# Where Debian put Janus's plugins (a multiarch path).
+janus_lib() {
+    local so
+    so=$(dpkg -L janus 2>/dev/null | grep '/plugins/libjanus_videoroom.so$' | head -1)
+    [ -n "$so" ] || die "janus is installed without its VideoRoom plugin"
+    dirname "$(dirname "$so")"
+}
+
+# The modules of a Janus folder except <keep>, comma-separated (what Janus's `disable` takes).
+janus_all_but() {
+    local folder=$1 keep=$2
+    (cd "$folder" && ls -1 -- *.so 2>/dev/null) | grep -vx "$keep" | paste -sd, -
+}
+
+ensure_janus_secret() {
+    ensure_secret "$CHAT_JANUS_SECRET_FILE" "Janus API secret"
+}
+
+start_janus() {
+    ensure_janus_secret
+    running_pid janus >/dev/null && return 0
+    local dir=$DATA_DIR/janus lib secret enforce=""
+    lib=$(janus_lib) || exit 1
+    secret=$(cat "$CHAT_JANUS_SECRET_FILE")
+    [ -n "$CHAT_JANUS_ICE_ENFORCE" ] && enforce="ice_enforce_list = \"$CHAT_JANUS_ICE_ENFORCE\""
+    mkdir -p "$dir"
+    (umask 077
+    cat >"$dir/janus.jcfg" <<JCFG
+general: {
+	configs_folder = "$dir"
+	plugins_folder = "$lib/plugins"
+	transports_folder = "$lib/transports"
+	events_folder = "$lib/events"
+	loggers_folder = "$lib/loggers"
+	debug_level = 4
+	api_secret = "$secret"
+	admin_secret = "$secret"
+	# Sessions belong to signaling, which ends them when a participant leaves or a call ends.
+	session_timeout = 0
+	server_name = "chat-sfu"
+}
+media: {
+	rtp_port_range = "$CHAT_JANUS_MIN_PORT-$CHAT_JANUS_MAX_PORT"
+}
+nat: {
+	$enforce
+	ice_ignore_list = "vmnet"
+}
+plugins: {
+	disable = "$(janus_all_but "$lib/plugins" libjanus_videoroom.so)"
+}
+transports: {
+	disable = "$(janus_all_but "$lib/transports" libjanus_http.so)"
+}
+loggers: {
+	disable = "$(janus_all_but "$lib/loggers" none)"
+}
+events: {
+	broadcast = false
+	disable = "$(janus_all_but "$lib/events" none)"
+}
+JCFG
+    cat >"$dir/janus.transport.http.jcfg" <<JCFG
+general: {
+	json = "compact"
+	base_path = "/janus"
+	http = true
+	port = $CHAT_JANUS_PORT
+	ip = "127.0.0.1"
+	https = false
+}
+admin: {
+	admin_http = false
+}
+JCFG
+    cat >"$dir/janus.plugin.videoroom.jcfg" <<JCFG
+general: {
+	admin_key = "$secret"
+	string_ids = true
+}
+JCFG
+    )
+    wait_port_free janus "$CHAT_JANUS_PORT" CHAT_JANUS_PORT
+    start_bg janus "$dir" "$(command -v janus || echo /usr/bin/janus)" \
+        -C "$dir/janus.jcfg" -F "$dir" --disable-colors
+    wait_until janus 30 janus_ready
+}
+
+janus_ready() {
+    curl -fsS -m 2 -X POST "$CHAT_JANUS_URL" \
+        -d '{"janus":"info","transaction":"ready"}' 2>/dev/null | grep -q '"server_info"'
+}
+
 start_signaling() {
     ensure_turn_secret
     ensure_internal_secret
+    ensure_janus_secret
     start_workspace_service signaling signaling CHAT_SIGNALING_LISTEN "$CHAT_SIGNALING_PORT" "$CHAT_SIGNALING_URL"
 }
 
@@ -608,6 +712,7 @@ endpoint_of() {
         query-api) echo "$CHAT_QUERY_URL" ;;
         ws-fanout) echo "${CHAT_WS_URL/http/ws}/v1/ws" ;;
         coturn) echo "turn:127.0.0.1:$CHAT_TURN_PORT (coturn $(turnserver --version 2>/dev/null | head -1), relays $CHAT_TURN_MIN_PORT-$CHAT_TURN_MAX_PORT)" ;;
+        janus) echo "$CHAT_JANUS_URL (Janus $(dpkg-query -W -f='${Version}' janus 2>/dev/null), VideoRoom; media $CHAT_JANUS_MIN_PORT-$CHAT_JANUS_MAX_PORT${CHAT_JANUS_ICE_ENFORCE:+ on $CHAT_JANUS_ICE_ENFORCE})" ;;
         signaling) echo "$CHAT_SIGNALING_URL" ;;
         nginx) echo "$CHAT_ENTRY_URL (the single entry: open it in a browser for the app; /v1/ws, reads, writes)" ;;
     esac
@@ -626,6 +731,7 @@ ready_check() {
         query-api) http_ready "$CHAT_QUERY_URL/healthz" 2>/dev/null ;;
         ws-fanout) http_ready "$CHAT_WS_URL/healthz" 2>/dev/null ;;
         coturn) port_open "$CHAT_TURN_PORT" ;;
+        janus) janus_ready ;;
         signaling) http_ready "$CHAT_SIGNALING_URL/healthz" 2>/dev/null ;;
         nginx) http_ready "$CHAT_ENTRY_URL/healthz" 2>/dev/null ;;
     esac

@@ -48,6 +48,18 @@ pub enum CallMedia {
     Video,
 }
 
+/// How a call's media flows: between the two participants, or through the platform's SFU
+/// (Janus), which group calls need (a mesh of n participants sends n-1 copies of everything).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CallTopology {
+    #[default]
+    P2p,
+    Sfu,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
@@ -188,6 +200,9 @@ pub struct CallStarted {
     pub call_id: String,
     pub initiator_id: String,
     pub media: CallMedia,
+    /// Calls written before group calls have none: they were peer to peer.
+    #[serde(default)]
+    pub topology: CallTopology,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -136,6 +136,7 @@ fn samples(room: &str, user: &str) -> Vec<DomainEvent> {
             call_id: "c1".into(),
             initiator_id: user.into(),
             media: CallMedia::Video,
+            topology: CallTopology::Sfu,
         }
         .into(),
         CallJoined {

@@ -25,6 +25,8 @@ pub struct App {
     pub limits: Limits,
     pub turn: TurnSecret,
     pub calls: Calls,
+    /// Group calls' SFU; `None` when this stack runs no Janus.
+    pub sfu: Option<Arc<crate::sfu::Sfu>>,
     pub metrics: Metrics,
     /// The call state caught up with the log (`crate::follow`): ready to relay.
     pub caught_up: Arc<std::sync::atomic::AtomicBool>,
@@ -91,6 +93,9 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(turn_credentials))
         .routes(routes!(crate::relay::signal))
+        .routes(routes!(crate::sfu::routes::publish))
+        .routes(routes!(crate::sfu::routes::subscribe))
+        .routes(routes!(crate::sfu::routes::start))
 }
 
 /// This tier's part of the platform's OpenAPI document.

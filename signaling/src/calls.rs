@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use schemas::DomainEvent;
+use schemas::events::CallTopology;
 
 use crate::error::SignalingError;
 
@@ -20,13 +21,14 @@ use crate::error::SignalingError;
 const STATE_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Applies one call event. KEYS: the call's hash, its members' hash (member -> `seq:1` in the
-/// call, `seq:0` out of it). ARGV: seq, op, member, room, ttl. Returns 1 when the member's state
+/// call, `seq:0` out of it). ARGV: seq, op, member, room, ttl, topology (of a start). Returns 1 when the member's state
 /// changed. Events come from the log and, earlier, from the fast channel, so they may arrive
 /// twice and out of order: each member's state is the one of their newest event (a later seq
 /// wins), and nothing changes a call once it ended.
 const APPLY: &str = r#"
 local seq = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'room_id', ARGV[4])
+if ARGV[2] == 'started' then redis.call('HSET', KEYS[1], 'topology', ARGV[6]) end
 local changed = 0
 if ARGV[2] == 'ended' then
   redis.call('HSET', KEYS[1], 'status', 'ended')
@@ -59,6 +61,8 @@ pub struct CallView {
     pub room_id: String,
     pub ended: bool,
     pub participants: HashSet<String>,
+    /// Media flows through the SFU (`CallTopology::Sfu`); known once the start was applied.
+    pub sfu: bool,
 }
 
 impl Calls {
@@ -78,8 +82,15 @@ impl Calls {
     /// Applies `event` if it is a call event (true), and skips anything else (false).
     pub async fn apply(&self, event: &DomainEvent) -> Result<bool, SignalingError> {
         let envelope = event.envelope();
+        let mut topology = "";
         let (op, call_id, member) = match event {
-            DomainEvent::CallStarted(e) => ("started", &e.call_id, e.initiator_id.as_str()),
+            DomainEvent::CallStarted(e) => {
+                topology = match e.topology {
+                    CallTopology::P2p => "p2p",
+                    CallTopology::Sfu => "sfu",
+                };
+                ("started", &e.call_id, e.initiator_id.as_str())
+            }
             DomainEvent::CallJoined(e) => ("joined", &e.call_id, e.member_id.as_str()),
             DomainEvent::CallLeft(e) => ("left", &e.call_id, e.member_id.as_str()),
             DomainEvent::CallEnded(e) => ("ended", &e.call_id, ""),
@@ -98,6 +109,7 @@ impl Calls {
             .arg(member)
             .arg(room)
             .arg(STATE_TTL_SECS)
+            .arg(topology)
             .invoke_async(&mut redis)
             .await?;
         // The user's index follows the member's newest state (a hint: an entry can outlive its
@@ -175,6 +187,7 @@ impl Calls {
             .arg(&call)
             .arg("room_id")
             .arg("status")
+            .arg("topology")
             .cmd("HGETALL")
             .arg(&members)
             .query_async(&mut redis)
@@ -184,14 +197,15 @@ impl Calls {
             .filter(|(_, state)| state.ends_with(":1"))
             .map(|(member, _)| member)
             .collect();
-        let (Some(Some(room_id)), status) = (fields.first().cloned(), fields.get(1).cloned())
-        else {
+        let field = |i: usize| fields.get(i).cloned().flatten();
+        let Some(room_id) = field(0) else {
             return Ok(None);
         };
         Ok(Some(CallView {
             room_id,
-            ended: status.flatten().as_deref() == Some("ended"),
+            ended: field(1).as_deref() == Some("ended"),
             participants,
+            sfu: field(2).as_deref() == Some("sfu"),
         }))
     }
 

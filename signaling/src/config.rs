@@ -38,6 +38,16 @@ pub struct Config {
     /// `CHAT_TURN_TTL_SECS`, default 3600: how long credentials work (a call in progress keeps
     /// its allocation; new ones need fresh credentials).
     pub turn_ttl: Duration,
+    /// `CHAT_JANUS_URL`, default `http://127.0.0.1:8095/janus`: the SFU's HTTP API (reached by
+    /// this tier only).
+    pub janus_url: String,
+    /// `CHAT_JANUS_SECRET_FILE`, default `$CHAT_STATE_DIR/keys/janus-secret`: Janus's API secret
+    /// (also the VideoRoom admin key), shared by Janus and this tier only. Without it group
+    /// calls are refused (`sfu_unavailable`).
+    pub janus_secret_file: PathBuf,
+    /// `CHAT_SFU_BITRATE`, default 1,000,000: bits per second a publisher is asked to stay
+    /// under.
+    pub sfu_bitrate: u32,
     /// `CHAT_LIMIT_<NAME>` = `<per second>/<burst>`: the budgets of `crate::limits`.
     pub budgets: crate::limits::Budgets,
 }
@@ -87,6 +97,15 @@ impl Config {
                 .map(str::to_string)
                 .collect(),
             turn_ttl: Duration::from_secs(env_or("CHAT_TURN_TTL_SECS", 3600u64)?.max(60)),
+            janus_url: platform::config::env_string(
+                "CHAT_JANUS_URL",
+                "http://127.0.0.1:8095/janus",
+            ),
+            janus_secret_file: env_or(
+                "CHAT_JANUS_SECRET_FILE",
+                shared.state_dir.join("keys/janus-secret"),
+            )?,
+            sfu_bitrate: env_or("CHAT_SFU_BITRATE", 1_000_000u32)?,
             budgets: crate::limits::Budgets::from_env()?,
         })
     }

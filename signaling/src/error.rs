@@ -21,6 +21,9 @@ pub enum SignalingError {
     Forbidden(&'static str, String),
     #[error("{1}")]
     Conflict(&'static str, String),
+    /// Janus refused or did not answer.
+    #[error(transparent)]
+    Sfu(#[from] crate::janus::JanusError),
     /// Redis (the call state, the relay) did not answer; the client retries.
     #[error("the call state is unavailable: {0}")]
     Redis(#[from] redis::RedisError),
@@ -48,6 +51,18 @@ impl From<SignalingError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, code, message)
             }
             SignalingError::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
+            SignalingError::Sfu(janus) => match janus.code() {
+                Some(crate::janus::codes::NO_SUCH_FEED) => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "feed_not_found",
+                    "that participant does not publish (yet, or any more)",
+                ),
+                Some(crate::janus::codes::INVALID_SDP) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+                }
+                _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sfu_unavailable", message)
+                    .with_retry_after(1),
+            },
             SignalingError::Redis(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
                     .with_retry_after(1)

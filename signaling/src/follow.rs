@@ -29,6 +29,8 @@ pub struct Follower {
     pub calls: Calls,
     pub dropper: Dropper,
     pub metrics: Metrics,
+    /// Where leaves and ends go to be carried out in Janus (`crate::sfu::janitor`).
+    pub sfu_cleanup: Option<tokio::sync::mpsc::UnboundedSender<crate::sfu::Cleanup>>,
     /// Set once the follower has partitions and found nothing more to read: the call state
     /// holds every call the log held then (the tier's readiness).
     pub caught_up: Arc<AtomicBool>,
@@ -151,7 +153,14 @@ impl Follower {
                     })
                     .await;
                     match applied {
-                        Some(true) => self.metrics.call_events.inc(),
+                        Some(true) => {
+                            self.metrics.call_events.inc();
+                            if let (Some(cleanup), Some(job)) =
+                                (&self.sfu_cleanup, crate::sfu::Cleanup::after(&event))
+                            {
+                                let _ = cleanup.send(job);
+                            }
+                        }
                         Some(false) => {}
                         None => break,
                     }

@@ -9,6 +9,9 @@ platform::budgets! {
         /// Relayed offers, answers and ICE candidates: setting up a call sends a burst of them
         /// (a candidate per interface and transport), an ICE restart another.
         signals: 20.0, 200;
+        /// SFU negotiations (publish, subscribe, start): a participant joining a call of n
+        /// makes about 2n of them, a reconnect as many again.
+        sfu: 5.0, 100;
     }
 }
 

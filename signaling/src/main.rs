@@ -61,7 +61,38 @@ async fn main() -> anyhow::Result<()> {
         secret,
         calls: calls.clone(),
     };
+    let sfu = match platform::internal::read_secret(&config.janus_secret_file) {
+        Ok(secret) => {
+            let janus = signaling::janus::Janus::new(
+                &config.janus_url,
+                String::from_utf8(secret).context("the Janus secret is not text")?,
+            )?;
+            Some(Arc::new(signaling::sfu::Sfu::new(
+                janus,
+                redis.clone(),
+                &config.redis_prefix,
+                config.sfu_bitrate,
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, file = %config.janus_secret_file.display(), "no Janus secret: group calls are refused");
+            None
+        }
+    };
+    let stop = CancellationToken::new();
+    let sfu_cleanup = sfu.as_ref().map(|sfu| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(signaling::sfu::janitor(
+            sfu.clone(),
+            calls.clone(),
+            metrics.clone(),
+            rx,
+            stop.clone(),
+        ));
+        tx
+    });
     let follower = Follower {
+        sfu_cleanup,
         brokers: config.brokers.clone(),
         group: config.group_id.clone(),
         codec,
@@ -80,11 +111,11 @@ async fn main() -> anyhow::Result<()> {
         verifier,
         turn,
         calls,
+        sfu,
         metrics,
         caught_up,
         config: config.clone(),
     });
-    let stop = CancellationToken::new();
     let following = tokio::spawn(follower.run(consumer, stop.clone()));
     tokio::spawn(fast.run(stop.clone()));
     let keys = app.clone();

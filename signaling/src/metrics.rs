@@ -18,6 +18,14 @@ pub struct Metrics {
     pub relayed: IntCounter,
     /// Participants taken out of calls because their sockets all dropped.
     pub dropped: IntCounter,
+    /// Publishers admitted to a group call's SFU room.
+    pub sfu_publishes: IntCounter,
+    /// Subscriptions to a participant's media through the SFU.
+    pub sfu_subscriptions: IntCounter,
+    /// Leaves and ends carried out in Janus (sessions destroyed, kicks, rooms destroyed).
+    pub sfu_cleanups: IntCounter,
+    /// Janus requests that failed (refused or unanswered; cleanups are retried).
+    pub janus_errors: IntCounter,
 }
 
 impl Metrics {
@@ -55,6 +63,22 @@ impl Metrics {
             dropped: counter(
                 "signaling_disconnected_participants_total",
                 "participants taken out of calls because their sockets all dropped",
+            )?,
+            sfu_publishes: counter(
+                "signaling_sfu_publishes_total",
+                "publishers admitted to a group call's SFU room",
+            )?,
+            sfu_subscriptions: counter(
+                "signaling_sfu_subscriptions_total",
+                "subscriptions to a participant's media through the SFU",
+            )?,
+            sfu_cleanups: counter(
+                "signaling_sfu_cleanups_total",
+                "leaves and ends carried out in Janus",
+            )?,
+            janus_errors: counter(
+                "signaling_janus_errors_total",
+                "Janus requests that failed (cleanups are retried)",
             )?,
         })
     }

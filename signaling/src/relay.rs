@@ -21,7 +21,7 @@ use crate::calls::CallView;
 use crate::error::SignalingError;
 
 /// How long a signal waits for the call state to show a join the writer just acknowledged.
-const JOIN_PATIENCE: Duration = Duration::from_secs(3);
+pub(crate) const JOIN_PATIENCE: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SignalRequest {
@@ -33,7 +33,7 @@ pub struct SignalRequest {
     payload: Value,
 }
 
-fn uuid(raw: &str, field: &str) -> Result<String, SignalingError> {
+pub(crate) fn uuid(raw: &str, field: &str) -> Result<String, SignalingError> {
     uuid::Uuid::parse_str(raw)
         .map(|u| u.to_string())
         .map_err(|_| SignalingError::Invalid(format!("{field} is not a valid id")))

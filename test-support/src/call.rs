@@ -91,6 +91,18 @@ impl Received {
     }
 }
 
+/// How to make a [`Peer`].
+pub struct Setup {
+    pub ice_servers: Vec<RTCIceServer>,
+    pub relay_only: bool,
+    /// Said on its data channels.
+    pub name: &'static str,
+    /// What it sends; `None` for a peer that only receives (an SFU subscription).
+    pub send: Option<Rate>,
+    /// Gather host candidates on this address only (the SFU's test network), not loopback.
+    pub only_address: Option<std::net::IpAddr>,
+}
+
 pub struct Peer {
     pub pc: Arc<RTCPeerConnection>,
     pub received: Arc<Received>,
@@ -100,17 +112,39 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A peer sending at `rate`, with loopback candidates.
     pub async fn new(
         ice_servers: Vec<RTCIceServer>,
         relay_only: bool,
         name: &'static str,
         rate: Rate,
     ) -> anyhow::Result<Peer> {
+        Self::open(Setup {
+            ice_servers,
+            relay_only,
+            name,
+            send: Some(rate),
+            only_address: None,
+        })
+        .await
+    }
+
+    pub async fn open(setup: Setup) -> anyhow::Result<Peer> {
+        let Setup {
+            ice_servers,
+            relay_only,
+            name,
+            send,
+            only_address,
+        } = setup;
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
         let mut settings = SettingEngine::default();
-        settings.set_include_loopback_candidate(true);
+        match only_address {
+            Some(address) => settings.set_ip_filter(Box::new(move |ip| ip == address)),
+            None => settings.set_include_loopback_candidate(true),
+        }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
@@ -130,11 +164,13 @@ impl Peer {
         let stop = Arc::new(AtomicBool::new(false));
         let made = Instant::now();
 
-        let tracks = [
-            (MIME_TYPE_OPUS, "audio", rate.audio_bytes, 50),
-            (MIME_TYPE_VP8, "video", rate.video_bytes, rate.fps.max(1)),
-        ];
-        for (mime, kind, bytes, per_second) in tracks {
+        let tracks = send.map(|rate| {
+            [
+                (MIME_TYPE_OPUS, "audio", rate.audio_bytes, 50),
+                (MIME_TYPE_VP8, "video", rate.video_bytes, rate.fps.max(1)),
+            ]
+        });
+        for (mime, kind, bytes, per_second) in tracks.into_iter().flatten() {
             let track = Arc::new(TrackLocalStaticSample::new(
                 RTCRtpCodecCapability {
                     mime_type: mime.to_owned(),
@@ -312,38 +348,29 @@ pub async fn turn_servers(api: &Api, user: &User) -> anyhow::Result<Vec<RTCIceSe
     }])
 }
 
-/// A socket of the entry carrying one user's call signals.
-pub struct Signals {
+/// A socket of the entry, opened with a user's token.
+pub struct Socket {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    call: String,
-    /// The other participant.
-    to: String,
 }
 
-impl Signals {
-    async fn connect(user: &User, call: &str, to: &User) -> anyhow::Result<Self> {
+impl Socket {
+    pub async fn connect(user: &User) -> anyhow::Result<Self> {
         let url = format!(
             "{}/v1/ws?access_token={}",
             env::entry_url().replacen("http", "ws", 1),
             user.access_token
         );
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Self {
-            ws,
-            call: call.to_string(),
-            to: to.user_id.clone(),
-        })
+        Ok(Self { ws })
     }
 
-    async fn send(&mut self, payload: Value) -> anyhow::Result<()> {
-        let frame =
-            json!({"type": "call.signal", "call_id": self.call, "to": self.to, "payload": payload});
+    pub async fn send(&mut self, frame: Value) -> anyhow::Result<()> {
         self.ws.send(Message::text(frame.to_string())).await?;
         Ok(())
     }
 
     /// The next frame within `wait`, if any.
-    async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<Value>> {
+    pub async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<Value>> {
         match tokio::time::timeout(wait, self.ws.next()).await {
             Err(_) => Ok(None),
             Ok(None) => bail!("socket closed"),
@@ -351,6 +378,34 @@ impl Signals {
             Ok(Some(Ok(Message::Text(t)))) => Ok(Some(serde_json::from_str(t.as_str())?)),
             Ok(Some(Ok(_))) => Ok(None),
         }
+    }
+}
+
+/// A socket carrying one user's call signals to the other participant.
+pub struct Signals {
+    socket: Socket,
+    call: String,
+    /// The other participant.
+    to: String,
+}
+
+impl Signals {
+    async fn connect(user: &User, call: &str, to: &User) -> anyhow::Result<Self> {
+        Ok(Self {
+            socket: Socket::connect(user).await?,
+            call: call.to_string(),
+            to: to.user_id.clone(),
+        })
+    }
+
+    async fn send(&mut self, payload: Value) -> anyhow::Result<()> {
+        self.socket
+            .send(json!({"type": "call.signal", "call_id": self.call, "to": self.to, "payload": payload}))
+            .await
+    }
+
+    async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<Value>> {
+        self.socket.next(wait).await
     }
 }
 

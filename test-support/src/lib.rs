@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 
 pub mod api;
 pub mod call;
+pub mod group;
 pub mod log;
 pub mod produce;
 pub mod scenario;

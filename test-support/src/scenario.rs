@@ -145,6 +145,11 @@ pub fn chat(rooms: usize, members: usize, messages: usize, start_ms: i64) -> Sce
                         call_id: call_id.clone(),
                         initiator_id: caller.clone(),
                         media,
+                        topology: if members.len() > 2 {
+                            CallTopology::Sfu
+                        } else {
+                            CallTopology::P2p
+                        },
                     }
                     .into(),
                 );

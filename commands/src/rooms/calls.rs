@@ -6,11 +6,26 @@
 //! a second participant joined.
 
 use schemas::DomainEvent;
-use schemas::events::{CallEnded, CallJoined, CallLeft, CallMedia, CallStarted, Role};
+use schemas::events::{
+    CallEnded, CallJoined, CallLeft, CallMedia, CallStarted, CallTopology, Role,
+};
 
 use super::decide::{Decision, Emitter, LeaveReason, forbidden, require_member};
 use super::state::{CallInfo, RoomState};
 use crate::error::CommandError;
+
+/// Rooms of at least this many members call through the SFU: a mesh of n participants sends
+/// every stream n-1 times, which a phone's uplink cannot carry past two. Decided once, at the
+/// start (moving a running call between topologies would renegotiate every connection).
+pub const SFU_FROM_MEMBERS: usize = 3;
+
+fn topology(room: &RoomState) -> CallTopology {
+    if room.members.len() >= SFU_FROM_MEMBERS {
+        CallTopology::Sfu
+    } else {
+        CallTopology::P2p
+    }
+}
 
 /// `CallEnded.reason` values (API.md lists them).
 mod ended {
@@ -40,6 +55,7 @@ pub(super) fn start(
         call_id: call_id.clone(),
         initiator_id: me.to_string(),
         media,
+        topology: topology(room),
     };
     Ok(about(e.emit(vec![event.into()], None), call_id))
 }

@@ -774,3 +774,44 @@ fn talk_time_counts_from_the_answer() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn rooms_of_three_or_more_call_through_the_sfu() {
+    use schemas::events::CallTopology;
+    let topology_of_next_call = |w: &mut World, who: &str| {
+        let events = w
+            .emitted(
+                who,
+                Command::StartCall {
+                    media: schemas::events::CallMedia::Video,
+                },
+            )
+            .unwrap();
+        let Some(schemas::DomainEvent::CallStarted(started)) = events.first() else {
+            panic!("no CallStarted: {events:?}");
+        };
+        (started.call_id.clone(), started.topology)
+    };
+    let mut w = World::with_room("owner", Visibility::Public);
+    w.members(&["ann"]);
+    let (call, two) = topology_of_next_call(&mut w, "ann");
+    assert_eq!(
+        two,
+        CallTopology::P2p,
+        "two members call each other directly"
+    );
+    w.ok(
+        "ann",
+        Command::LeaveCall {
+            call_id: call,
+            reason: LeaveReason::HungUp,
+        },
+    );
+    w.members(&["bob"]);
+    let (_, three) = topology_of_next_call(&mut w, "ann");
+    assert_eq!(
+        three,
+        CallTopology::Sfu,
+        "a third member makes it a group call"
+    );
+}

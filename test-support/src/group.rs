@@ -1,0 +1,393 @@
+//! Real group calls through the platform's SFU (Janus) for tests and benchmarks: each member
+//! publishes Opus and VP8 over one WebRTC connection (`POST /v1/calls/{id}/sfu/publish`) and
+//! receives each other member over one connection per publisher (`sfu/subscribe`, then
+//! `sfu/start` with the answer), learning of later publishers from `call.published` frames on
+//! its socket, as the web client does.
+//!
+//! Janus skips loopback when it gathers candidates, so the SFU works on an interface of its own
+//! here: [`sfu_network`] makes a veth pair whose near end holds `CHAT_SFU_TEST_ADDRESS` (the
+//! address the test stack's Janus is told to gather on) and whose far end sits in a network
+//! namespace of its own. The peers gather on that address only, so every packet of these calls
+//! stays on this machine.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+
+use crate::call::{Peer, Rate, Setup, Socket};
+use crate::{Api, User};
+
+/// The namespace holding the far end of the SFU test network.
+const NAMESPACE: &str = "chat-sfu";
+const NEAR: &str = "chatsfu0";
+const FAR: &str = "chatsfu1";
+
+/// The address of the SFU test network on this side (`CHAT_SFU_TEST_ADDRESS`).
+pub fn sfu_address() -> anyhow::Result<IpAddr> {
+    let raw = std::env::var("CHAT_SFU_TEST_ADDRESS").unwrap_or_else(|_| "10.203.7.1".into());
+    raw.parse()
+        .with_context(|| format!("CHAT_SFU_TEST_ADDRESS={raw} is not an address"))
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (Debian's iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Makes the SFU test network if it is not there (several tests may ask at once: a step that
+/// another made already fails, and the address is checked at the end). Needs CAP_NET_ADMIN.
+/// `deploy/local/test` deletes the namespace (and with it the pair) when it ends.
+pub fn sfu_network() -> anyhow::Result<IpAddr> {
+    let address = sfu_address()?;
+    let IpAddr::V4(v4) = address else {
+        bail!("CHAT_SFU_TEST_ADDRESS must be IPv4");
+    };
+    let has_it = || {
+        ip(&["-o", "addr", "show", "to", &address.to_string()]).is_ok_and(|out| out.contains(NEAR))
+    };
+    if has_it() {
+        return Ok(address);
+    }
+    let far = std::net::Ipv4Addr::from(u32::from(v4) + 1).to_string();
+    let near_cidr = format!("{address}/30");
+    let far_cidr = format!("{far}/30");
+    let steps: [&[&str]; 7] = [
+        &["netns", "add", NAMESPACE],
+        &[
+            "link", "add", NEAR, "type", "veth", "peer", "name", FAR, "netns", NAMESPACE,
+        ],
+        &["addr", "add", &near_cidr, "dev", NEAR],
+        &["link", "set", NEAR, "up"],
+        &["-n", NAMESPACE, "addr", "add", &far_cidr, "dev", FAR],
+        &["-n", NAMESPACE, "link", "set", FAR, "up"],
+        &["-n", NAMESPACE, "link", "set", "lo", "up"],
+    ];
+    let mut failures = Vec::new();
+    for step in steps {
+        if let Err(e) = ip(step) {
+            failures.push(e.to_string());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has_it() {
+        if Instant::now() >= deadline {
+            bail!(
+                "cannot make the SFU test network (needs root or CAP_NET_ADMIN): {}",
+                failures.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(address)
+}
+
+/// One member of a group call: the connection publishing their media, one per publisher
+/// they receive, and the socket announcing new publishers.
+pub struct Member {
+    pub user: User,
+    pub publisher: Option<Peer>,
+    /// Per publisher (user id), the connection receiving them.
+    pub receiving: HashMap<String, Peer>,
+    socket: Socket,
+}
+
+/// A group call of fresh users in one private room (the first started it, the others joined).
+pub struct Group {
+    pub room: String,
+    pub call: String,
+    pub members: Vec<Member>,
+    pub rate: Rate,
+    address: IpAddr,
+}
+
+/// Waits until `peer` gathered its candidates, and returns its local SDP with them in it (SFU
+/// connections do not trickle).
+async fn gathered_sdp(peer: &Peer) -> anyhow::Result<String> {
+    let mut done = peer.pc.gathering_complete_promise().await;
+    tokio::time::timeout(Duration::from_secs(10), done.recv())
+        .await
+        .context("ICE gathering did not finish")?;
+    Ok(peer
+        .pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp)
+}
+
+impl Group {
+    /// `owner` and `others` in a fresh private room, every one of them in a call the owner
+    /// started, each with a socket open.
+    pub async fn set_up(api: &Api, size: usize, rate: Rate) -> anyhow::Result<Group> {
+        let address = sfu_network()?;
+        let owner = api.with_fresh_address().user("group").await?;
+        let mut others = Vec::new();
+        for _ in 1..size {
+            others.push(api.with_fresh_address().user("group").await?);
+        }
+        let room = api.create_room(&owner, "private").await?;
+        api.invite_and_join(&owner, &room, &others.iter().collect::<Vec<_>>())
+            .await?;
+        let call = api.start_call(&owner, &room).await?;
+        for user in &others {
+            api.join_call(user, &room, &call).await?;
+        }
+        let mut members = Vec::new();
+        for user in std::iter::once(owner).chain(others) {
+            members.push(Member {
+                socket: Socket::connect(&user).await?,
+                user,
+                publisher: None,
+                receiving: HashMap::new(),
+            });
+        }
+        Ok(Group {
+            room,
+            call,
+            members,
+            rate,
+            address,
+        })
+    }
+
+    fn setup(&self, send: Option<Rate>) -> Setup {
+        Setup {
+            ice_servers: Vec::new(),
+            relay_only: false,
+            name: "group",
+            send,
+            only_address: Some(self.address),
+        }
+    }
+
+    /// Member `i` publishes, and subscribes to whoever published before.
+    pub async fn publish(&mut self, api: &Api, i: usize) -> anyhow::Result<()> {
+        let peer = Peer::open(self.setup(Some(self.rate))).await?;
+        let offer = peer.pc.create_offer(None).await?;
+        peer.pc.set_local_description(offer).await?;
+        let sdp = gathered_sdp(&peer).await?;
+        let user = &self.members[i].user;
+        let answer = sfu(api, user, &self.call, "publish", json!({"sdp": sdp})).await?;
+        peer.pc
+            .set_remote_description(RTCSessionDescription::answer(
+                answer["sdp"].as_str().unwrap_or_default().to_string(),
+            )?)
+            .await?;
+        self.members[i].publisher = Some(peer);
+        let publishers: Vec<String> = answer["publishers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect();
+        for feed in publishers {
+            self.receive(api, i, &feed).await?;
+        }
+        Ok(())
+    }
+
+    /// Member `i` receives `feed`'s media.
+    pub async fn receive(&mut self, api: &Api, i: usize, feed: &str) -> anyhow::Result<()> {
+        let user = self.members[i].user.clone();
+        let offer = sfu(api, &user, &self.call, "subscribe", json!({"feed": feed})).await?;
+        let peer = Peer::open(self.setup(None)).await?;
+        peer.pc
+            .set_remote_description(RTCSessionDescription::offer(
+                offer["sdp"].as_str().unwrap_or_default().to_string(),
+            )?)
+            .await?;
+        let answer = peer.pc.create_answer(None).await?;
+        peer.pc.set_local_description(answer).await?;
+        let sdp = gathered_sdp(&peer).await?;
+        sfu(
+            api,
+            &user,
+            &self.call,
+            "start",
+            json!({"feed": feed, "sdp": sdp}),
+        )
+        .await?;
+        if let Some(old) = self.members[i].receiving.insert(feed.to_string(), peer) {
+            old.close().await;
+        }
+        Ok(())
+    }
+
+    /// Reads the members' sockets, subscribing to each publisher announced, until `done`
+    /// holds or `timeout` passes.
+    pub async fn until(
+        &mut self,
+        api: &Api,
+        timeout: Duration,
+        done: impl Fn(&Group) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            if Instant::now() >= deadline {
+                bail!("not done in {timeout:?}: {}", self.describe());
+            }
+            for i in 0..self.members.len() {
+                let Some(frame) = self.members[i]
+                    .socket
+                    .next(Duration::from_millis(20))
+                    .await?
+                else {
+                    continue;
+                };
+                if frame["type"] == "call.published" && frame["call_id"] == self.call.as_str() {
+                    let feed = frame["user_id"].as_str().unwrap_or_default().to_string();
+                    // Heard of already (the publish's answer listed them), unless that
+                    // connection ended (they published anew).
+                    let live = self.members[i].receiving.get(&feed).is_some_and(|p| {
+                        !matches!(
+                            p.pc.connection_state(),
+                            RTCPeerConnectionState::Closed
+                                | RTCPeerConnectionState::Failed
+                                | RTCPeerConnectionState::Disconnected
+                        )
+                    });
+                    if !live {
+                        self.receive(api, i, &feed).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every member receives at least `packets` of each kind from every other member
+    /// still in `from`.
+    pub fn everyone_hears(&self, from: &[usize], packets: usize) -> bool {
+        from.iter().all(|&i| {
+            from.iter().filter(|&&j| j != i).all(|&j| {
+                self.members[i]
+                    .receiving
+                    .get(&self.members[j].user.user_id)
+                    .is_some_and(|peer| peer.media_flowing(packets))
+            })
+        })
+    }
+
+    /// Video packets member `i` has received from member `j`.
+    pub fn video_from(&self, i: usize, j: usize) -> usize {
+        self.members[i]
+            .receiving
+            .get(&self.members[j].user.user_id)
+            .map(|p| p.received.video.load(Ordering::Relaxed))
+            .unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            for (j, other) in self.members.iter().enumerate() {
+                if i != j {
+                    let got = m.receiving.get(&other.user.user_id).map(|p| {
+                        (
+                            p.received.audio.load(Ordering::Relaxed),
+                            p.received.video.load(Ordering::Relaxed),
+                        )
+                    });
+                    out.push(format!("{i}<-{j}: {got:?}"));
+                }
+            }
+        }
+        out.join(", ")
+    }
+
+    pub async fn close(&self) {
+        for m in &self.members {
+            if let Some(p) = &m.publisher {
+                p.close().await;
+            }
+            for p in m.receiving.values() {
+                p.close().await;
+            }
+        }
+    }
+}
+
+/// `POST /v1/calls/{call}/sfu/{action}` as `user`; the answer's body, or the refusal as error.
+pub async fn sfu(
+    api: &Api,
+    user: &User,
+    call: &str,
+    action: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let answer = api
+        .call(
+            Method::POST,
+            &format!("/v1/calls/{call}/sfu/{action}"),
+            Some(&user.access_token),
+            Some(body),
+        )
+        .await?;
+    if answer.status != StatusCode::OK {
+        bail!("sfu/{action}: {} {}", answer.status, answer.body);
+    }
+    Ok(answer.body)
+}
+
+/// The rooms Janus holds now, asked of Janus itself (with the stack's API secret).
+pub async fn janus_rooms() -> anyhow::Result<Vec<String>> {
+    let url = std::env::var("CHAT_JANUS_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8095/janus".to_string());
+    let secret_file = std::env::var("CHAT_JANUS_SECRET_FILE").context("CHAT_JANUS_SECRET_FILE")?;
+    let secret = std::fs::read_to_string(&secret_file)
+        .with_context(|| format!("reading {secret_file}"))?
+        .trim()
+        .to_string();
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let http = http.clone();
+        let url = format!("{url}{path}");
+        let mut body = body;
+        body["apisecret"] = json!(secret);
+        body["transaction"] = json!("test");
+        async move {
+            let answer: Value = http.post(url).json(&body).send().await?.json().await?;
+            anyhow::Ok(answer)
+        }
+    };
+    let session = post(String::new(), json!({"janus": "create"})).await?["data"]["id"]
+        .as_u64()
+        .context("no Janus session")?;
+    let handle = post(
+        format!("/{session}"),
+        json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}),
+    )
+    .await?["data"]["id"]
+        .as_u64()
+        .context("no Janus handle")?;
+    let listed = post(
+        format!("/{session}/{handle}"),
+        json!({"janus": "message", "body": {"request": "list", "admin_key": secret}}),
+    )
+    .await?;
+    post(format!("/{session}"), json!({"janus": "destroy"})).await?;
+    Ok(listed["plugindata"]["data"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["room"].as_str().map(str::to_string))
+        .collect())
+}
