@@ -120,7 +120,7 @@ pub struct Group {
 
 /// Waits until `peer` gathered its candidates, and returns its local SDP with them in it (SFU
 /// connections do not trickle).
-async fn gathered_sdp(peer: &Peer) -> anyhow::Result<String> {
+pub async fn gathered_sdp(peer: &Peer) -> anyhow::Result<String> {
     let mut done = peer.pc.gathering_complete_promise().await;
     tokio::time::timeout(Duration::from_secs(10), done.recv())
         .await
@@ -131,6 +131,58 @@ async fn gathered_sdp(peer: &Peer) -> anyhow::Result<String> {
         .await
         .context("no local description")?
         .sdp)
+}
+
+/// `peer`'s offer, candidates included.
+pub async fn offer(peer: &Peer) -> anyhow::Result<String> {
+    let offer = peer.pc.create_offer(None).await?;
+    peer.pc.set_local_description(offer).await?;
+    gathered_sdp(peer).await
+}
+
+/// `peer`'s answer to `offer`, candidates included.
+pub async fn answer(peer: &Peer, offer: &str) -> anyhow::Result<String> {
+    peer.pc
+        .set_remote_description(RTCSessionDescription::offer(offer.to_string())?)
+        .await?;
+    let answer = peer.pc.create_answer(None).await?;
+    peer.pc.set_local_description(answer).await?;
+    gathered_sdp(peer).await
+}
+
+/// `user` publishes `peer`'s media into `call`: the SFU's answer is applied; the others
+/// publishing already (user ids).
+pub async fn publish(
+    api: &Api,
+    user: &User,
+    call: &str,
+    peer: &Peer,
+) -> anyhow::Result<Vec<String>> {
+    let sdp = offer(peer).await?;
+    let answer = sfu(api, user, call, "publish", json!({"sdp": sdp})).await?;
+    peer.pc
+        .set_remote_description(RTCSessionDescription::answer(
+            answer["sdp"].as_str().unwrap_or_default().to_string(),
+        )?)
+        .await?;
+    Ok(answer["publishers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect())
+}
+
+/// A peer on the SFU test network: sending at `send`, or only receiving.
+pub async fn sfu_peer(address: IpAddr, send: Option<Rate>) -> anyhow::Result<Peer> {
+    Peer::open(Setup {
+        ice_servers: Vec::new(),
+        relay_only: false,
+        name: "group",
+        send,
+        only_address: Some(address),
+    })
+    .await
 }
 
 impl Group {
@@ -168,36 +220,11 @@ impl Group {
         })
     }
 
-    fn setup(&self, send: Option<Rate>) -> Setup {
-        Setup {
-            ice_servers: Vec::new(),
-            relay_only: false,
-            name: "group",
-            send,
-            only_address: Some(self.address),
-        }
-    }
-
     /// Member `i` publishes, and subscribes to whoever published before.
     pub async fn publish(&mut self, api: &Api, i: usize) -> anyhow::Result<()> {
-        let peer = Peer::open(self.setup(Some(self.rate))).await?;
-        let offer = peer.pc.create_offer(None).await?;
-        peer.pc.set_local_description(offer).await?;
-        let sdp = gathered_sdp(&peer).await?;
-        let user = &self.members[i].user;
-        let answer = sfu(api, user, &self.call, "publish", json!({"sdp": sdp})).await?;
-        peer.pc
-            .set_remote_description(RTCSessionDescription::answer(
-                answer["sdp"].as_str().unwrap_or_default().to_string(),
-            )?)
-            .await?;
+        let peer = sfu_peer(self.address, Some(self.rate)).await?;
+        let publishers = publish(api, &self.members[i].user, &self.call, &peer).await?;
         self.members[i].publisher = Some(peer);
-        let publishers: Vec<String> = answer["publishers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str().map(str::to_string))
-            .collect();
         for feed in publishers {
             self.receive(api, i, &feed).await?;
         }
@@ -207,16 +234,9 @@ impl Group {
     /// Member `i` receives `feed`'s media.
     pub async fn receive(&mut self, api: &Api, i: usize, feed: &str) -> anyhow::Result<()> {
         let user = self.members[i].user.clone();
-        let offer = sfu(api, &user, &self.call, "subscribe", json!({"feed": feed})).await?;
-        let peer = Peer::open(self.setup(None)).await?;
-        peer.pc
-            .set_remote_description(RTCSessionDescription::offer(
-                offer["sdp"].as_str().unwrap_or_default().to_string(),
-            )?)
-            .await?;
-        let answer = peer.pc.create_answer(None).await?;
-        peer.pc.set_local_description(answer).await?;
-        let sdp = gathered_sdp(&peer).await?;
+        let offered = sfu(api, &user, &self.call, "subscribe", json!({"feed": feed})).await?;
+        let peer = sfu_peer(self.address, None).await?;
+        let sdp = answer(&peer, offered["sdp"].as_str().unwrap_or_default()).await?;
         sfu(
             api,
             &user,

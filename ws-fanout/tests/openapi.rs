@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
-use test_support::{Api, User, env};
+use test_support::call::{Peer, Rate};
+use test_support::{Api, User, env, group};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -29,8 +30,56 @@ struct Fixture {
     message: String,
     file: String,
     /// A call in `room` started by `member`, answered by `outsider` (a member of `room` for
-    /// the call's sake, though of no other room of the fixture).
+    /// the call's sake, though of no other room of the fixture). `room` has three members,
+    /// so the call goes through the SFU.
     call: String,
+    /// SDPs of real WebRTC connections for the SFU's routes (see [`Fixture::prepare_sfu`]).
+    sfu: Option<SfuSdps>,
+}
+
+/// The member's offer to publish, and their answer to the SFU's offer of the outsider's
+/// media (the outsider publishing), with the connections they came from kept open.
+struct SfuSdps {
+    offer: String,
+    answer: String,
+    _peers: Vec<Peer>,
+}
+
+impl Fixture {
+    /// Makes what the SFU routes need: their bodies are SDPs, which only real connections
+    /// make and Janus checks.
+    async fn prepare_sfu(&mut self, api: &Api) -> anyhow::Result<()> {
+        let address = group::sfu_network()?;
+        let mine = group::sfu_peer(address, Some(Rate::default())).await?;
+        let offer = group::offer(&mine).await?;
+        let theirs = group::sfu_peer(address, Some(Rate::default())).await?;
+        group::publish(api, &self.outsider, &self.call, &theirs).await?;
+        let offered = group::sfu(
+            api,
+            &self.member,
+            &self.call,
+            "subscribe",
+            json!({"feed": self.outsider.user_id}),
+        )
+        .await?;
+        let receiving = group::sfu_peer(address, None).await?;
+        let answer = group::answer(&receiving, offered["sdp"].as_str().unwrap_or_default()).await?;
+        self.sfu = Some(SfuSdps {
+            offer,
+            answer,
+            _peers: vec![mine, theirs, receiving],
+        });
+        Ok(())
+    }
+
+    fn sdp(&self, path: &str) -> String {
+        let sdps = self.sfu.as_ref().expect("prepare_sfu first");
+        if path.ends_with("/start") {
+            sdps.answer.clone()
+        } else {
+            sdps.offer.clone()
+        }
+    }
 }
 
 impl Fixture {
@@ -64,6 +113,7 @@ impl Fixture {
             None,
         )
         .await?;
+        api.join(&outsider, &room).await?;
         let started = api
             .call(
                 Method::POST,
@@ -76,7 +126,6 @@ impl Fixture {
             .as_str()
             .with_context(|| format!("call: {started:?}"))?
             .to_string();
-        api.join(&outsider, &room).await?;
         let answered = api
             .call(
                 Method::POST,
@@ -109,6 +158,7 @@ impl Fixture {
             message,
             file,
             call,
+            sfu: None,
         })
     }
 
@@ -121,6 +171,8 @@ impl Fixture {
             ("post", "/v1/rooms/{room_id}/calls/{call_id}/leave")
             | ("post", "/v1/rooms/{room_id}/calls/{call_id}/end")
             | ("post", "/v1/calls/{call_id}/signal") => &self.member,
+            // A participant uses the call's SFU.
+            (_, p) if p.contains("/sfu/") => &self.member,
             _ => &self.owner,
         }
     }
@@ -177,6 +229,8 @@ impl Fixture {
             "to" => json!(self.outsider.user_id),
             "payload" => json!({"type": "offer", "sdp": "v=0\r\n"}),
             "busy" => json!(false),
+            "sdp" => json!(self.sdp(path)),
+            "feed" => json!(self.outsider.user_id),
             other => panic!("no value for body property {other} of {path}"),
         }
     }
@@ -317,7 +371,10 @@ async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()
 
     for (method, path, op) in &operations {
         let label = format!("{} {path}", method.to_uppercase());
-        let fixture = Fixture::new(&api, &http).await?;
+        let mut fixture = Fixture::new(&api, &http).await?;
+        if path.contains("/sfu/") {
+            fixture.prepare_sfu(&api).await?;
+        }
         let secured = op.get("security").is_some();
 
         // Anonymous, with well-formed ids.

@@ -273,22 +273,33 @@ impl Sfu {
         self.admit(call_id, user).await?;
         let field = subscriber_field(user, feed);
         let handle = self.fresh_handle(call_id, &field).await?;
-        let reply = self
-            .janus
-            .negotiate(
-                handle,
-                json!({
-                    "request": "join",
-                    "room": call_id,
-                    "ptype": "subscriber",
-                    "streams": [{"feed": feed}],
-                    "token": self.token(call_id, user),
-                    "use_msid": true,
-                }),
-                None,
-                NEGOTIATION,
-            )
-            .await;
+        let join = json!({
+            "request": "join",
+            "room": call_id,
+            "ptype": "subscriber",
+            "streams": [{"feed": feed}],
+            "token": self.token(call_id, user),
+            "use_msid": true,
+        });
+        // Janus offers a publisher's media only once its connection is up, a moment after
+        // the publish answered (and was announced): a feed that published waits that moment.
+        let deadline = tokio::time::Instant::now() + NEGOTIATION;
+        let reply = loop {
+            let reply = self
+                .janus
+                .negotiate(handle, join.clone(), None, NEGOTIATION)
+                .await;
+            match reply {
+                Err(e)
+                    if e.code() == Some(codes::NO_SUCH_FEED)
+                        && tokio::time::Instant::now() < deadline
+                        && self.publishes(call_id, feed).await? =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        };
         match reply {
             Ok(reply) => sdp_of(&reply.jsep),
             Err(e) => {
@@ -296,6 +307,16 @@ impl Sfu {
                 Err(e.into())
             }
         }
+    }
+
+    /// Whether `user`'s publish into the call went through.
+    async fn publishes(&self, call_id: &str, user: &str) -> Result<bool, SignalingError> {
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("HEXISTS")
+            .arg(self.key(call_id))
+            .arg(live_field(user))
+            .query_async(&mut redis)
+            .await?)
     }
 
     /// Drops a handle whose request failed, so nothing later takes it for a live one.
