@@ -25,6 +25,7 @@ pub struct MessageModel {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallModel {
     pub media: String,
+    pub topology: String,
     pub status: String,
     pub participants: BTreeSet<String>,
     pub took_part: BTreeSet<String>,
@@ -37,6 +38,7 @@ impl CallModel {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "media": self.media,
+            "topology": self.topology,
             "status": self.status,
             "participants": self.participants,
             "took_part": self.took_part,
@@ -232,10 +234,8 @@ impl Model {
                 m.read_seq = m.read_seq.max(e.read_seq);
             }
             E::CallStarted(e) => {
-                let media = serde_json::to_value(e.media)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let media = crate::enum_str(&e.media);
+                let topology = crate::enum_str(&e.topology);
                 let initiator = BTreeSet::from([e.initiator_id.clone()]);
                 self.messages
                     .entry(e.call_id.clone())
@@ -245,6 +245,7 @@ impl Model {
                         user_id: e.initiator_id.clone(),
                         call: Some(CallModel {
                             media,
+                            topology,
                             status: "ringing".into(),
                             participants: initiator.clone(),
                             took_part: initiator,

@@ -399,6 +399,7 @@ impl MongoProjector {
                         "last_seq": seq,
                         "call": {
                             "media": enum_str(&e.media),
+                            "topology": enum_str(&e.topology),
                             "status": "ringing",
                             "participants": [&e.initiator_id],
                             "took_part": [&e.initiator_id],

@@ -248,6 +248,8 @@ fn call_json(c: &Document) -> Value {
     };
     json!({
         "media": c.get_str("media").unwrap_or("video"),
+        // Entries written before group calls have none: they were peer to peer.
+        "topology": c.get_str("topology").unwrap_or("p2p"),
         "status": c.get_str("status").unwrap_or("ended"),
         "participants": ids("participants"),
         "took_part": ids("took_part"),

@@ -25,11 +25,6 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use crate::call::{Peer, Rate, Setup, Socket};
 use crate::{Api, User};
 
-/// The namespace holding the far end of the SFU test network.
-const NAMESPACE: &str = "chat-sfu";
-const NEAR: &str = "chatsfu0";
-const FAR: &str = "chatsfu1";
-
 /// The address of the SFU test network on this side (`CHAT_SFU_TEST_ADDRESS`).
 pub fn sfu_address() -> anyhow::Result<IpAddr> {
     let raw = std::env::var("CHAT_SFU_TEST_ADDRESS").unwrap_or_else(|_| "10.203.7.1".into());
@@ -37,64 +32,17 @@ pub fn sfu_address() -> anyhow::Result<IpAddr> {
         .with_context(|| format!("CHAT_SFU_TEST_ADDRESS={raw} is not an address"))
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (Debian's iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-/// Makes the SFU test network if it is not there (several tests may ask at once: a step that
-/// another made already fails, and the address is checked at the end). Needs CAP_NET_ADMIN.
-/// `deploy/local/test` deletes the namespace (and with it the pair) when it ends.
+/// Makes the SFU test network if it is not there (`deploy/local/sfu-net up`, which the
+/// browser test uses too; `deploy/local/test` removes it when it ends).
 pub fn sfu_network() -> anyhow::Result<IpAddr> {
     let address = sfu_address()?;
-    let IpAddr::V4(v4) = address else {
-        bail!("CHAT_SFU_TEST_ADDRESS must be IPv4");
-    };
-    let has_it = || {
-        ip(&["-o", "addr", "show", "to", &address.to_string()]).is_ok_and(|out| out.contains(NEAR))
-    };
-    if has_it() {
-        return Ok(address);
-    }
-    let far = std::net::Ipv4Addr::from(u32::from(v4) + 1).to_string();
-    let near_cidr = format!("{address}/30");
-    let far_cidr = format!("{far}/30");
-    let steps: [&[&str]; 7] = [
-        &["netns", "add", NAMESPACE],
-        &[
-            "link", "add", NEAR, "type", "veth", "peer", "name", FAR, "netns", NAMESPACE,
-        ],
-        &["addr", "add", &near_cidr, "dev", NEAR],
-        &["link", "set", NEAR, "up"],
-        &["-n", NAMESPACE, "addr", "add", &far_cidr, "dev", FAR],
-        &["-n", NAMESPACE, "link", "set", FAR, "up"],
-        &["-n", NAMESPACE, "link", "set", "lo", "up"],
-    ];
-    let mut failures = Vec::new();
-    for step in steps {
-        if let Err(e) = ip(step) {
-            failures.push(e.to_string());
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !has_it() {
-        if Instant::now() >= deadline {
-            bail!(
-                "cannot make the SFU test network (needs root or CAP_NET_ADMIN): {}",
-                failures.join("; ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let out = Command::new(crate::repo_root().join("deploy/local/sfu-net"))
+        .arg("up")
+        .env("CHAT_SFU_TEST_ADDRESS", address.to_string())
+        .output()
+        .context("cannot run deploy/local/sfu-net")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(address)
 }

@@ -31,6 +31,8 @@ export type Room = {
   topic?: string | null;
   member_count: number;
   last_seq: number;
+  /** The caller's role, when they are a member (GET /v1/rooms/{id}). */
+  my_role?: string | null;
 };
 
 export type Reaction = { emoji: string; user_ids: string[] };
@@ -61,6 +63,8 @@ export type Message = {
 /** The `call` part of a call's history entry (API.md). */
 export type CallSummary = {
   media: "audio" | "video";
+  /** Absent on entries written before group calls (they were peer to peer). */
+  topology?: Topology;
   status: "ringing" | "ongoing" | "ended";
   participants: string[];
   took_part: string[];
@@ -68,6 +72,9 @@ export type CallSummary = {
   reason?: string | null;
   ended_at?: number | null;
 };
+
+/** How a call's media flows: between two pages, or through the platform's SFU (rooms of 3+). */
+export type Topology = "p2p" | "sfu";
 
 export type IceServer = { urls: string[]; username: string; credential: string; ttl: number };
 export type CallOutcome = { call_id: string; seq: number | null };
@@ -350,6 +357,16 @@ export const api = {
       action === "decline" ? { body: { busy } } : {},
     ),
   turn: () => call<IceServer>("POST", "/v1/calls/turn-credentials"),
+  /** SFU calls: this page's media in (offer out, the SFU's answer back). */
+  sfuPublish: (callId: string, sdp: string) =>
+    call<{ sdp: string; publishers: string[] }>("POST", `/v1/calls/${encodeURIComponent(callId)}/sfu/publish`, {
+      body: { sdp },
+    }),
+  /** SFU calls: the SFU's offer of `feed`'s media. */
+  sfuSubscribe: (callId: string, feed: string) =>
+    call<{ sdp: string }>("POST", `/v1/calls/${encodeURIComponent(callId)}/sfu/subscribe`, { body: { feed } }),
+  sfuStart: (callId: string, feed: string, sdp: string) =>
+    call("POST", `/v1/calls/${encodeURIComponent(callId)}/sfu/start`, { body: { feed, sdp } }),
   search: (q: string) =>
     call<{ messages: Message[]; next_before?: string }>(
       "GET",

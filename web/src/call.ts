@@ -1,10 +1,12 @@
 // A call on this page: the user's camera and microphone, and one RTCPeerConnection per other
-// participant (1:1 and small calls are a mesh; the relay carries offers, answers and ICE
-// candidates between the call's participants only). Of any two participants the one who
-// joined later offers, so two peers never offer to each other at once; everything one peer
-// does runs in the order its signals came (the relay keeps the sender's order).
+// participant. A call between two (`p2p`) connects the two pages: the relay carries offers,
+// answers and ICE candidates between the call's participants only; of any two participants
+// the one who joined later offers, so two peers never offer to each other at once. A group
+// call (`sfu`) goes through the platform's SFU: one connection sends this page's media to it,
+// and one per other participant brings theirs, all negotiated through signaling's SFU routes
+// (complete SDPs, no trickle). Everything runs in order, one step after another.
 
-import { api } from "./api";
+import { api, type Topology } from "./api";
 import type { Frame } from "./live";
 
 type Payload = { type?: string; sdp?: string; candidate?: string; sdpMid?: string | null; sdpMLineIndex?: number | null };
@@ -21,8 +23,12 @@ export class CallSession {
   peers = new Map<string, Peer>();
   ended = false;
   error: string | null = null;
+  /** Null until known: a call this page starts learns it from its `call_started`. */
+  topology: Topology | null = null;
   private iceServers: RTCIceServer[] = [];
   private chain: Promise<void> = Promise.resolve();
+  /** SFU calls: the connection sending this page's media. */
+  private publisher: RTCPeerConnection | null = null;
 
   /** The seq of this user's own join (or of the start, for the caller). */
   private mySeq = Number.MAX_SAFE_INTEGER;
@@ -34,12 +40,15 @@ export class CallSession {
     readonly media: "audio" | "video",
     private send: (frame: Frame) => boolean,
     private changed: () => void,
+    /** Known for a call being joined (then a group call publishes once in it). */
+    private known: Topology | null,
   ) {}
 
   /** In the call from `seq` on. */
   enter(callId: string, seq: number) {
     this.callId = callId;
     this.mySeq = seq;
+    if (this.known) this.begin(this.known);
   }
 
   /** Camera and microphone, and credentials for the platform's TURN server; whatever comes
@@ -60,10 +69,59 @@ export class CallSession {
     });
   }
 
+  /** The call's topology is known (its start was read): a group call publishes at once. */
+  begin(topology: Topology) {
+    this.known = topology;
+    if (this.topology === topology || !this.callId) return;
+    this.topology = topology;
+    if (topology !== "sfu") return;
+    this.queue(async () => {
+      if (this.publisher || !this.callId) return;
+      const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+      this.publisher = pc;
+      for (const track of this.local?.getTracks() ?? []) pc.addTrack(track, this.local!);
+      pc.onconnectionstatechange = () => this.changed();
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const answer = await api.sfuPublish(this.callId, pc.localDescription!.sdp);
+      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      for (const feed of answer.publishers) await this.subscribe(feed);
+    });
+  }
+
+  /** SFU calls: another participant publishes (anew, after a reload, if we had them). */
+  published(user: string) {
+    if (this.topology !== "sfu") return;
+    this.queue(async () => {
+      const state = this.peers.get(user)?.pc.connectionState;
+      if (state && !["failed", "closed", "disconnected"].includes(state)) return;
+      await this.subscribe(user);
+    });
+  }
+
+  private async subscribe(feed: string) {
+    const offer = await api.sfuSubscribe(this.callId, feed);
+    this.peers.get(feed)?.pc.close();
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const peer: Peer = { pc, remote: new MediaStream(), early: [] };
+    pc.ontrack = (e) => {
+      peer.remote.addTrack(e.track);
+      this.changed();
+    };
+    pc.onconnectionstatechange = () => this.changed();
+    this.peers.set(feed, peer);
+    await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await gathered(pc);
+    await api.sfuStart(this.callId, feed, pc.localDescription!.sdp);
+    this.changed();
+  }
+
   /** Another participant is in the call, having joined at `seq`: the later one offers. */
   met(user: string, seq: number) {
     this.queue(async () => {
-      if (this.peers.has(user) || seq > this.mySeq) return;
+      // Peers meet only in a call between two (a group call's media goes to the SFU).
+      if ((this.known ?? this.topology) !== "p2p" || this.peers.has(user) || seq > this.mySeq) return;
       const peer = this.peer(user);
       const offer = await peer.pc.createOffer();
       await peer.pc.setLocalDescription(offer);
@@ -74,6 +132,7 @@ export class CallSession {
   /** A relayed signal from `from`. */
   receive(from: string, payload: Payload) {
     this.queue(async () => {
+      if ((this.known ?? this.topology) === "sfu") return;
       if (payload.type === "offer") {
         const peer = this.peers.get(from) ?? this.peer(from);
         await peer.pc.setRemoteDescription({ type: "offer", sdp: payload.sdp });
@@ -110,6 +169,7 @@ export class CallSession {
 
   close() {
     this.ended = true;
+    this.publisher?.close();
     for (const peer of this.peers.values()) peer.pc.close();
     this.peers.clear();
     for (const track of this.local?.getTracks() ?? []) track.stop();
@@ -155,4 +215,19 @@ export class CallSession {
     });
     return this.chain;
   }
+}
+
+/** Waits until `pc` has its candidates (SFU connections send complete SDPs), at most 3 s: on
+ * this machine's networks host candidates come in milliseconds, TURN's a moment later. */
+function gathered(pc: RTCPeerConnection): Promise<void> {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 3_000);
+  });
 }

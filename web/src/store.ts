@@ -9,6 +9,7 @@ import {
   newId,
   type Attachment,
   type CallOutcome,
+  type Topology,
   type Member,
   type Message,
   type Room,
@@ -43,10 +44,14 @@ export type Timeline = {
 };
 
 /** A room's call as the page knows it: who is in it, with the seq each joined at. */
+/** How long a call rings (the commands tier's CHAT_CALL_RING_SECS default). */
+const RING_MS = 30_000;
+
 export type ActiveCall = {
   call_id: string;
   initiator: string;
   media: "audio" | "video";
+  topology: Topology;
   participants: Map<string, number>;
   status: "ringing" | "ongoing";
 };
@@ -226,7 +231,10 @@ export class Store {
     try {
       if (!this.rooms.has(roomId)) {
         const room = await api.room(roomId);
-        this.rooms.set(roomId, { ...room, joined: false, unread: 0 });
+        // The room list may have come meanwhile (a page opened on a room's link): it knows.
+        if (!this.rooms.has(roomId)) {
+          this.rooms.set(roomId, { ...room, joined: room.my_role != null, unread: 0 });
+        }
       }
       await this.loadMembers(roomId).catch(() => undefined);
       if (aroundSeq !== undefined && !t.messages.some((m) => m.seq === aroundSeq)) {
@@ -312,9 +320,17 @@ export class Store {
           call_id: m.message_id,
           initiator: m.user_id,
           media: m.call.media,
+          topology: m.call.topology ?? "p2p",
           participants: new Map(m.call.participants.map((u) => [u, m.seq])),
           status: m.call.status,
         });
+        // A call that started as this page read the room rings here too (its start came with
+        // the history, not on the socket); past the ring time it only shows "Join call".
+        const fresh = Date.now() - m.timestamp < RING_MS;
+        const mine = m.call.participants.includes(this.me);
+        if (m.call.status === "ringing" && fresh && !mine && !this.session && !this.ringing) {
+          this.ringing = { roomId: m.room_id, callId: m.message_id, from: m.user_id, media: m.call.media };
+        }
       }
     }
     t.messages = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
@@ -346,6 +362,9 @@ export class Store {
         if (f.status === "online") this.online.add(f.user_id as string);
         else this.online.delete(f.user_id as string);
         this.changed();
+        break;
+      case "call.published":
+        if (this.session && this.session.callId === f.call_id) this.session.published(f.user_id as string);
         break;
       case "call.signal": {
         const callId = f.call_id as string;
@@ -475,13 +494,16 @@ export class Store {
     switch (kind) {
       case "call_started": {
         const media = e.media as "audio" | "video";
+        const topology = (e.topology as Topology | undefined) ?? "p2p";
         this.calls.set(roomId, {
           call_id: callId,
           initiator: member!,
           media,
+          topology,
           participants: new Map([[member!, seq]]),
           status: "ringing",
         });
+        if (inSession) this.session!.begin(topology);
         if (!entry) {
           t.messages.push({
             message_id: callId,
@@ -494,7 +516,7 @@ export class Store {
             deleted: false,
             reactions: [],
             attachments: [],
-            call: { media, status: "ringing", participants: [member!], took_part: [member!], duration_ms: 0 },
+            call: { media, topology, status: "ringing", participants: [member!], took_part: [member!], duration_ms: 0 },
           });
         }
         if (member !== this.me && this.rooms.get(roomId)?.joined) {
@@ -546,7 +568,7 @@ export class Store {
 
   /** Starts a call in the room and enters it. */
   async startCall(roomId: string, media: "audio" | "video" = "video") {
-    await this.enterCall(roomId, "", media, () => api.startCall(roomId, media));
+    await this.enterCall(roomId, "", media, null, () => api.startCall(roomId, media));
   }
 
   /** Joins the room's call (from the room, or by answering its ring). */
@@ -554,7 +576,7 @@ export class Store {
     const call = this.calls.get(roomId);
     if (!call) throw new Error("The call has ended.");
     if (this.session?.callId === call.call_id) return;
-    const session = await this.enterCall(roomId, call.call_id, call.media, () =>
+    const session = await this.enterCall(roomId, call.call_id, call.media, call.topology, () =>
       api.callAction(roomId, call.call_id, "join"),
     );
     this.ringing = null;
@@ -567,10 +589,11 @@ export class Store {
     roomId: string,
     callId: string,
     media: "audio" | "video",
+    topology: Topology | null,
     command: () => Promise<CallOutcome>,
   ): Promise<CallSession> {
     if (this.session) throw new Error("You are in a call already; hang up first.");
-    const session = this.newSession(roomId, callId, media);
+    const session = this.newSession(roomId, callId, media, topology);
     try {
       await session.open();
       const done = await command();
@@ -597,8 +620,15 @@ export class Store {
     if (session.callId) await api.callAction(session.roomId, session.callId, "leave");
   }
 
-  private newSession(roomId: string, callId: string, media: "audio" | "video") {
-    const session = new CallSession(roomId, callId, media, (f) => this.live.send(f), () => this.changed());
+  private newSession(roomId: string, callId: string, media: "audio" | "video", topology: Topology | null) {
+    const session = new CallSession(
+      roomId,
+      callId,
+      media,
+      (f) => this.live.send(f),
+      () => this.changed(),
+      topology,
+    );
     this.session = session;
     this.changed();
     return session;
@@ -606,8 +636,11 @@ export class Store {
 
   /** The session is in call `callId` from `seq` (its join; null: it was in it already). */
   private adopt(session: CallSession, callId: string, seq: number | null) {
-    const known = this.calls.get(session.roomId)?.participants.get(this.me);
+    const call = this.calls.get(session.roomId);
+    const known = call?.participants.get(this.me);
     session.enter(callId, seq ?? known ?? Number.MAX_SAFE_INTEGER);
+    // Known already unless the start is still on its way (then `call_started` begins it).
+    if (call?.call_id === callId) session.begin(call.topology);
     const early = this.early.filter((s) => s.callId === callId);
     this.early = this.early.filter((s) => s.callId !== callId);
     for (const s of early) session.receive(s.from, s.payload);

@@ -6,6 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -451,6 +452,53 @@ test("the chat in the browser", async () => {
     for (const p of [a.page, b.page]) {
       await timeline(p).getByText(/Video call ended · \d+:\d\d/).waitFor({ timeout: WAIT });
       await p.getByRole("region", { name: "Call" }).waitFor({ state: "detached", timeout: WAIT });
+    }
+  });
+
+  await step("three people in a group call through the SFU: each sees the other two's video", async () => {
+    // Janus skips loopback: the test stack's Janus gathers on the test network only.
+    execFileSync(join(HERE, "..", "..", "deploy", "local", "sfu-net"), ["up"], { stdio: "inherit" });
+    // A private room of three, made through the API (the pages made rooms and invites above).
+    const login = (u) => apiCall("POST", "/v1/auth/login", { login: u.username, password: u.password });
+    const [ta, tb, tc] = [await login(alice), await login(bob), await login(carol)];
+    const huddle = await apiCall("POST", "/v1/rooms", { name: `huddle-${tag}`, visibility: "private" }, ta.access_token);
+    const roomId = huddle.room_id;
+    for (const t of [tb, tc]) {
+      await apiCall("POST", `/v1/rooms/${roomId}/invites`, { user_id: t.user_id }, ta.access_token);
+      await apiCall("POST", `/v1/rooms/${roomId}/join`, null, t.access_token);
+    }
+    const pages = [a.page, b.page, c.page];
+    for (const p of pages) {
+      // A reload: the page reads the room list anew, with the room it was just put in.
+      await p.goto(`${ENTRY}/#/r/${roomId}`);
+      await p.reload();
+      await p.getByRole("heading", { name: `huddle-${tag}` }).waitFor({ timeout: WAIT });
+    }
+    await a.page.getByRole("button", { name: "Video call" }).click();
+    for (const p of [b.page, c.page]) {
+      const ring = p.getByRole("alertdialog", { name: "Incoming call" });
+      await ring.waitFor({ timeout: WAIT });
+      await ring.getByRole("button", { name: "Join" }).click();
+    }
+    const names = [alice.username, bob.username, carol.username];
+    for (const [i, p] of pages.entries()) {
+      for (const other of names.filter((_, j) => j !== i)) {
+        const label = `Video of ${other}`;
+        await p.getByLabel(label).waitFor({ timeout: WAIT });
+        await p.waitForFunction(
+          (name) => {
+            const v = document.querySelector(`video[aria-label="${name}"]`);
+            return v && v.readyState >= 2 && v.videoWidth > 0 && !v.paused && v.currentTime > 1;
+          },
+          label,
+          { timeout: 30_000 },
+        );
+      }
+    }
+    await c.page.screenshot({ path: join(SHOTS, "group-call.png") });
+    for (const p of pages) await p.getByRole("button", { name: "Hang up" }).click();
+    for (const p of pages) {
+      await timeline(p).getByText(/Video call ended · \d+:\d\d/).waitFor({ timeout: WAIT });
     }
   });
 

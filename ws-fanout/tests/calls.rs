@@ -97,6 +97,7 @@ async fn a_call_is_on_every_members_stream_in_the_history_and_in_call_minutes() 
     let rung = call_events(&mut bob_watch, "call_started").await?;
     assert_eq!(rung[0].1["call_id"], call.as_str());
     assert_eq!(rung[0].1["initiator_id"], ann.user_id.as_str());
+    assert_eq!(rung[0].1["topology"], "p2p", "two members call directly");
 
     bob_socket
         .send(json!({"type": "call.join", "room_id": room, "call_id": call, "ref": "join"}))
@@ -166,6 +167,7 @@ async fn a_call_is_on_every_members_stream_in_the_history_and_in_call_minutes() 
     assert_eq!(entry["call"]["duration_ms"], duration);
     assert_eq!(entry["call"]["reason"], "everyone_left");
     assert_eq!(entry["call"]["media"], "video");
+    assert_eq!(entry["call"]["topology"], "p2p");
 
     // Analytics: one call with that talk time.
     let sql = format!(

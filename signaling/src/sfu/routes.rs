@@ -13,7 +13,7 @@ use super::Sfu;
 use crate::app::AppState;
 use crate::calls::CallView;
 use crate::error::SignalingError;
-use crate::janus::JanusError;
+use crate::janus::{JanusError, codes};
 use crate::relay::{JOIN_PATIENCE, uuid};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -96,8 +96,12 @@ fn checked_sdp(sdp: &str, max_bytes: usize) -> Result<String, SignalingError> {
     Ok(sdp.to_string())
 }
 
+/// Counts and logs Janus failures (not its answers to a client's mistakes: a feed that does
+/// not publish, an SDP it cannot take).
 fn counted<T>(app: &AppState, result: Result<T, SignalingError>) -> Result<T, SignalingError> {
-    if let Err(SignalingError::Sfu(e)) = &result {
+    if let Err(SignalingError::Sfu(e)) = &result
+        && !matches!(e.code(), Some(codes::NO_SUCH_FEED | codes::INVALID_SDP))
+    {
         app.metrics.janus_errors.inc();
         tracing::warn!(error = %e, "an SFU request failed");
     }
