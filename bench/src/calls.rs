@@ -1,36 +1,103 @@
-//! Calls: how long a 1:1 call takes from "start" to media flowing both ways, direct and relayed
-//! through coturn; and how many relayed participants coturn carries at a fixed bitrate before
-//! video loss passes 1%. The peers are real WebRTC stacks (`test_support::call`) on this same
-//! machine, so every step shares the two cores with the whole platform and the peers' own
-//! DTLS/SRTP work.
+//! Calls: how long a call takes to get media flowing, 1:1 (direct, and relayed through coturn)
+//! and in a group of three through the SFU (Janus); and how many participants coturn and Janus
+//! carry at a fixed bitrate before video loss passes 1%. The peers are real WebRTC stacks
+//! (`test_support::call`, `test_support::group`) on this same machine, so every step shares the
+//! two cores with the whole platform and the peers' own DTLS/SRTP work.
+//!
+//! `--parts` measures some of it; the others keep the numbers of the run that last measured
+//! them (each part's time is in the JSON).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use test_support::call::{Call, Rate};
+use test_support::call::{Call, Rate, Received};
+use test_support::group::Group;
 use test_support::{Api, env};
 
 use crate::report;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Calls set up one after another, per kind (direct, relayed).
+    /// Calls set up one after another, per kind (direct, relayed, sfu).
     #[arg(long, default_value_t = 20)]
     calls: usize,
-    /// Concurrent relayed calls of the capacity ladder (two participants each).
+    /// Concurrent relayed calls of coturn's capacity ladder (two participants each).
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,12,16,24,32")]
     concurrent: Vec<usize>,
+    /// Concurrent group calls of Janus's capacity ladder (three participants each).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,6,8,10,12")]
+    groups: Vec<usize>,
     /// Seconds of each ladder step's measurement.
     #[arg(long, default_value_t = 10)]
     step_secs: u64,
     /// Video frame size (bytes) at 30 frames/s; 900 is about 220 kbit/s per participant.
     #[arg(long, default_value_t = 900)]
     video_bytes: usize,
+    /// What to measure: direct, relayed, sfu (set-up times), coturn, janus (capacity).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,relayed,sfu,coturn,janus"
+    )]
+    parts: Vec<String>,
 }
 
 /// RTP packets of each kind that count as "media flowing".
 const FLOWING: usize = 1;
+
+/// Participants in each group call.
+const GROUP: usize = 3;
+
+/// Video loss over a ladder step: every receiver restarts counting, then `seconds` later says
+/// what its sequence numbers expected and what came.
+async fn loss_over(
+    receivers: &[Arc<Received>],
+    pid: Option<u32>,
+    seconds: u64,
+) -> (u64, u64, f64, Option<Value>) {
+    for r in receivers {
+        r.restart();
+    }
+    let before = pid.and_then(report::proc_stats);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = pid.and_then(report::proc_stats);
+    let (mut expected, mut received) = (0u64, 0u64);
+    for r in receivers {
+        let (e, got) = r.video_loss();
+        expected += e;
+        received += got;
+    }
+    let loss = if expected == 0 {
+        1.0
+    } else {
+        expected.saturating_sub(received) as f64 / expected as f64
+    };
+    (
+        expected,
+        received,
+        loss,
+        report::usage(before, after, seconds as f64),
+    )
+}
+
+/// What a ladder found: its steps, and the most participants carried at ≤ 1% video loss.
+struct Ladder {
+    steps: Vec<Value>,
+    carried: usize,
+    top: bool,
+}
+
+impl Ladder {
+    fn json(&self, key: &str) -> Value {
+        json!({
+            "steps": self.steps,
+            key: self.carried,
+            "ladder_top_without_loss": self.top,
+        })
+    }
+}
 
 pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     let api = Api::new(env::entry_url()).patient();
@@ -38,8 +105,28 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         video_bytes: args.video_bytes,
         ..Rate::default()
     };
-    let mut set_up = serde_json::Map::new();
+    let wants = |part: &str| args.parts.iter().any(|p| p == part);
+    let previous: Value = std::fs::read_to_string(results.join("calls.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut measured = previous["measured_at_unix"].clone();
+    if !measured.is_object() {
+        measured = json!({});
+    }
+    let mut set_up = previous["set_up_ms"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+
     for (kind, relayed) in [("direct", false), ("relayed", true)] {
+        if !wants(kind) {
+            continue;
+        }
         let mut h = report::histogram(3);
         for _ in 0..args.calls {
             let started = Instant::now();
@@ -49,60 +136,123 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
             h.record(started.elapsed().as_micros().max(1) as u64)?;
             call.close().await;
         }
-        println!(
-            "{kind:>8} call set-up, start to media both ways: p50 {} ms, p95 {} ms ({} calls)",
-            h.value_at_quantile(0.5) / 1000,
-            h.value_at_quantile(0.95) / 1000,
-            h.len()
-        );
+        print_set_up(kind, &h);
         set_up.insert(kind.to_string(), report::latency_ms(&h));
+        measured[kind] = json!(now);
+    }
+    if wants("sfu") {
+        let mut h = report::histogram(3);
+        let everyone: Vec<usize> = (0..GROUP).collect();
+        for _ in 0..args.calls {
+            let mut group = Group::set_up(&api, GROUP, rate).await?;
+            for i in 0..GROUP {
+                group.publish(&api, i).await?;
+            }
+            group
+                .until(&api, Duration::from_secs(60), |g| {
+                    g.everyone_hears(&everyone, FLOWING)
+                })
+                .await?;
+            h.record(group.started.elapsed().as_micros().max(1) as u64)?;
+            group.close().await;
+        }
+        print_set_up("sfu", &h);
+        set_up.insert("sfu".to_string(), report::latency_ms(&h));
+        measured["sfu"] = json!(now);
     }
 
     let bitrate_kbps =
         (args.video_bytes * 8 * rate.fps as usize + rate.audio_bytes * 8 * 50) / 1000;
+    let mut relay = previous["relay_ladder"].clone();
+    if wants("coturn") {
+        relay = relay_ladder(&api, &args, rate, bitrate_kbps)
+            .await?
+            .json("relayed_participants_at_most_1pct_loss");
+        measured["coturn"] = json!(now);
+    }
+    let mut sfu = previous["sfu_ladder"].clone();
+    if wants("janus") {
+        sfu = sfu_ladder(&api, &args, rate, bitrate_kbps)
+            .await?
+            .json("sfu_participants_at_most_1pct_loss");
+        measured["janus"] = json!(now);
+    }
+
+    report::write(
+        results,
+        "calls",
+        &json!({
+            "benchmark": "calls",
+            "what": "Calls between webrtc-rs peers through the platform. Set-up time: 1:1 calls (call commands over HTTP, call.signal frames over the entry's sockets) from creating the two users to RTP of both kinds arriving on both sides, direct (loopback host candidates) and relay-only through coturn; group calls of three through the SFU from the start command to every participant receiving RTP of both kinds from both others (publish, subscribe and start through signaling's SFU routes, peers on the test network of deploy/local/sfu-net). Capacity: ladders of concurrent relay-only 1:1 calls (coturn) and of concurrent group calls of three (Janus: each participant publishes one stream and receives two) at a fixed bitrate, video loss from RTP sequence numbers at every receiver. Peers, platform, coturn and Janus share this machine.",
+            "machine": report::machine(),
+            "measured_at_unix": measured,
+            "set_up_ms": set_up,
+            "bitrate_kbps_per_participant": bitrate_kbps,
+            "relay_ladder": relay,
+            "sfu_ladder": sfu,
+        }),
+    )
+}
+
+fn print_set_up(kind: &str, h: &hdrhistogram::Histogram<u64>) {
+    println!(
+        "{kind:>8} call set-up to media flowing everywhere: p50 {} ms, p95 {} ms ({} calls)",
+        h.value_at_quantile(0.5) / 1000,
+        h.value_at_quantile(0.95) / 1000,
+        h.len()
+    );
+}
+
+fn print_step(
+    what: &str,
+    participants: usize,
+    bitrate_kbps: usize,
+    loss: f64,
+    usage: &Option<Value>,
+) {
+    println!(
+        "{what} ({participants} participants, {bitrate_kbps} kbit/s each): video loss {:.3}%, {}",
+        loss * 100.0,
+        usage
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+}
+
+async fn relay_ladder(
+    api: &Api,
+    args: &Args,
+    rate: Rate,
+    bitrate_kbps: usize,
+) -> anyhow::Result<Ladder> {
     let coturn = report::stack_pid("coturn");
-    let mut ladder = Vec::new();
-    let mut carried = 0;
+    let mut ladder = Ladder {
+        steps: Vec::new(),
+        carried: 0,
+        top: false,
+    };
     for &n in &args.concurrent {
         let mut calls = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut call = Call::set_up(&api, true, rate).await?;
+            let mut call = Call::set_up(api, true, rate).await?;
             call.until(Duration::from_secs(60), |c| c.media_flowing(FLOWING))
                 .await?;
             calls.push(call);
         }
-        for call in &calls {
-            call.caller.received.restart();
-            call.callee.received.restart();
-        }
-        let before = coturn.and_then(report::proc_stats);
-        tokio::time::sleep(Duration::from_secs(args.step_secs)).await;
-        let after = coturn.and_then(report::proc_stats);
-        let (mut expected, mut received) = (0u64, 0u64);
-        for call in &calls {
-            for peer in [&call.caller, &call.callee] {
-                let (e, r) = peer.received.video_loss();
-                expected += e;
-                received += r;
-            }
-        }
-        let loss = if expected == 0 {
-            1.0
-        } else {
-            expected.saturating_sub(received) as f64 / expected as f64
-        };
-        let usage = report::usage(before, after, args.step_secs as f64);
-        println!(
-            "{:>3} relayed calls ({} participants, {bitrate_kbps} kbit/s each): video loss {:.3}%, coturn {}",
-            n,
+        let receivers: Vec<Arc<Received>> = calls
+            .iter()
+            .flat_map(|c| [c.caller.received.clone(), c.callee.received.clone()])
+            .collect();
+        let (expected, received, loss, usage) = loss_over(&receivers, coturn, args.step_secs).await;
+        print_step(
+            &format!("{n:>3} relayed calls, coturn"),
             2 * n,
-            loss * 100.0,
-            usage
-                .as_ref()
-                .map(|u| u.to_string())
-                .unwrap_or_else(|| "?".into())
+            bitrate_kbps,
+            loss,
+            &usage,
         );
-        ladder.push(json!({
+        ladder.steps.push(json!({
             "calls": n,
             "participants": 2 * n,
             "video_packets_expected": expected,
@@ -116,25 +266,80 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         if loss > 0.01 {
             break;
         }
-        carried = 2 * n;
+        ladder.carried = 2 * n;
     }
-    let reached_top = carried == 2 * args.concurrent.last().copied().unwrap_or(0);
+    ladder.top = ladder.carried == 2 * args.concurrent.last().copied().unwrap_or(0);
     println!(
-        "coturn carried {}{carried} relayed participants at {bitrate_kbps} kbit/s with video loss at most 1%",
-        if reached_top { "at least " } else { "" }
+        "coturn carried {}{} relayed participants at {bitrate_kbps} kbit/s with video loss at most 1%",
+        if ladder.top { "at least " } else { "" },
+        ladder.carried
     );
-    report::write(
-        results,
-        "calls",
-        &json!({
-            "benchmark": "calls",
-            "what": "1:1 calls between two webrtc-rs peers through the platform (call commands over HTTP, call.signal frames over the entry's sockets): set-up time from the start command to RTP of both kinds arriving on both sides, one call at a time, direct (loopback host candidates) and relay-only through coturn; then a ladder of concurrent relay-only calls at a fixed bitrate, video loss from RTP sequence numbers at every receiver. Peers, platform and coturn share this machine. SFU (Janus) calls are not measured yet.",
-            "machine": report::machine(),
-            "set_up_ms": set_up,
-            "bitrate_kbps_per_participant": bitrate_kbps,
-            "relay_ladder": ladder,
-            "relayed_participants_at_most_1pct_loss": carried,
-            "ladder_top_without_loss": reached_top,
-        }),
-    )
+    Ok(ladder)
+}
+
+async fn sfu_ladder(
+    api: &Api,
+    args: &Args,
+    rate: Rate,
+    bitrate_kbps: usize,
+) -> anyhow::Result<Ladder> {
+    let janus = report::stack_pid("janus");
+    let everyone: Vec<usize> = (0..GROUP).collect();
+    let mut ladder = Ladder {
+        steps: Vec::new(),
+        carried: 0,
+        top: false,
+    };
+    for &n in &args.groups {
+        let mut groups = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut group = Group::set_up(api, GROUP, rate).await?;
+            for i in 0..GROUP {
+                group.publish(api, i).await?;
+            }
+            group
+                .until(api, Duration::from_secs(60), |g| {
+                    g.everyone_hears(&everyone, FLOWING)
+                })
+                .await?;
+            groups.push(group);
+        }
+        let receivers: Vec<Arc<Received>> = groups
+            .iter()
+            .flat_map(|g| g.members.iter())
+            .flat_map(|m| m.receiving.values().map(|p| p.received.clone()))
+            .collect();
+        let (expected, received, loss, usage) = loss_over(&receivers, janus, args.step_secs).await;
+        let participants = GROUP * n;
+        print_step(
+            &format!("{n:>3} group calls, Janus"),
+            participants,
+            bitrate_kbps,
+            loss,
+            &usage,
+        );
+        ladder.steps.push(json!({
+            "group_calls": n,
+            "participants": participants,
+            "streams_forwarded": participants * (GROUP - 1),
+            "video_packets_expected": expected,
+            "video_packets_received": received,
+            "video_loss": loss,
+            "janus": usage.unwrap_or(Value::Null),
+        }));
+        for group in &groups {
+            group.close().await;
+        }
+        if loss > 0.01 {
+            break;
+        }
+        ladder.carried = participants;
+    }
+    ladder.top = ladder.carried == GROUP * args.groups.last().copied().unwrap_or(0);
+    println!(
+        "Janus carried {}{} group-call participants ({GROUP} a call) at {bitrate_kbps} kbit/s with video loss at most 1%",
+        if ladder.top { "at least " } else { "" },
+        ladder.carried
+    );
+    Ok(ladder)
 }

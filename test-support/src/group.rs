@@ -59,6 +59,8 @@ pub struct Member {
 
 /// A group call of fresh users in one private room (the first started it, the others joined).
 pub struct Group {
+    /// When the call was started (the start command sent).
+    pub started: Instant,
     pub room: String,
     pub call: String,
     pub members: Vec<Member>,
@@ -146,6 +148,7 @@ impl Group {
         let room = api.create_room(&owner, "private").await?;
         api.invite_and_join(&owner, &room, &others.iter().collect::<Vec<_>>())
             .await?;
+        let started = Instant::now();
         let call = api.start_call(&owner, &room).await?;
         for user in &others {
             api.join_call(user, &room, &call).await?;
@@ -160,6 +163,7 @@ impl Group {
             });
         }
         Ok(Group {
+            started,
             room,
             call,
             members,

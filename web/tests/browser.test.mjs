@@ -124,6 +124,21 @@ async function send(page, text) {
   await messageWith(page, text).waitFor({ timeout: WAIT });
 }
 
+/** `page` shows `who`'s video with frames decoded and its clock running: media flows, not
+ * just a connected box. */
+async function videoPlays(page, who) {
+  const label = `Video of ${who}`;
+  await page.getByLabel(label).waitFor({ timeout: WAIT });
+  await page.waitForFunction(
+    (name) => {
+      const v = document.querySelector(`video[aria-label="${name}"]`);
+      return v && v.readyState >= 2 && v.videoWidth > 0 && !v.paused && v.currentTime > 1;
+    },
+    label,
+    { timeout: 30_000 },
+  );
+}
+
 /** The texts of the timeline's messages, in order. */
 async function texts(page) {
   return timeline(page).locator("li.msg:not(.pending) p.content").allTextContents();
@@ -433,17 +448,7 @@ test("the chat in the browser", async () => {
       [a.page, bob.username],
       [b.page, alice.username],
     ]) {
-      const label = `Video of ${other}`;
-      await p.getByLabel(label).waitFor({ timeout: WAIT });
-      // Frames decoded and the clock running: media flows, not just a connected box.
-      await p.waitForFunction(
-        (name) => {
-          const v = document.querySelector(`video[aria-label="${name}"]`);
-          return v && v.readyState >= 2 && v.videoWidth > 0 && !v.paused && v.currentTime > 1;
-        },
-        label,
-        { timeout: 30_000 },
-      );
+      await videoPlays(p, other);
     }
     await timeline(b.page).getByText(/Video call: ongoing with/).waitFor({ timeout: WAIT });
     await a.page.screenshot({ path: join(SHOTS, "call.png") });
@@ -483,16 +488,7 @@ test("the chat in the browser", async () => {
     const names = [alice.username, bob.username, carol.username];
     for (const [i, p] of pages.entries()) {
       for (const other of names.filter((_, j) => j !== i)) {
-        const label = `Video of ${other}`;
-        await p.getByLabel(label).waitFor({ timeout: WAIT });
-        await p.waitForFunction(
-          (name) => {
-            const v = document.querySelector(`video[aria-label="${name}"]`);
-            return v && v.readyState >= 2 && v.videoWidth > 0 && !v.paused && v.currentTime > 1;
-          },
-          label,
-          { timeout: 30_000 },
-        );
+        await videoPlays(p, other);
       }
     }
     await c.page.screenshot({ path: join(SHOTS, "group-call.png") });

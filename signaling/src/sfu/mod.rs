@@ -124,55 +124,86 @@ impl Sfu {
 
     /// Makes the call's room if it is not there yet, and lets `user` in.
     async fn admit(&self, call_id: &str, user: &str) -> Result<(), SignalingError> {
-        let key = self.key(call_id);
         let mut redis = self.redis.clone();
         let made: bool = redis::cmd("HEXISTS")
-            .arg(&key)
+            .arg(self.key(call_id))
             .arg("room")
             .query_async(&mut redis)
             .await?;
-        let secret = self.room_secret(call_id);
         if !made {
-            let created = self
-                .manage(json!({
-                    "request": "create",
-                    "room": call_id,
-                    "admin_key": self.janus.secret(),
-                    "secret": secret,
-                    "description": format!("call {call_id}"),
-                    "is_private": true,
-                    "publishers": MAX_PUBLISHERS,
-                    "bitrate": self.bitrate,
-                    "audiocodec": "opus",
-                    "videocodec": "vp8",
-                    "allowed": [],
-                    "permanent": false,
-                }))
-                .await;
-            match created {
-                Err(e) if e.code() != Some(codes::ROOM_EXISTS) => return Err(e.into()),
-                _ => {}
-            }
-            redis::pipe()
-                .cmd("HSET")
-                .arg(&key)
-                .arg("room")
-                .arg(1)
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(STATE_TTL_SECS)
-                .query_async::<()>(&mut redis)
-                .await?;
+            self.create_room(call_id).await?;
         }
+        match self.allow(call_id, user).await {
+            // Janus keeps no rooms across a restart: the room is made again.
+            Err(e) if made && e.code() == Some(codes::NO_SUCH_ROOM) => {
+                self.create_room(call_id).await?;
+                self.allow(call_id, user).await?;
+            }
+            other => other?,
+        }
+        Ok(())
+    }
+
+    async fn create_room(&self, call_id: &str) -> Result<(), SignalingError> {
+        let created = self
+            .manage(json!({
+                "request": "create",
+                "room": call_id,
+                "admin_key": self.janus.secret(),
+                "secret": self.room_secret(call_id),
+                "description": format!("call {call_id}"),
+                "is_private": true,
+                "publishers": MAX_PUBLISHERS,
+                "bitrate": self.bitrate,
+                "audiocodec": "opus",
+                "videocodec": "vp8",
+                "allowed": [],
+                "permanent": false,
+            }))
+            .await;
+        match created {
+            Err(e) if e.code() != Some(codes::ROOM_EXISTS) => return Err(e.into()),
+            _ => {}
+        }
+        let key = self.key(call_id);
+        let mut redis = self.redis.clone();
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("room")
+            .arg(1)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(STATE_TTL_SECS)
+            .query_async::<()>(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts `user`'s token on (`add`) or off (`remove`) the room's allow-list.
+    async fn allowed(&self, call_id: &str, user: &str, action: &str) -> Result<(), JanusError> {
         self.manage(json!({
             "request": "allowed",
             "room": call_id,
-            "secret": secret,
-            "action": "add",
+            "secret": self.room_secret(call_id),
+            "action": action,
             "allowed": [self.token(call_id, user)],
         }))
-        .await?;
-        Ok(())
+        .await
+        .map(|_| ())
+    }
+
+    async fn allow(&self, call_id: &str, user: &str) -> Result<(), JanusError> {
+        self.allowed(call_id, user, "add").await
+    }
+
+    /// Everything signaling made in Janus for the call (field -> value).
+    async fn state(&self, call_id: &str) -> Result<Vec<(String, String)>, SignalingError> {
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("HGETALL")
+            .arg(self.key(call_id))
+            .query_async(&mut redis)
+            .await?)
     }
 
     /// Replaces whatever `field` of the call's state held with a fresh handle.
@@ -391,15 +422,12 @@ impl Sfu {
     /// `user` left the call (hung up, banned, dropped): their sessions go, and they are out
     /// of the room and its allow-list. Nothing to do for a call that never had a room.
     pub async fn release(&self, call_id: &str, user: &str) -> Result<(), SignalingError> {
-        let key = self.key(call_id);
-        let mut redis = self.redis.clone();
-        let state: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await?;
+        let state = self.state(call_id).await?;
         if state.is_empty() {
             return Ok(());
         }
+        let key = self.key(call_id);
+        let mut redis = self.redis.clone();
         let theirs: Vec<(String, String)> = state
             .into_iter()
             .filter(|(field, _)| {
@@ -420,16 +448,7 @@ impl Sfu {
                 .await?;
         }
         self.kick(call_id, user).await?;
-        let removed = self
-            .manage(json!({
-                "request": "allowed",
-                "room": call_id,
-                "secret": self.room_secret(call_id),
-                "action": "remove",
-                "allowed": [self.token(call_id, user)],
-            }))
-            .await;
-        match removed {
+        match self.allowed(call_id, user, "remove").await {
             Err(e) if e.code() == Some(codes::NO_SUCH_ROOM) => Ok(()),
             other => other.map(|_| ()).map_err(Into::into),
         }
@@ -437,12 +456,7 @@ impl Sfu {
 
     /// The call ended: every session signaling made for it goes, and so does its room.
     pub async fn close(&self, call_id: &str) -> Result<(), SignalingError> {
-        let key = self.key(call_id);
-        let mut redis = self.redis.clone();
-        let state: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await?;
+        let state = self.state(call_id).await?;
         if state.is_empty() {
             return Ok(());
         }
@@ -462,8 +476,9 @@ impl Sfu {
             Err(e) if e.code() != Some(codes::NO_SUCH_ROOM) => return Err(e.into()),
             _ => {}
         }
+        let mut redis = self.redis.clone();
         redis::cmd("DEL")
-            .arg(&key)
+            .arg(self.key(call_id))
             .query_async::<()>(&mut redis)
             .await?;
         Ok(())
