@@ -50,13 +50,18 @@ const FLOWING: usize = 1;
 /// Participants in each group call.
 const GROUP: usize = 3;
 
+/// What a ladder step measured at every receiver.
+struct Measured {
+    expected: u64,
+    received: u64,
+    loss: f64,
+    /// The server's CPU and memory over the step.
+    usage: Option<Value>,
+}
+
 /// Video loss over a ladder step: every receiver restarts counting, then `seconds` later says
 /// what its sequence numbers expected and what came.
-async fn loss_over(
-    receivers: &[Arc<Received>],
-    pid: Option<u32>,
-    seconds: u64,
-) -> (u64, u64, f64, Option<Value>) {
+async fn loss_over(receivers: &[Arc<Received>], pid: Option<u32>, seconds: u64) -> Measured {
     for r in receivers {
         r.restart();
     }
@@ -74,29 +79,108 @@ async fn loss_over(
     } else {
         expected.saturating_sub(received) as f64 / expected as f64
     };
-    (
+    Measured {
         expected,
         received,
         loss,
-        report::usage(before, after, seconds as f64),
-    )
+        usage: report::usage(before, after, seconds as f64),
+    }
 }
 
-/// What a ladder found: its steps, and the most participants carried at ≤ 1% video loss.
+/// A capacity ladder: its steps, and the most participants carried at ≤ 1% video loss.
 struct Ladder {
+    /// The server measured (`coturn`, `janus`): its pid, and its key in each step.
+    server: &'static str,
+    pid: Option<u32>,
+    bitrate_kbps: usize,
     steps: Vec<Value>,
     carried: usize,
-    top: bool,
 }
 
 impl Ladder {
-    fn json(&self, key: &str) -> Value {
+    fn new(server: &'static str, bitrate_kbps: usize) -> Self {
+        Self {
+            server,
+            pid: report::stack_pid(server),
+            bitrate_kbps,
+            steps: Vec::new(),
+            carried: 0,
+        }
+    }
+
+    /// Measures one step of `participants` (`step` describes its load) over `receivers`;
+    /// whether the ladder goes on (the loss stayed within 1%).
+    async fn step(
+        &mut self,
+        receivers: &[Arc<Received>],
+        participants: usize,
+        mut step: Value,
+        seconds: u64,
+    ) -> bool {
+        let m = loss_over(receivers, self.pid, seconds).await;
+        println!(
+            "{} ({participants} participants, {} kbit/s each): video loss {:.3}%, {} {}",
+            step,
+            self.bitrate_kbps,
+            m.loss * 100.0,
+            self.server,
+            m.usage
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "?".into())
+        );
+        step["participants"] = json!(participants);
+        step["video_packets_expected"] = json!(m.expected);
+        step["video_packets_received"] = json!(m.received);
+        step["video_loss"] = json!(m.loss);
+        step[self.server] = m.usage.unwrap_or(Value::Null);
+        self.steps.push(step);
+        if m.loss > 0.01 {
+            return false;
+        }
+        self.carried = participants;
+        true
+    }
+
+    /// The ladder's record; `top`: the participants of its last planned step.
+    fn finish(self, top: usize, key: &str) -> Value {
+        let reached_top = self.carried == top;
+        println!(
+            "{} carried {}{} participants at {} kbit/s with video loss at most 1%",
+            self.server,
+            if reached_top { "at least " } else { "" },
+            self.carried,
+            self.bitrate_kbps
+        );
         json!({
             "steps": self.steps,
             key: self.carried,
-            "ladder_top_without_loss": self.top,
+            "ladder_top_without_loss": reached_top,
         })
     }
+}
+
+/// A 1:1 call with media flowing both ways.
+async fn flowing_call(api: &Api, relayed: bool, rate: Rate) -> anyhow::Result<Call> {
+    let mut call = Call::set_up(api, relayed, rate).await?;
+    call.until(Duration::from_secs(60), |c| c.media_flowing(FLOWING))
+        .await?;
+    Ok(call)
+}
+
+/// A group call of [`GROUP`] in which everyone receives everyone.
+async fn flowing_group(api: &Api, rate: Rate) -> anyhow::Result<Group> {
+    let everyone: Vec<usize> = (0..GROUP).collect();
+    let mut group = Group::set_up(api, GROUP, rate).await?;
+    for i in 0..GROUP {
+        group.publish(api, i).await?;
+    }
+    group
+        .until(api, Duration::from_secs(60), |g| {
+            g.everyone_hears(&everyone, FLOWING)
+        })
+        .await?;
+    Ok(group)
 }
 
 pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
@@ -130,9 +214,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         let mut h = report::histogram(3);
         for _ in 0..args.calls {
             let started = Instant::now();
-            let mut call = Call::set_up(&api, relayed, rate).await?;
-            call.until(Duration::from_secs(60), |c| c.media_flowing(FLOWING))
-                .await?;
+            let call = flowing_call(&api, relayed, rate).await?;
             h.record(started.elapsed().as_micros().max(1) as u64)?;
             call.close().await;
         }
@@ -142,17 +224,8 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
     }
     if wants("sfu") {
         let mut h = report::histogram(3);
-        let everyone: Vec<usize> = (0..GROUP).collect();
         for _ in 0..args.calls {
-            let mut group = Group::set_up(&api, GROUP, rate).await?;
-            for i in 0..GROUP {
-                group.publish(&api, i).await?;
-            }
-            group
-                .until(&api, Duration::from_secs(60), |g| {
-                    g.everyone_hears(&everyone, FLOWING)
-                })
-                .await?;
+            let group = flowing_group(&api, rate).await?;
             h.record(group.started.elapsed().as_micros().max(1) as u64)?;
             group.close().await;
         }
@@ -165,16 +238,12 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         (args.video_bytes * 8 * rate.fps as usize + rate.audio_bytes * 8 * 50) / 1000;
     let mut relay = previous["relay_ladder"].clone();
     if wants("coturn") {
-        relay = relay_ladder(&api, &args, rate, bitrate_kbps)
-            .await?
-            .json("relayed_participants_at_most_1pct_loss");
+        relay = relay_ladder(&api, &args, rate, bitrate_kbps).await?;
         measured["coturn"] = json!(now);
     }
     let mut sfu = previous["sfu_ladder"].clone();
     if wants("janus") {
-        sfu = sfu_ladder(&api, &args, rate, bitrate_kbps)
-            .await?
-            .json("sfu_participants_at_most_1pct_loss");
+        sfu = sfu_ladder(&api, &args, rate, bitrate_kbps).await?;
         measured["janus"] = json!(now);
     }
 
@@ -203,78 +272,33 @@ fn print_set_up(kind: &str, h: &hdrhistogram::Histogram<u64>) {
     );
 }
 
-fn print_step(
-    what: &str,
-    participants: usize,
-    bitrate_kbps: usize,
-    loss: f64,
-    usage: &Option<Value>,
-) {
-    println!(
-        "{what} ({participants} participants, {bitrate_kbps} kbit/s each): video loss {:.3}%, {}",
-        loss * 100.0,
-        usage
-            .as_ref()
-            .map(|u| u.to_string())
-            .unwrap_or_else(|| "?".into())
-    );
-}
-
 async fn relay_ladder(
     api: &Api,
     args: &Args,
     rate: Rate,
     bitrate_kbps: usize,
-) -> anyhow::Result<Ladder> {
-    let coturn = report::stack_pid("coturn");
-    let mut ladder = Ladder {
-        steps: Vec::new(),
-        carried: 0,
-        top: false,
-    };
+) -> anyhow::Result<Value> {
+    let mut ladder = Ladder::new("coturn", bitrate_kbps);
     for &n in &args.concurrent {
         let mut calls = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut call = Call::set_up(api, true, rate).await?;
-            call.until(Duration::from_secs(60), |c| c.media_flowing(FLOWING))
-                .await?;
-            calls.push(call);
+            calls.push(flowing_call(api, true, rate).await?);
         }
         let receivers: Vec<Arc<Received>> = calls
             .iter()
             .flat_map(|c| [c.caller.received.clone(), c.callee.received.clone()])
             .collect();
-        let (expected, received, loss, usage) = loss_over(&receivers, coturn, args.step_secs).await;
-        print_step(
-            &format!("{n:>3} relayed calls, coturn"),
-            2 * n,
-            bitrate_kbps,
-            loss,
-            &usage,
-        );
-        ladder.steps.push(json!({
-            "calls": n,
-            "participants": 2 * n,
-            "video_packets_expected": expected,
-            "video_packets_received": received,
-            "video_loss": loss,
-            "coturn": usage.unwrap_or(Value::Null),
-        }));
+        let step = json!({"calls": n});
+        let go_on = ladder.step(&receivers, 2 * n, step, args.step_secs).await;
         for call in &calls {
             call.close().await;
         }
-        if loss > 0.01 {
+        if !go_on {
             break;
         }
-        ladder.carried = 2 * n;
     }
-    ladder.top = ladder.carried == 2 * args.concurrent.last().copied().unwrap_or(0);
-    println!(
-        "coturn carried {}{} relayed participants at {bitrate_kbps} kbit/s with video loss at most 1%",
-        if ladder.top { "at least " } else { "" },
-        ladder.carried
-    );
-    Ok(ladder)
+    let top = 2 * args.concurrent.last().copied().unwrap_or(0);
+    Ok(ladder.finish(top, "relayed_participants_at_most_1pct_loss"))
 }
 
 async fn sfu_ladder(
@@ -282,64 +306,33 @@ async fn sfu_ladder(
     args: &Args,
     rate: Rate,
     bitrate_kbps: usize,
-) -> anyhow::Result<Ladder> {
-    let janus = report::stack_pid("janus");
-    let everyone: Vec<usize> = (0..GROUP).collect();
-    let mut ladder = Ladder {
-        steps: Vec::new(),
-        carried: 0,
-        top: false,
-    };
+) -> anyhow::Result<Value> {
+    let mut ladder = Ladder::new("janus", bitrate_kbps);
     for &n in &args.groups {
         let mut groups = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut group = Group::set_up(api, GROUP, rate).await?;
-            for i in 0..GROUP {
-                group.publish(api, i).await?;
-            }
-            group
-                .until(api, Duration::from_secs(60), |g| {
-                    g.everyone_hears(&everyone, FLOWING)
-                })
-                .await?;
-            groups.push(group);
+            groups.push(flowing_group(api, rate).await?);
         }
         let receivers: Vec<Arc<Received>> = groups
             .iter()
             .flat_map(|g| g.members.iter())
             .flat_map(|m| m.receiving.values().map(|p| p.received.clone()))
             .collect();
-        let (expected, received, loss, usage) = loss_over(&receivers, janus, args.step_secs).await;
         let participants = GROUP * n;
-        print_step(
-            &format!("{n:>3} group calls, Janus"),
-            participants,
-            bitrate_kbps,
-            loss,
-            &usage,
-        );
-        ladder.steps.push(json!({
+        let step = json!({
             "group_calls": n,
-            "participants": participants,
             "streams_forwarded": participants * (GROUP - 1),
-            "video_packets_expected": expected,
-            "video_packets_received": received,
-            "video_loss": loss,
-            "janus": usage.unwrap_or(Value::Null),
-        }));
+        });
+        let go_on = ladder
+            .step(&receivers, participants, step, args.step_secs)
+            .await;
         for group in &groups {
             group.close().await;
         }
-        if loss > 0.01 {
+        if !go_on {
             break;
         }
-        ladder.carried = participants;
     }
-    ladder.top = ladder.carried == GROUP * args.groups.last().copied().unwrap_or(0);
-    println!(
-        "Janus carried {}{} group-call participants ({GROUP} a call) at {bitrate_kbps} kbit/s with video loss at most 1%",
-        if ladder.top { "at least " } else { "" },
-        ladder.carried
-    );
-    Ok(ladder)
+    let top = GROUP * args.groups.last().copied().unwrap_or(0);
+    Ok(ladder.finish(top, "sfu_participants_at_most_1pct_loss"))
 }

@@ -280,11 +280,7 @@ async fn store_field(
     }
     tokio::fs::rename(&tmp, &target).await.map_err(io)?;
     partial.kept = true;
-    Ok((size, hex(&hasher.finalize()), mime))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok((size, hex::encode(hasher.finalize()), mime))
 }
 
 /// Resolves attachment ids for a post: each must be a file the poster uploaded.

@@ -58,10 +58,7 @@ async fn uploads_are_sniffed_named_safely_and_hashed() -> anyhow::Result<()> {
     );
     assert_eq!(body["filename"], "cat.png");
     assert_eq!(body["size"], PNG.len());
-    let digest: String = Sha256::digest(PNG)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(Sha256::digest(PNG));
     assert_eq!(body["sha256"], digest);
     assert_eq!(
         body["url"],

@@ -16,6 +16,10 @@ use schemas::events::CallTopology;
 
 use crate::error::SignalingError;
 
+/// How long a request waits for the call state to show a join the writer just acknowledged
+/// (the log and the fast channel bring it a moment later).
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(3);
+
 /// How long a call's state outlives its last event: longer than any call lasts, so an ended
 /// call's seq still guards against a late re-read reviving it.
 const STATE_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -207,6 +211,29 @@ impl Calls {
             participants,
             sfu: field(2).as_deref() == Some("sfu"),
         }))
+    }
+
+    /// The call `user` takes part in, once the state shows them in it and `also` holds (or as
+    /// it stands after [`JOIN_PATIENCE`]); an unknown or ended call is `call_not_found`, a
+    /// caller not in it `not_in_call` (`why` says what to do first).
+    pub async fn as_participant(
+        &self,
+        call_id: &str,
+        user: &str,
+        also: impl Fn(&CallView) -> bool,
+        why: &str,
+    ) -> Result<CallView, SignalingError> {
+        let call = self
+            .when(call_id, JOIN_PATIENCE, |c| {
+                !c.ended && c.participants.contains(user) && also(c)
+            })
+            .await?
+            .filter(|c| !c.ended)
+            .ok_or(SignalingError::CallNotFound)?;
+        if !call.participants.contains(user) {
+            return Err(SignalingError::Forbidden("not_in_call", why.to_string()));
+        }
+        Ok(call)
     }
 
     /// The call once `ok` holds for it, or as it stands after `patience`: the log reaches this

@@ -19,6 +19,8 @@ pub mod codes {
     pub const ROOM_EXISTS: i64 = 427;
     /// `JANUS_VIDEOROOM_ERROR_NO_SUCH_FEED`
     pub const NO_SUCH_FEED: i64 = 428;
+    /// `JANUS_VIDEOROOM_ERROR_NO_SUCH_USER` (a kick of someone not in the room)
+    pub const NO_SUCH_USER: i64 = 430;
     /// `JANUS_VIDEOROOM_ERROR_ID_EXISTS`
     pub const ID_EXISTS: i64 = 436;
     /// Janus core: `JANUS_ERROR_JSEP_INVALID_SDP`
@@ -62,6 +64,11 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Its URL path under the API's base.
+    fn path(self) -> String {
+        format!("/{}/{}", self.session, self.handle)
+    }
+
     /// How it is kept in the call's SFU state (`session/handle`).
     pub fn to_field(self) -> String {
         format!("{}/{}", self.session, self.handle)
@@ -145,26 +152,18 @@ impl Janus {
 
     /// Ends a session: its handle hangs up and leaves its room. Gone already counts as done.
     pub async fn destroy(&self, session: u64) -> Result<(), JanusError> {
-        match self
+        let destroyed = self
             .post(&format!("/{session}"), json!({"janus": "destroy"}))
-            .await
-        {
-            Err(e) if e.code() == Some(codes::SESSION_NOT_FOUND) => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .await;
+        done_unless_gone(destroyed, &[codes::SESSION_NOT_FOUND])
     }
 
     /// A request the plugin answers at once (room management).
     pub async fn request(&self, at: Handle, body: Value) -> Result<Value, JanusError> {
         let answer = self
-            .post(
-                &format!("/{}/{}", at.session, at.handle),
-                json!({"janus": "message", "body": body}),
-            )
+            .post(&at.path(), json!({"janus": "message", "body": body}))
             .await?;
-        let data = answer["plugindata"]["data"].clone();
-        plugin_error(&data)?;
-        Ok(data)
+        plugin_data(&answer)
     }
 
     /// A request the plugin answers with an event (joins and negotiations), waited for up to
@@ -180,17 +179,16 @@ impl Janus {
         if let Some(jsep) = jsep {
             message["jsep"] = jsep;
         }
-        let answer = self
-            .post(&format!("/{}/{}", at.session, at.handle), message)
-            .await?;
+        let answer = self.post(&at.path(), message).await?;
         let transaction = answer["transaction"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         if answer["janus"] == "success" {
-            let data = answer["plugindata"]["data"].clone();
-            plugin_error(&data)?;
-            return Ok(Reply { data, jsep: None });
+            return Ok(Reply {
+                data: plugin_data(&answer)?,
+                jsep: None,
+            });
         }
         let deadline = tokio::time::Instant::now() + patience;
         loop {
@@ -216,10 +214,8 @@ impl Janus {
             // Other events of the session (keepalives, "webrtcup", publisher lists) are not
             // the answer.
             if event["janus"] == "event" && event["transaction"] == transaction.as_str() {
-                let data = event["plugindata"]["data"].clone();
-                plugin_error(&data)?;
                 return Ok(Reply {
-                    data,
+                    data: plugin_data(&event)?,
                     jsep: event.get("jsep").cloned(),
                 });
             }
@@ -245,6 +241,22 @@ fn core_error(answer: &Value) -> Result<(), JanusError> {
         ));
     }
     Ok(())
+}
+
+/// The plugin's data in an answer or event, or its refusal.
+fn plugin_data(message: &Value) -> Result<Value, JanusError> {
+    let data = message["plugindata"]["data"].clone();
+    plugin_error(&data)?;
+    Ok(data)
+}
+
+/// Done, or refused only because what it was about is gone already (`gone`: those codes):
+/// removing what is not there is done too.
+pub fn done_unless_gone<T>(result: Result<T, JanusError>, gone: &[i64]) -> Result<(), JanusError> {
+    match result {
+        Err(e) if e.code().is_some_and(|c| gone.contains(&c)) => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// A refusal by the plugin (`{"videoroom": "event", "error_code", "error"}`).

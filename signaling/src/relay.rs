@@ -6,8 +6,6 @@
 //! the call state says (`crate::calls`); the frame then goes out on the fan-out nodes' call
 //! signal channel, and the node holding the recipient's sockets hands it to each of them.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,11 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::calls::CallView;
 use crate::error::SignalingError;
-
-/// How long a signal waits for the call state to show a join the writer just acknowledged.
-pub(crate) const JOIN_PATIENCE: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SignalRequest {
@@ -92,21 +86,15 @@ pub async fn signal(
         ));
     }
     checked_payload(&request.payload, app.config.max_signal_bytes)?;
-    let both_in = |c: &CallView| {
-        !c.ended && c.participants.contains(&caller.sub) && c.participants.contains(&to)
-    };
     let call = app
         .calls
-        .when(&call_id, JOIN_PATIENCE, both_in)
-        .await?
-        .filter(|c| !c.ended)
-        .ok_or(SignalingError::CallNotFound)?;
-    if !call.participants.contains(&caller.sub) {
-        return Err(SignalingError::Forbidden(
-            "not_in_call",
-            "join the call before signaling in it".into(),
-        ));
-    }
+        .as_participant(
+            &call_id,
+            &caller.sub,
+            |c| c.participants.contains(&to),
+            "join the call before signaling in it",
+        )
+        .await?;
     if !call.participants.contains(&to) {
         return Err(SignalingError::Conflict(
             "peer_not_in_call",

@@ -79,7 +79,7 @@ export class CallSession {
       if (this.publisher || !this.callId) return;
       const pc = new RTCPeerConnection({ iceServers: this.iceServers });
       this.publisher = pc;
-      for (const track of this.local?.getTracks() ?? []) pc.addTrack(track, this.local!);
+      this.sendLocal(pc);
       pc.onconnectionstatechange = () => this.changed();
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc);
@@ -101,15 +101,7 @@ export class CallSession {
 
   private async subscribe(feed: string) {
     const offer = await api.sfuSubscribe(this.callId, feed);
-    this.peers.get(feed)?.pc.close();
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    const peer: Peer = { pc, remote: new MediaStream(), early: [] };
-    pc.ontrack = (e) => {
-      peer.remote.addTrack(e.track);
-      this.changed();
-    };
-    pc.onconnectionstatechange = () => this.changed();
-    this.peers.set(feed, peer);
+    const { pc } = this.connection(feed);
     await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await gathered(pc);
@@ -176,22 +168,35 @@ export class CallSession {
     this.changed();
   }
 
-  private peer(user: string): Peer {
+  /** A connection bringing `user`'s media (replacing one before it), shown as theirs. */
+  private connection(user: string): Peer {
+    this.peers.get(user)?.pc.close();
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     const peer: Peer = { pc, remote: new MediaStream(), early: [] };
-    for (const track of this.local?.getTracks() ?? []) pc.addTrack(track, this.local!);
     pc.ontrack = (e) => {
       peer.remote.addTrack(e.track);
       this.changed();
     };
-    pc.onicecandidate = (e) => {
+    pc.onconnectionstatechange = () => this.changed();
+    this.peers.set(user, peer);
+    this.changed();
+    return peer;
+  }
+
+  private sendLocal(pc: RTCPeerConnection) {
+    for (const track of this.local?.getTracks() ?? []) pc.addTrack(track, this.local!);
+  }
+
+  /** A call between two: the connection to `user`, sending this page's media too, its
+   * candidates trickled through the relay. */
+  private peer(user: string): Peer {
+    const peer = this.connection(user);
+    this.sendLocal(peer.pc);
+    peer.pc.onicecandidate = (e) => {
       if (!e.candidate) return;
       const c = e.candidate.toJSON();
       this.signal(user, { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex });
     };
-    pc.onconnectionstatechange = () => this.changed();
-    this.peers.set(user, peer);
-    this.changed();
     return peer;
   }
 

@@ -26,7 +26,7 @@ pub mod routes;
 
 use crate::calls::Calls;
 use crate::error::SignalingError;
-use crate::janus::{Handle, Janus, JanusError, codes};
+use crate::janus::{Handle, Janus, JanusError, codes, done_unless_gone};
 use crate::metrics::Metrics;
 
 /// How long a negotiation may take in Janus (its ICE gathering is on a local interface).
@@ -74,11 +74,7 @@ impl Sfu {
         let mut mac =
             Hmac::<Sha1>::new_from_slice(self.janus.secret().as_bytes()).expect("any key length");
         mac.update(what.as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// The room's secret: needed to change its allow-list, kick and destroy it.
@@ -133,11 +129,11 @@ impl Sfu {
         if !made {
             self.create_room(call_id).await?;
         }
-        match self.allow(call_id, user).await {
+        match self.allowed(call_id, user, "add").await {
             // Janus keeps no rooms across a restart: the room is made again.
             Err(e) if made && e.code() == Some(codes::NO_SUCH_ROOM) => {
                 self.create_room(call_id).await?;
-                self.allow(call_id, user).await?;
+                self.allowed(call_id, user, "add").await?;
             }
             other => other?,
         }
@@ -161,10 +157,7 @@ impl Sfu {
                 "permanent": false,
             }))
             .await;
-        match created {
-            Err(e) if e.code() != Some(codes::ROOM_EXISTS) => return Err(e.into()),
-            _ => {}
-        }
+        done_unless_gone(created, &[codes::ROOM_EXISTS])?;
         let key = self.key(call_id);
         let mut redis = self.redis.clone();
         redis::pipe()
@@ -193,10 +186,6 @@ impl Sfu {
         .map(|_| ())
     }
 
-    async fn allow(&self, call_id: &str, user: &str) -> Result<(), JanusError> {
-        self.allowed(call_id, user, "add").await
-    }
-
     /// Everything signaling made in Janus for the call (field -> value).
     async fn state(&self, call_id: &str) -> Result<Vec<(String, String)>, SignalingError> {
         let mut redis = self.redis.clone();
@@ -206,21 +195,30 @@ impl Sfu {
             .await?)
     }
 
-    /// Replaces whatever `field` of the call's state held with a fresh handle.
-    async fn fresh_handle(&self, call_id: &str, field: &str) -> Result<Handle, SignalingError> {
-        let key = self.key(call_id);
+    /// The handle `field` of the call's state holds, if any.
+    async fn handle_at(
+        &self,
+        call_id: &str,
+        field: &str,
+    ) -> Result<Option<Handle>, SignalingError> {
         let mut redis = self.redis.clone();
-        let old: Option<String> = redis::cmd("HGET")
-            .arg(&key)
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.key(call_id))
             .arg(field)
             .query_async(&mut redis)
             .await?;
-        if let Some(old) = old.as_deref().and_then(Handle::from_field) {
+        Ok(raw.as_deref().and_then(Handle::from_field))
+    }
+
+    /// Replaces whatever `field` of the call's state held with a fresh handle.
+    async fn fresh_handle(&self, call_id: &str, field: &str) -> Result<Handle, SignalingError> {
+        if let Some(old) = self.handle_at(call_id, field).await? {
             self.janus.destroy(old.session).await?;
         }
         let handle = self.janus.attach().await?;
+        let mut redis = self.redis.clone();
         redis::cmd("HSET")
-            .arg(&key)
+            .arg(self.key(call_id))
             .arg(field)
             .arg(handle.to_field())
             .query_async::<()>(&mut redis)
@@ -376,15 +374,9 @@ impl Sfu {
         feed: &str,
         answer: String,
     ) -> Result<(), SignalingError> {
-        let mut redis = self.redis.clone();
-        let handle: Option<String> = redis::cmd("HGET")
-            .arg(self.key(call_id))
-            .arg(subscriber_field(user, feed))
-            .query_async(&mut redis)
-            .await?;
-        let handle = handle
-            .as_deref()
-            .and_then(Handle::from_field)
+        let handle = self
+            .handle_at(call_id, &subscriber_field(user, feed))
+            .await?
             .ok_or_else(|| {
                 SignalingError::Conflict(
                     "not_subscribed",
@@ -411,12 +403,14 @@ impl Sfu {
                 "id": user,
             }))
             .await;
-        match kicked {
-            Err(e) if matches!(e.code(), Some(codes::NO_SUCH_ROOM | codes::NO_SUCH_FEED)) => Ok(()),
-            // Janus 1.1 answers a kick of someone not in the room with "no such user" (430).
-            Err(JanusError::Refused(430, _)) => Ok(()),
-            other => other.map(|_| ()),
-        }
+        done_unless_gone(
+            kicked,
+            &[
+                codes::NO_SUCH_ROOM,
+                codes::NO_SUCH_FEED,
+                codes::NO_SUCH_USER,
+            ],
+        )
     }
 
     /// `user` left the call (hung up, banned, dropped): their sessions go, and they are out
@@ -426,32 +420,35 @@ impl Sfu {
         if state.is_empty() {
             return Ok(());
         }
-        let key = self.key(call_id);
-        let mut redis = self.redis.clone();
+        let (publisher, live) = (publisher_field(user), live_field(user));
+        let (subscriptions, to_them) = (subscriber_field(user, ""), format!(">{user}"));
         let theirs: Vec<(String, String)> = state
             .into_iter()
             .filter(|(field, _)| {
-                field == &publisher_field(user)
-                    || field == &live_field(user)
-                    || field.starts_with(&subscriber_field(user, ""))
-                    || field.ends_with(&format!(">{user}"))
+                *field == publisher
+                    || *field == live
+                    || field.starts_with(&subscriptions)
+                    || field.ends_with(&to_them)
             })
             .collect();
-        for (field, handle) in &theirs {
+        for (_, handle) in &theirs {
             if let Some(h) = Handle::from_field(handle) {
                 self.janus.destroy(h.session).await?;
             }
-            redis::cmd("HDEL")
-                .arg(&key)
-                .arg(field)
-                .query_async::<()>(&mut redis)
-                .await?;
+        }
+        if !theirs.is_empty() {
+            // A retry after a failure above destroys again what is gone: Janus says so, fine.
+            let mut redis = self.redis.clone();
+            let mut forget = redis::cmd("HDEL");
+            forget.arg(self.key(call_id));
+            for (field, _) in &theirs {
+                forget.arg(field);
+            }
+            forget.query_async::<()>(&mut redis).await?;
         }
         self.kick(call_id, user).await?;
-        match self.allowed(call_id, user, "remove").await {
-            Err(e) if e.code() == Some(codes::NO_SUCH_ROOM) => Ok(()),
-            other => other.map(|_| ()).map_err(Into::into),
-        }
+        let removed = self.allowed(call_id, user, "remove").await;
+        Ok(done_unless_gone(removed, &[codes::NO_SUCH_ROOM])?)
     }
 
     /// The call ended: every session signaling made for it goes, and so does its room.
@@ -472,10 +469,7 @@ impl Sfu {
                 "secret": self.room_secret(call_id),
             }))
             .await;
-        match destroyed {
-            Err(e) if e.code() != Some(codes::NO_SUCH_ROOM) => return Err(e.into()),
-            _ => {}
-        }
+        done_unless_gone(destroyed, &[codes::NO_SUCH_ROOM])?;
         let mut redis = self.redis.clone();
         redis::cmd("DEL")
             .arg(self.key(call_id))

@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::calls::CallView;
 use crate::error::SignalingError;
 use crate::janus::{JanusError, codes};
-use crate::relay::{JOIN_PATIENCE, uuid};
+use crate::relay::uuid;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct PublishRequest {
@@ -62,18 +62,13 @@ async fn participant<'a>(
     let sfu = app.sfu.as_deref().ok_or(JanusError::NotConfigured)?;
     let call = app
         .calls
-        .when(call_id, JOIN_PATIENCE, |c| {
-            !c.ended && c.participants.contains(caller)
-        })
-        .await?
-        .filter(|c| !c.ended)
-        .ok_or(SignalingError::CallNotFound)?;
-    if !call.participants.contains(caller) {
-        return Err(SignalingError::Forbidden(
-            "not_in_call",
-            "join the call before sending media into it".into(),
-        ));
-    }
+        .as_participant(
+            call_id,
+            caller,
+            |_| true,
+            "join the call before sending media into it",
+        )
+        .await?;
     if !call.sfu {
         return Err(SignalingError::Conflict(
             "not_an_sfu_call",
