@@ -64,6 +64,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         connect_concurrency: args.connect_concurrency,
         floor_secs: args.floor_secs,
+        idle_secs: 0,
         phases: args
             .rates
             .iter()

@@ -103,6 +103,9 @@ impl Target {
                         "clickhouse",
                         "registry",
                         "nginx",
+                        "signaling",
+                        "janus",
+                        "coturn",
                     ]
                     .iter()
                     .map(|p| (p.to_string(), report::stack_pid(p))),
@@ -163,6 +166,9 @@ pub struct Plan {
     /// Connections being set up at once, over all receiving workers.
     pub connect_concurrency: usize,
     pub floor_secs: u64,
+    /// Seconds the open sockets sit idle (no posts) while every process's CPU is sampled,
+    /// before the phases; 0 skips it.
+    pub idle_secs: u64,
     pub phases: Vec<Phase>,
 }
 
@@ -481,6 +487,7 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
     };
     let mut generator = vec![std::process::id()];
     generator.extend(&receivers.pids);
+    let idle = idle(target, plan, &tally, &generator, opened.held).await;
 
     let mut results = Vec::new();
     let mut first_start = None;
@@ -629,6 +636,7 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
         "senders": rooms.len() * plan.senders_per_room.max(1),
         "send_over": plan.send_over,
         "content_bytes": plan.content_bytes,
+        "idle": idle,
         "phases": results,
         "out_of_order": match target {
             Target::Ours { .. } => json!(received.out_of_order),
@@ -639,6 +647,43 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Value> {
         "timeline": timeline,
     }))
 }
+
+/// What the stack costs with every socket open and nothing posted: a window of `idle_secs`
+/// after the connections settled (pings, presence refreshes, the log tail's and the
+/// projectors' empty fetches go on).
+async fn idle(
+    target: &Target,
+    plan: &Plan,
+    tally: &Tally,
+    generator: &[u32],
+    sockets: usize,
+) -> Value {
+    if plan.idle_secs == 0 {
+        return Value::Null;
+    }
+    let start = tally.now_us() + IDLE_SETTLE.as_micros() as u64;
+    let window = start..start + plan.idle_secs * 1_000_000;
+    let processes = sample(
+        tally.base,
+        target.processes(),
+        generator.to_vec(),
+        vec![window],
+    )
+    .await
+    .pop()
+    .unwrap_or_default();
+    println!(
+        "[{}] idle with {sockets} sockets for {} s: {}",
+        target.name(),
+        plan.idle_secs,
+        processes
+    );
+    json!({"seconds": plan.idle_secs, "sockets": sockets, "processes": processes})
+}
+
+/// How long the connections' own set-up (presence writes, subscriptions) is left to finish
+/// before the idle window starts.
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
 
 fn phase_result(phase: &Phase, step: &Step, processes: Value, floor: Option<&Value>) -> Value {
     let p = lock(&step.posting);

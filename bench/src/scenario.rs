@@ -242,6 +242,7 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         max_in_flight: 2000,
         connect_concurrency: 200,
         floor_secs: ((20.0 * args.time_scale).round() as u64).max(2),
+        idle_secs: ((20.0 * args.time_scale).round() as u64).max(2),
         phases: s.phases.clone(),
     };
     if args.target != Targets::Peer {

@@ -95,10 +95,21 @@ fn usage(processes: &Value) -> Usage {
     u
 }
 
+/// CPU time the fan-out tier spent per socket delivery, in µs: its CPU (% of one core) over
+/// the deliveries per second of the same window. It includes the kernel's share of each
+/// write, which on loopback carries the receiving side's TCP work too (both sides alike).
+fn per_delivery_us(cpu_percent: f64, deliveries_per_sec: f64) -> f64 {
+    if deliveries_per_sec > 0.0 {
+        cpu_percent / 100.0 / deliveries_per_sec * 1e6
+    } else {
+        f64::NAN
+    }
+}
+
 /// The markdown table of every scenario file present.
 pub fn table(results: &Path) -> String {
     let mut out = String::from(
-        "| scenario | phase | side | messages/min offered | accepted/s | deliveries/s (missing) | delivery p50 / p95 / p99 / max ms | broker floor p50 / p99 ms | fan-out tier CPU % / RSS MiB | all server CPU % | generator CPU % | machine CPU % (of 200) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | phase | side | messages/min offered | accepted/s | deliveries/s (missing) | delivery p50 / p95 / p99 / max ms | broker floor p50 / p99 ms | fan-out tier CPU % / RSS MiB | fan-out CPU µs per delivery | all server CPU % | generator CPU % | machine CPU % (of 200) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for name in DELIVERY {
         let Some(file) = report::read(results, name) else {
@@ -109,11 +120,26 @@ pub fn table(results: &Path) -> String {
             let Some(phases) = run["phases"].as_array() else {
                 continue;
             };
+            let idle = &run["idle"];
+            if idle.is_object() {
+                let u = usage(&idle["processes"]);
+                out.push_str(&format!(
+                    "| {name} ({} sockets, connect p95 {} ms) | idle {} s | {side} | 0 | - | - | - | - | {} / {} | - | {} | {} | {} |\n",
+                    fmt(num(&run["sockets_open"])),
+                    fmt(num(&run["connect_ms"]["p95"])),
+                    idle["seconds"],
+                    fmt(u.fanout_cpu),
+                    fmt(u.fanout_rss),
+                    fmt(u.servers_cpu),
+                    fmt(u.generator_cpu),
+                    fmt(u.machine_cpu),
+                ));
+            }
             for p in shown(name, phases) {
                 let u = usage(&p["processes"]);
                 let floor = &p["broker_floor"]["produce_to_consume_ms"];
                 out.push_str(&format!(
-                    "| {name} ({} sockets, connect p95 {} ms) | {} | {side} | {} | {} | {} ({}) | {} | {} | {} / {} | {} | {} | {} |\n",
+                    "| {name} ({} sockets, connect p95 {} ms) | {} | {side} | {} | {} | {} ({}) | {} | {} | {} / {} | {} | {} | {} | {} |\n",
                     fmt(num(&run["sockets_open"])),
                     fmt(num(&run["connect_ms"]["p95"])),
                     p["label"].as_str().unwrap_or(""),
@@ -129,6 +155,7 @@ pub fn table(results: &Path) -> String {
                     },
                     fmt(u.fanout_cpu),
                     fmt(u.fanout_rss),
+                    fmt(per_delivery_us(u.fanout_cpu, num(&p["deliveries_per_sec"]))),
                     fmt(u.servers_cpu),
                     fmt(u.generator_cpu),
                     fmt(u.machine_cpu),
@@ -157,7 +184,7 @@ pub fn table(results: &Path) -> String {
     runs.sort_by_key(|r| r["log_events"].as_u64().unwrap_or(0));
     for r in runs.iter().filter(|r| r["events_per_second"].is_number()) {
         out.push_str(&format!(
-            "| replay ({} events in the log) | {} | ours | - | - | - | {} events/s | - | - | - | - | - |\n",
+            "| replay ({} events in the log) | {} | ours | - | - | - | {} events/s | - | - | - | - | - | - |\n",
             fmt(num(&r["log_events"])),
             match r["target"].as_str() {
                 Some("broker_raw_read") => format!("broker raw read, {} consumer(s)", r["readers"]),
@@ -415,5 +442,12 @@ mod tests {
         assert_eq!(fmt(6.64), "6.6");
         assert_eq!(fmt(0.0), "0");
         assert_eq!(fmt(f64::NAN), "-");
+    }
+
+    #[test]
+    fn cpu_per_delivery_is_cpu_seconds_over_deliveries() {
+        // 30% of a core for 16,667 deliveries a second: 18 µs of CPU each.
+        assert!((per_delivery_us(30.0, 16_667.0) - 18.0).abs() < 0.01);
+        assert!(per_delivery_us(30.0, 0.0).is_nan());
     }
 }
