@@ -234,6 +234,8 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         .into_iter()
         .filter(|s| wanted.contains(&s.name))
         .collect();
+    // The broker floor and the idle window each take 20 s, scaled with the phases.
+    let measure_secs = ((20.0 * args.time_scale).round() as u64).max(2);
     let plan = |s: &Scenario| Plan {
         room_sizes: zipf_sizes(s.sockets, s.rooms, 1.0),
         senders_per_room: s.senders_per_room,
@@ -241,8 +243,8 @@ pub async fn run(args: Args, results: &Path) -> anyhow::Result<()> {
         content_bytes: 200,
         max_in_flight: 2000,
         connect_concurrency: 200,
-        floor_secs: ((20.0 * args.time_scale).round() as u64).max(2),
-        idle_secs: ((20.0 * args.time_scale).round() as u64).max(2),
+        floor_secs: measure_secs,
+        idle_secs: measure_secs,
         phases: s.phases.clone(),
     };
     if args.target != Targets::Peer {

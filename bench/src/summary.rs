@@ -120,13 +120,16 @@ pub fn table(results: &Path) -> String {
             let Some(phases) = run["phases"].as_array() else {
                 continue;
             };
+            let scenario = format!(
+                "{name} ({} sockets, connect p95 {} ms)",
+                fmt(num(&run["sockets_open"])),
+                fmt(num(&run["connect_ms"]["p95"])),
+            );
             let idle = &run["idle"];
             if idle.is_object() {
                 let u = usage(&idle["processes"]);
                 out.push_str(&format!(
-                    "| {name} ({} sockets, connect p95 {} ms) | idle {} s | {side} | 0 | - | - | - | - | {} / {} | - | {} | {} | {} |\n",
-                    fmt(num(&run["sockets_open"])),
-                    fmt(num(&run["connect_ms"]["p95"])),
+                    "| {scenario} | idle {} s | {side} | 0 | - | - | - | - | {} / {} | - | {} | {} | {} |\n",
                     idle["seconds"],
                     fmt(u.fanout_cpu),
                     fmt(u.fanout_rss),
@@ -139,9 +142,7 @@ pub fn table(results: &Path) -> String {
                 let u = usage(&p["processes"]);
                 let floor = &p["broker_floor"]["produce_to_consume_ms"];
                 out.push_str(&format!(
-                    "| {name} ({} sockets, connect p95 {} ms) | {} | {side} | {} | {} | {} ({}) | {} | {} | {} / {} | {} | {} | {} | {} |\n",
-                    fmt(num(&run["sockets_open"])),
-                    fmt(num(&run["connect_ms"]["p95"])),
+                    "| {scenario} | {} | {side} | {} | {} | {} ({}) | {} | {} | {} / {} | {} | {} | {} | {} |\n",
                     p["label"].as_str().unwrap_or(""),
                     fmt(num(&p["messages_per_minute"])),
                     fmt(num(&p["accepted_per_sec"])),
