@@ -18,7 +18,8 @@ pub struct EventLog {
     producer: FutureProducer,
     codec: EventCodec,
     brokers: String,
-    /// Where acknowledged room events are also published for the fan-out tier.
+    /// Where acknowledged room events are also published for the fan-out tier: the
+    /// connection and `CHAT_REDIS_PREFIX`, under which each room has its channel.
     fast: Option<(ConnectionManager, String)>,
 }
 
@@ -46,22 +47,26 @@ impl EventLog {
     /// Publishes acknowledged room events on the fast channel too (see
     /// `platform::cache::room_events_channel`).
     pub fn with_fast_channel(mut self, redis: ConnectionManager, redis_prefix: &str) -> Self {
-        self.fast = Some((redis, platform::cache::room_events_channel(redis_prefix)));
+        self.fast = Some((redis, redis_prefix.to_string()));
         self
     }
 
-    /// Publishes record values the broker acknowledged, in order. Best effort by design: a
-    /// lost notification only means the fan-out waits for the log.
-    pub async fn notify(&self, payloads: &[Vec<u8>]) {
-        let Some((redis, channel)) = &self.fast else {
+    /// Publishes record values the broker acknowledged, in order, each on its room's channel
+    /// (a room event's key is its room). Best effort by design: a lost notification only means
+    /// the fan-out waits for the log.
+    pub async fn notify<'a>(&self, records: impl IntoIterator<Item = &'a (String, Vec<u8>)>) {
+        let Some((redis, prefix)) = &self.fast else {
             return;
         };
-        if payloads.is_empty() {
-            return;
-        }
         let mut pipe = redis::pipe();
-        for payload in payloads {
+        let mut published = 0;
+        for (room_id, payload) in records {
+            let channel = platform::cache::room_events_channel(prefix, room_id);
             pipe.publish(channel, payload.as_slice()).ignore();
+            published += 1;
+        }
+        if published == 0 {
+            return;
         }
         let mut redis = redis.clone();
         // Best effort, and the writer's answers wait for it: a slow Redis must not hold them.

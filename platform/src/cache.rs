@@ -26,12 +26,21 @@ pub async fn ping(redis: &ConnectionManager) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The Redis pub/sub channel of the fast path (ARCHITECTURE.md, "durable-then-notify"): once
-/// the broker acknowledged a room event, the commands tier publishes the record's exact value
-/// (Confluent Avro) here, and fan-out nodes deliver whichever copy, this or the log's, comes
-/// first. Losing a message here loses nothing: the log brings it.
-pub fn room_events_channel(prefix: &str) -> String {
-    format!("{prefix}fanout:room-events")
+/// The Redis pub/sub channel of one room on the fast path (ARCHITECTURE.md,
+/// "durable-then-notify"): once the broker acknowledged a room event, the commands tier
+/// publishes the record's exact value (Confluent Avro) on its room's channel, and fan-out nodes
+/// deliver whichever copy, this or the log's, comes first. One channel per room because a node
+/// subscribes only to the rooms it has sockets for (interest routing): with one channel for
+/// all, every node received the whole platform's traffic. Losing a message here loses nothing:
+/// the log brings it.
+pub fn room_events_channel(prefix: &str, room_id: &str) -> String {
+    format!("{prefix}fanout:room-events:{room_id}")
+}
+
+/// The pattern that matches every room's [`room_events_channel`], for a tier that follows
+/// every room (signaling applies every room's call events ahead of the log).
+pub fn room_events_pattern(prefix: &str) -> String {
+    format!("{prefix}fanout:room-events:*")
 }
 
 /// The Redis pub/sub channel that carries relayed call signals (offers, answers, ICE

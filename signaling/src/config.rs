@@ -16,8 +16,9 @@ pub struct Config {
     pub brokers: String,
     /// `CHAT_REGISTRY_URL`, default [`schemas::DEFAULT_REGISTRY_URL`].
     pub registry_url: String,
-    /// `CHAT_FAST_CHANNEL`, default the commands tier's fast channel under `CHAT_REDIS_PREFIX`
-    /// (`platform::cache::room_events_channel`): where call events arrive ahead of the log.
+    /// `CHAT_FAST_CHANNEL`, default the pattern of every room's fast channel under
+    /// `CHAT_REDIS_PREFIX` (`platform::cache::room_events_pattern`): where call events arrive
+    /// ahead of the log.
     pub fast_channel: String,
     /// `CHAT_SIGNALING_GROUP`, default `chat-signaling`: the consumer group of the call state.
     pub group_id: String,
@@ -74,7 +75,7 @@ impl Config {
             ),
             fast_channel: platform::config::env_string(
                 "CHAT_FAST_CHANNEL",
-                &platform::cache::room_events_channel(&shared.redis_prefix),
+                &platform::cache::room_events_pattern(&shared.redis_prefix),
             ),
             group_id: platform::config::env_string("CHAT_SIGNALING_GROUP", "chat-signaling"),
             commands_url: platform::config::env_string(

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 
 pub struct Fast {
     pub redis_url: String,
+    /// A channel pattern: every room has its channel (`platform::cache::room_events_channel`).
     pub channel: String,
     pub codec: Arc<EventCodec>,
     pub calls: Calls,
@@ -44,7 +45,7 @@ impl Fast {
     ) -> Result<(), redis::RedisError> {
         let client = redis::Client::open(self.redis_url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(self.channel.as_str()).await?;
+        pubsub.psubscribe(self.channel.as_str()).await?;
         let mut messages = pubsub.on_message();
         loop {
             let message = tokio::select! {

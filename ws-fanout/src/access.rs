@@ -9,35 +9,42 @@
 //! more (a room joined or created a moment ago) before the caller is refused. Typing and
 //! presence ask the same two places in the same order (`Hub::standing`, then the read model).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::FanoutError;
 use crate::heads::Heads;
 use crate::hub::{Hub, Verdict};
+use crate::interest::Interest;
 use crate::tail::Watermarks;
 
 pub struct Access {
     /// For the log's end when the tail and the read model do not say yet.
     watermarks: Watermarks,
-    partitions: i32,
+    /// The node answers for a room from its partition of the log, which it reads only for the
+    /// rooms someone here wants.
+    interest: Arc<Interest>,
 }
 
 impl Access {
-    pub fn new(brokers: &str, partitions: i32) -> Result<Self, FanoutError> {
+    pub fn new(brokers: &str, interest: Arc<Interest>) -> Result<Self, FanoutError> {
         Ok(Self {
             watermarks: Watermarks::new(brokers)?,
-            partitions,
+            interest,
         })
     }
 
     /// Waits (bounded) until the tail has handed the hub everything the log holds now for the
     /// room's partition. A room created or joined a moment ago is then known to the hub.
     pub async fn catch_up(&self, hub: &Hub, room_id: &str) -> Result<(), FanoutError> {
-        let partition = schemas::partition::partition_for(room_id, self.partitions);
+        self.interest.want(room_id);
+        let partition = self.interest.partition_of(room_id);
         let high = self.watermarks.high(partition).await?;
         hub.reach(partition, high, Duration::from_secs(5)).await
     }
 
+    /// Whether `user_id` may read `room_id`; the node follows the room from here on (a
+    /// subscribe or a poll comes next).
     pub async fn check(
         &self,
         hub: &Hub,
@@ -45,6 +52,7 @@ impl Access {
         room_id: &str,
         user_id: &str,
     ) -> Result<(), FanoutError> {
+        self.interest.want(room_id);
         if let Some(verdict) = hub.verdict(room_id, user_id) {
             return allowed(verdict);
         }

@@ -55,6 +55,10 @@ pub struct Config {
     pub max_sockets_per_user: usize,
     /// `CHAT_WS_MAX_SUBSCRIPTIONS`, default 200: rooms one socket may subscribe to.
     pub max_subscriptions: usize,
+    /// `CHAT_WS_INTEREST_LINGER_SECS`, default 60: how long the node keeps following a room
+    /// (its fast channel, and its partition of the log) after its last subscriber here left,
+    /// so a client that reconnects finds it still followed (`crate::interest`).
+    pub interest_linger: Duration,
     /// `CHAT_LIMIT_FRAMES`, `CHAT_LIMIT_POLLS`: the budgets of `crate::limits`.
     pub budgets: crate::limits::Budgets,
 }
@@ -82,6 +86,7 @@ impl Config {
             presence_ttl: Duration::from_secs(env_or("CHAT_WS_PRESENCE_TTL_SECS", 45u64)?.max(1)),
             max_sockets_per_user: env_or("CHAT_WS_MAX_SOCKETS_PER_USER", 20usize)?.max(1),
             max_subscriptions: env_or("CHAT_WS_MAX_SUBSCRIPTIONS", 200usize)?.max(1),
+            interest_linger: Duration::from_secs(env_or("CHAT_WS_INTEREST_LINGER_SECS", 60u64)?),
             budgets: crate::limits::Budgets::from_env()?,
         })
     }

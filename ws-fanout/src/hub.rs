@@ -15,7 +15,7 @@
 //! from the room; the socket then tells its client to resync and closes. Nothing is skipped
 //! silently.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -27,6 +27,9 @@ use crate::line::{Backlog, Frame, Origin, RoomLine};
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 32;
+
+/// The longest a caller waits for the tail in [`Hub::reach`], progress or not.
+const REACH_AT_MOST: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The node's end of one socket.
 #[derive(Clone)]
@@ -241,8 +244,8 @@ pub struct Hub {
     budget: usize,
     /// Per partition of the room topic: the next offset the tail has fully handed to the hub.
     positions: Vec<AtomicI64>,
-    /// Per partition: where the log ended when the tail started. Until the tail is there the
-    /// node cannot place new rooms, so it does not take sockets (readiness).
+    /// Per partition: where the log ended when the tail started reading it (-1: not read).
+    /// Until the tail is there the node cannot place the partition's rooms (readiness).
     targets: Vec<AtomicI64>,
     metrics: Metrics,
 }
@@ -255,7 +258,7 @@ impl Hub {
             kept: AtomicUsize::new(0),
             budget,
             positions: (0..partitions).map(|_| AtomicI64::new(-1)).collect(),
-            targets: (0..partitions).map(|_| AtomicI64::new(i64::MAX)).collect(),
+            targets: (0..partitions).map(|_| AtomicI64::new(-1)).collect(),
             metrics,
         }
     }
@@ -500,15 +503,26 @@ impl Hub {
             .unwrap_or(-1)
     }
 
-    /// Waits until the tail has handed over everything before `offset` of `partition`.
+    /// Waits until the tail has handed over everything before `offset` of `partition`, as long
+    /// as it makes progress: `within` without a record handed over is the limit, not the whole
+    /// wait, because a partition the node just began to read (`crate::interest`) may have its
+    /// warm records to read first, which a busy machine takes a while for.
     pub async fn reach(
         &self,
         partition: i32,
         offset: i64,
         within: std::time::Duration,
     ) -> Result<(), crate::FanoutError> {
-        let deadline = Instant::now() + within;
-        while self.position(partition as usize) < offset {
+        let started = Instant::now();
+        let mut deadline = started + within;
+        let mut seen = self.position(partition as usize);
+        while seen < offset {
+            let now = self.position(partition as usize);
+            if now > seen && started.elapsed() < REACH_AT_MOST {
+                seen = now;
+                deadline = Instant::now() + within;
+                continue;
+            }
             if Instant::now() >= deadline {
                 return Err(crate::FanoutError::Unavailable(
                     "this node is still catching up with the log; try again shortly".into(),
@@ -531,7 +545,8 @@ impl Hub {
         }
     }
 
-    /// The tail has read, in every partition, what the log held when it started.
+    /// The tail has read, in every partition it reads, what the log held when it started
+    /// reading it.
     pub fn caught_up(&self) -> bool {
         self.targets
             .iter()
@@ -541,6 +556,50 @@ impl Hub {
 
     pub fn partitions(&self) -> usize {
         self.positions.len()
+    }
+
+    /// Forgets the rooms of a partition the tail stops reading (`crate::interest`): their
+    /// lines would go stale, and reading the partition again starts somewhere else. Rooms with
+    /// subscribers stay (the interest keeps their partition, so none should): should the
+    /// partition be read again from a later place, their lines jump and the subscribers are
+    /// told to resync, as for any stale head.
+    pub fn forget_partition(&self, partition: i32) {
+        let partitions = self.partitions() as i32;
+        for shard in &self.shards {
+            let mut shard = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            shard.retain(|id, room| {
+                if !room.subscribers.is_empty()
+                    || schemas::partition::partition_for(id, partitions) != partition
+                {
+                    return true;
+                }
+                self.account(room.line.kept(), 0);
+                false
+            });
+        }
+        self.set_position(partition as usize, -1);
+        self.set_target(partition as usize, -1);
+    }
+
+    /// The rooms with subscribers here.
+    pub fn listened(&self) -> HashSet<String> {
+        let mut rooms = HashSet::new();
+        for shard in &self.shards {
+            let shard = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            rooms.extend(
+                shard
+                    .iter()
+                    .filter(|(_, room)| !room.subscribers.is_empty())
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        rooms
     }
 
     pub fn kept(&self) -> usize {

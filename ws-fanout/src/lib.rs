@@ -1,9 +1,9 @@
 //! The WebSocket tier: authenticated sockets that receive their rooms' events in `seq` order,
 //! with resume after `since_seq`, bounded queues and explicit resyncs.
 //!
-//! Every node tails every partition of `chat.room-events` itself (no group commits); the hub
-//! passes each event through its room's line, which releases only `head + 1`, and pushes it to
-//! the room's sockets.
+//! Every node tails, itself (no group commits), the partitions of `chat.room-events` its rooms
+//! live in, and subscribes to those rooms' fast channels (`interest`); the hub passes each event
+//! through its room's line, which releases only `head + 1`, and pushes it to the room's sockets.
 
 pub mod access;
 pub mod app;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod fast;
 pub mod heads;
 pub mod hub;
+pub mod interest;
 pub mod limits;
 pub mod line;
 pub mod metrics;

@@ -9,6 +9,7 @@ use ws_fanout::FanoutError;
 use ws_fanout::config::Config;
 use ws_fanout::heads::Heads;
 use ws_fanout::hub::Hub;
+use ws_fanout::interest::Interest;
 use ws_fanout::metrics::Metrics;
 use ws_fanout::presence::Presence;
 use ws_fanout::socket::Node;
@@ -46,23 +47,18 @@ async fn main() -> anyhow::Result<()> {
         partitions as usize,
         metrics.clone(),
     ));
-    let checkpoints = heads.checkpoints().await?;
+    let (interest, commands) = Interest::new(partitions, config.interest_linger, metrics.clone());
+    let interest = Arc::new(interest);
     let watermarks = tail::Watermarks::new(&config.brokers)?;
-    // The same while the partitions' leaders are still being elected (NotLeaderForPartition).
-    let starts = platform::retry::while_transient(
-        "broker",
-        || tail::start_offsets(&watermarks, &checkpoints, config.warm_records),
-        FanoutError::is_transient,
-    )
-    .await
-    .context("cannot read where the room log ends")?;
-    tracing::info!(?starts, "log tail starts");
     let tail = Tail::open(
         &config.brokers,
         config.fetch_wait_ms,
-        &starts,
+        config.warm_records,
         codec.clone(),
         hub.clone(),
+        heads.clone(),
+        watermarks.clone(),
+        interest.clone(),
     )?;
     let stop = CancellationToken::new();
     let typing = Arc::new(Typing::new(
@@ -83,15 +79,17 @@ async fn main() -> anyhow::Result<()> {
     )?);
     tokio::spawn(typing.clone().expire(stop.clone()));
     let presence_task = tokio::spawn(presence.clone().keep(stop.clone()));
-    let tail_task = tokio::spawn(tail.run(stop.clone(), metrics.clone()));
+    let tail_task = tokio::spawn(tail.run(commands.log, stop.clone(), metrics.clone()));
     tokio::spawn(watermarks.watch_lag(hub.clone(), metrics.clone(), stop.clone()));
     {
         let hub = hub.clone();
         let metrics = metrics.clone();
         let stop = stop.clone();
+        let interest = interest.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                interest.sweep(&hub.listened());
                 hub.trim();
                 metrics.kept_events.set(hub.kept() as i64);
             }
@@ -115,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
         typing,
         presence,
+        interest.clone(),
     )?);
     tokio::spawn(
         ws_fanout::fast::Fast {
@@ -127,6 +126,8 @@ async fn main() -> anyhow::Result<()> {
             metrics: node.metrics.clone(),
             sockets: node.sockets_per_user.clone(),
             subscribed: node.fast_subscribed.clone(),
+            interest,
+            commands: commands.fast,
         }
         .run(stop.clone()),
     );

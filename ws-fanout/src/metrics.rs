@@ -9,8 +9,16 @@ pub struct Metrics {
     pub frames_out: IntCounter,
     /// Room events released to subscribers, by the copy that arrived first (log or fast).
     pub released: IntCounterVec,
-    pub log_records: IntCounter,
+    /// Records the tail read, by partition: with interest routing only the partitions of the
+    /// node's rooms appear.
+    pub log_records: IntCounterVec,
     pub fast_records: IntCounter,
+    /// Partitions the tail reads and rooms whose fast channel is subscribed (`crate::interest`).
+    pub interest_partitions: IntGauge,
+    pub interest_rooms: IntGauge,
+    /// Times reading a partition could not start yet (Redis or the broker did not answer) and
+    /// is tried again.
+    pub interest_retries: IntCounter,
     pub fast_reconnects: IntCounter,
     pub log_gaps: IntCounter,
     pub undecodable: IntCounter,
@@ -48,7 +56,22 @@ impl Metrics {
                 ),
                 &["origin"],
             )?,
-            log_records: IntCounter::new("ws_log_records_total", "Room records read by the tail")?,
+            log_records: IntCounterVec::new(
+                Opts::new("ws_log_records_total", "Room records read by the tail"),
+                &["partition"],
+            )?,
+            interest_partitions: IntGauge::new(
+                "ws_interest_partitions",
+                "Partitions of the room topic this node reads (those of its rooms)",
+            )?,
+            interest_rooms: IntGauge::new(
+                "ws_interest_rooms",
+                "Rooms whose fast channel this node is subscribed to",
+            )?,
+            interest_retries: IntCounter::new(
+                "ws_interest_start_retries_total",
+                "Times reading a partition could not start yet and is tried again",
+            )?,
             fast_records: IntCounter::new(
                 "ws_fast_records_total",
                 "Room events received on the fast channel",
@@ -110,6 +133,9 @@ impl Metrics {
         registry.register(Box::new(m.released.clone()))?;
         registry.register(Box::new(m.log_records.clone()))?;
         registry.register(Box::new(m.fast_records.clone()))?;
+        registry.register(Box::new(m.interest_partitions.clone()))?;
+        registry.register(Box::new(m.interest_rooms.clone()))?;
+        registry.register(Box::new(m.interest_retries.clone()))?;
         registry.register(Box::new(m.fast_reconnects.clone()))?;
         registry.register(Box::new(m.log_gaps.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;

@@ -101,14 +101,19 @@ async fn answer(
         .await?;
 
     let (outlet, mut rx) = Outlet::new(node.next_socket_id(), claims.sub.clone(), MAX_EVENTS + 1);
-    let mut joined = node
-        .hub
-        .join(room_id, Some(since), &outlet, |_| Frame::from_static(""));
+    let join = || {
+        node.hub
+            .join(room_id, Some(since), &outlet, |_| Frame::from_static(""))
+    };
+    let mut joined = join();
     if joined == Joined::Unknown {
         node.heads.establish(&node.hub, room_id).await?;
-        joined = node
-            .hub
-            .join(room_id, Some(since), &outlet, |_| Frame::from_static(""));
+        joined = join();
+    }
+    if matches!(joined, Joined::Ahead { .. }) {
+        // Seen elsewhere; this node may not have read that far yet (see `socket::subscribe`).
+        node.access.catch_up(&node.hub, room_id).await?;
+        joined = join();
     }
     match joined {
         Joined::Live { .. } | Joined::Behind => {}

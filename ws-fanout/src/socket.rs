@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::FanoutError;
 use crate::heads::Heads;
 use crate::hub::{Hub, Joined, Outlet, Standing};
+use crate::interest::Interest;
 use crate::limits::{Limits, SocketCounts};
 use crate::line::Frame;
 use crate::metrics::Metrics;
@@ -65,6 +66,8 @@ pub struct Node {
     /// Whether the fast channel's subscription is live (`crate::fast`): until it is, typing,
     /// presence and call signals for this node's sockets would be lost, so it is not ready.
     pub fast_subscribed: Arc<std::sync::atomic::AtomicBool>,
+    /// The rooms and partitions this node follows (`crate::interest`).
+    pub interest: Arc<Interest>,
     next_id: AtomicU64,
 }
 
@@ -80,8 +83,9 @@ impl Node {
         stop: CancellationToken,
         typing: Arc<Typing>,
         presence: Arc<Presence>,
+        interest: Arc<Interest>,
     ) -> Result<Self, FanoutError> {
-        let access = Access::new(&config.brokers, hub.partitions() as i32)?;
+        let access = Access::new(&config.brokers, interest.clone())?;
         let commands = CommandsClient::new(http.clone(), &config.commands_url);
         let signaling = SignalingClient::new(http, &config.signaling_url);
         let limits = Limits::new(&config.budgets, &metrics.refused);
@@ -101,6 +105,7 @@ impl Node {
             stop,
             typing,
             presence,
+            interest,
             next_id: AtomicU64::new(1),
         })
     }
@@ -550,7 +555,7 @@ async fn subscribe(
         .await?;
     // Re-subscribing restarts the room's stream from `since`.
     node.hub.leave(room_id, session.outlet.id);
-    for attempt in 0..2 {
+    for attempt in 0..3 {
         let greeting =
             |head: Option<i64>| text(protocol::subscribed_frame(room_id, head, reference));
         match node.hub.join(room_id, since, &session.outlet, greeting) {
@@ -559,12 +564,15 @@ async fn subscribe(
                 node.metrics.subscriptions.inc();
                 return Ok(());
             }
-            Joined::Unknown if attempt == 0 => node.heads.establish(&node.hub, room_id).await?,
+            Joined::Unknown if attempt < 2 => node.heads.establish(&node.hub, room_id).await?,
             Joined::Unknown => {
                 return Err(FanoutError::Unavailable(
                     "cannot place the room yet; try again".into(),
                 ));
             }
+            // The client saw it elsewhere (another node, the history) and this node has not
+            // read that far yet, e.g. it just began to read the room's partition.
+            Joined::Ahead { .. } if attempt < 2 => node.access.catch_up(&node.hub, room_id).await?,
             Joined::TooOld { oldest_kept } => {
                 node.metrics.resyncs.with_label_values(&["too_old"]).inc();
                 session.outlet.push(text(protocol::resync_frame(

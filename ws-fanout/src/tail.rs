@@ -1,24 +1,33 @@
-//! The node's tail of `chat.room-events`: every partition, no consumer group commits (each node
-//! keeps its own place), decoded once and handed to the hub in log order.
+//! The node's tail of `chat.room-events`: the partitions its rooms live in (`crate::interest`),
+//! no consumer group commits (each node keeps its own place), decoded once and handed to the
+//! hub in log order.
 //!
-//! Where it starts: the presence projector's checkpoint (its Redis snapshot holds each room's
-//! last seq as of that checkpoint), minus `warm_records` per partition so resumes right after a
-//! node start still find their gap. Any start at or before the snapshot is correct: a room the
-//! tail has not shown yet has had no event since, so the snapshot's seq is its head (see
-//! `heads.rs`).
+//! Where a partition starts when the node begins to read it: the presence projector's
+//! checkpoint (its Redis snapshot holds each room's last seq as of that checkpoint), minus
+//! `warm_records` so resumes right after a node start still find their gap. Any start at or
+//! before the snapshot is correct: a room the tail has not shown yet has had no event since, so
+//! the snapshot's seq is its head (see `heads.rs`).
+//!
+//! The assignment changes only between records, in the tail's own task, and each partition
+//! kept is assigned again at exactly the next offset the hub has not been handed; librdkafka
+//! discards what it had fetched under the previous assignment (its fetch ops carry a version).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::{DomainEvent, EventCodec};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::FanoutError;
+use crate::heads::Heads;
 use crate::hub::{Fact, Hub, Standing};
+use crate::interest::{Interest, LogCommand};
 use crate::line::{Frame, Origin};
 use crate::metrics::Metrics;
 use crate::protocol;
@@ -55,37 +64,26 @@ pub struct Start {
     pub end: i64,
 }
 
-/// Start offsets: `checkpoint - warm`, never before the log's first record.
-pub async fn start_offsets(
-    watermarks: &Watermarks,
-    checkpoints: &[i64],
-    warm: i64,
-) -> Result<Vec<Start>, FanoutError> {
-    let ends = watermarks.fetch(checkpoints.len()).await?;
-    Ok(checkpoints
-        .iter()
-        .zip(ends)
-        .map(|(checkpoint, (low, high))| {
-            if *checkpoint > high {
-                // The read models belong to a log that was since replaced (a wiped broker):
-                // their snapshot cannot place rooms, so read this log from its start.
-                tracing::warn!(
-                    checkpoint,
-                    high,
-                    "projector checkpoint beyond the log's end"
-                );
-            }
-            let offset = if *checkpoint > high {
-                low
-            } else {
-                (checkpoint - warm).max(low)
-            };
-            Start {
-                offset: offset.max(0),
-                end: high,
-            }
-        })
-        .collect())
+/// Where a partition's reading starts: `checkpoint - warm`, never before the log's first record.
+pub fn start_of(checkpoint: i64, (low, high): (i64, i64), warm: i64) -> Start {
+    if checkpoint > high {
+        // The read models belong to a log that was since replaced (a wiped broker): their
+        // snapshot cannot place rooms, so read this log from its start.
+        tracing::warn!(
+            checkpoint,
+            high,
+            "projector checkpoint beyond the log's end"
+        );
+    }
+    let offset = if checkpoint > high {
+        low
+    } else {
+        (checkpoint - warm).max(low)
+    };
+    Start {
+        offset: offset.max(0),
+        end: high,
+    }
 }
 
 /// Reads the room topic's watermarks: the start position and the tail's lag.
@@ -106,14 +104,15 @@ impl Watermarks {
         })
     }
 
-    /// `(low, high)` per partition.
-    pub async fn fetch(&self, partitions: usize) -> Result<Vec<(i64, i64)>, FanoutError> {
+    /// `(low, high)` of each of `partitions`.
+    pub async fn fetch(&self, partitions: Vec<i32>) -> Result<Vec<(i64, i64)>, FanoutError> {
         let client = self.client.clone();
         tokio::task::spawn_blocking(move || {
-            (0..partitions)
+            partitions
+                .into_iter()
                 .map(|p| {
                     client
-                        .fetch_watermarks(ROOM_EVENTS, p as i32, Duration::from_secs(10))
+                        .fetch_watermarks(ROOM_EVENTS, p, Duration::from_secs(10))
                         .map_err(|e| FanoutError::Unavailable(format!("broker: {e}")))
                 })
                 .collect()
@@ -136,14 +135,17 @@ impl Watermarks {
     }
 
     /// Keeps the `ws_tail_lag_records` gauge current: records in the log the tail has not
-    /// handed to the hub yet, over all partitions.
+    /// handed to the hub yet, over the partitions it reads.
     pub async fn watch_lag(self, hub: Arc<Hub>, metrics: Metrics, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            if let Ok(ends) = self.fetch(hub.partitions()).await {
-                let lag: i64 = ends
+            let read: Vec<i32> = (0..hub.partitions() as i32)
+                .filter(|p| hub.position(*p as usize) >= 0)
+                .collect();
+            if let Ok(ends) = self.fetch(read.clone()).await {
+                let lag: i64 = read
                     .iter()
-                    .enumerate()
-                    .map(|(p, (_, high))| (high - hub.position(p)).max(0))
+                    .zip(ends)
+                    .map(|(p, (_, high))| (high - hub.position(*p as usize)).max(0))
                     .sum();
                 metrics.tail_lag.set(lag);
             }
@@ -159,15 +161,30 @@ pub struct Tail {
     consumer: StreamConsumer<schemas::kafka::ReaderContext>,
     codec: Arc<EventCodec>,
     hub: Arc<Hub>,
+    heads: Heads,
+    watermarks: Watermarks,
+    interest: Arc<Interest>,
+    warm: i64,
+    /// Partitions assigned, and partitions wanted whose start could not be found yet.
+    reading: BTreeSet<i32>,
+    starting: BTreeSet<i32>,
 }
 
+/// How often a partition whose start could not be found (Redis or the broker did not answer)
+/// is tried again.
+const START_RETRY: Duration = Duration::from_millis(500);
+
 impl Tail {
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         brokers: &str,
         fetch_wait_ms: u32,
-        starts: &[Start],
+        warm: i64,
         codec: Arc<EventCodec>,
         hub: Arc<Hub>,
+        heads: Heads,
+        watermarks: Watermarks,
+        interest: Arc<Interest>,
     ) -> Result<Self, FanoutError> {
         let broker =
             |e: rdkafka::error::KafkaError| FanoutError::Unavailable(format!("broker: {e}"));
@@ -187,75 +204,187 @@ impl Tail {
             .set("enable.partition.eof", "true")
             .create_with_context(schemas::kafka::ReaderContext)
             .map_err(broker)?;
-        let mut assignment = TopicPartitionList::new();
-        for (p, start) in starts.iter().enumerate() {
-            assignment
-                .add_partition_offset(ROOM_EVENTS, p as i32, Offset::Offset(start.offset))
-                .map_err(broker)?;
-            hub.set_position(p, start.offset);
-            hub.set_target(p, start.end);
-        }
-        consumer.assign(&assignment).map_err(broker)?;
         Ok(Self {
             consumer,
             codec,
             hub,
+            heads,
+            watermarks,
+            interest,
+            warm,
+            reading: BTreeSet::new(),
+            starting: BTreeSet::new(),
         })
     }
 
-    /// Reads until `stop`; every record is offered to its room before its offset counts as read.
-    pub async fn run(self, stop: CancellationToken, metrics: Metrics) {
+    /// Reads until `stop`; every record is offered to its room before its offset counts as
+    /// read. Between records it follows `commands` (which partitions to read).
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<LogCommand>,
+        stop: CancellationToken,
+        metrics: Metrics,
+    ) {
+        let mut retry = tokio::time::interval(START_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let message = tokio::select! {
+            tokio::select! {
                 _ = stop.cancelled() => return,
-                m = self.consumer.recv() => m,
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(KafkaError::PartitionEOF(_)) => {
-                    for (_, partition, next) in schemas::kafka::positions(&self.consumer) {
-                        if next > self.hub.position(partition as usize) {
-                            self.hub.set_position(partition as usize, next);
-                        }
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let mut batch = vec![command];
+                    while let Ok(more) = commands.try_recv() {
+                        batch.push(more);
                     }
-                    continue;
+                    self.follow(batch, &metrics).await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "log tail: consumer error; waiting for the broker");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let partition = message.partition() as usize;
-            let next = message.offset() + 1;
-            match message.payload() {
-                Some(payload) => {
-                    // A registry that does not answer is waited for (the room's stream would
-                    // stop at the gap otherwise); a record it cannot decode is skipped.
-                    let decoded = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        decoded = platform::retry::while_transient(
-                            "registry",
-                            || self.codec.decode(payload),
-                            schemas::SchemaError::is_transient,
-                        ) => decoded,
-                    };
-                    match decoded {
-                        Ok(event) => {
-                            metrics.log_records.inc();
-                            self.deliver(&event);
-                        }
-                        Err(e) => {
-                            // The projectors dead-letter it; a socket cannot be shown it either way.
-                            metrics.undecodable.inc();
-                            tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable record skipped");
-                        }
+                _ = retry.tick(), if !self.starting.is_empty() => {
+                    if self.start(&metrics).await {
+                        self.assign();
                     }
                 }
-                None => metrics.undecodable.inc(),
+                message = self.consumer.recv() => {
+                    if !self.record(message, &stop, &metrics).await {
+                        return;
+                    }
+                }
             }
-            self.hub.set_position(partition, next);
         }
+    }
+
+    /// Applies the interest's commands: partitions to start reading, partitions to let go.
+    async fn follow(&mut self, batch: Vec<LogCommand>, metrics: &Metrics) {
+        let mut changed = false;
+        for command in batch {
+            match command {
+                LogCommand::Read(p) => {
+                    if !self.reading.contains(&p) {
+                        self.starting.insert(p);
+                    }
+                }
+                LogCommand::Release(p) => {
+                    let interest = self.interest.clone();
+                    interest.release_if_unwanted(p, || {
+                        self.starting.remove(&p);
+                        changed |= self.reading.remove(&p);
+                        self.hub.forget_partition(p);
+                    });
+                }
+            }
+        }
+        changed |= self.start(metrics).await;
+        if changed {
+            self.assign();
+        }
+    }
+
+    /// Finds where each partition in `starting` begins; true when some did.
+    async fn start(&mut self, metrics: &Metrics) -> bool {
+        if self.starting.is_empty() {
+            return false;
+        }
+        let partitions: Vec<i32> = self.starting.iter().copied().collect();
+        let found = async {
+            let checkpoints = self.heads.checkpoints().await?;
+            let ends = self.watermarks.fetch(partitions.clone()).await?;
+            Ok::<_, FanoutError>((checkpoints, ends))
+        };
+        let (checkpoints, ends) = match found.await {
+            Ok(found) => found,
+            Err(e) => {
+                metrics.interest_retries.inc();
+                tracing::warn!(error = %e, ?partitions, "cannot find where to start reading; trying again");
+                return false;
+            }
+        };
+        for (p, ends) in partitions.iter().zip(ends) {
+            let checkpoint = checkpoints.get(*p as usize).copied().unwrap_or(0);
+            let start = start_of(checkpoint, ends, self.warm);
+            tracing::info!(partition = p, ?start, "reading a partition of the room log");
+            self.hub.set_position(*p as usize, start.offset);
+            self.hub.set_target(*p as usize, start.end);
+            self.reading.insert(*p);
+        }
+        self.starting.clear();
+        true
+    }
+
+    /// Assigns the partitions read, each at the next offset the hub has not been handed.
+    fn assign(&self) {
+        let mut assignment = TopicPartitionList::new();
+        for p in &self.reading {
+            let next = self.hub.position(*p as usize);
+            if let Err(e) = assignment.add_partition_offset(ROOM_EVENTS, *p, Offset::Offset(next)) {
+                tracing::error!(error = %e, partition = p, "cannot build the assignment");
+            }
+        }
+        if let Err(e) = self.consumer.assign(&assignment) {
+            // Local to the client (no broker round trip): only a bug gets here.
+            tracing::error!(error = %e, "cannot change the tail's assignment");
+        }
+    }
+
+    /// Hands one record (or an end of partition) to the hub; false when stopping.
+    async fn record(
+        &self,
+        message: Result<BorrowedMessage<'_>, KafkaError>,
+        stop: &CancellationToken,
+        metrics: &Metrics,
+    ) -> bool {
+        let message = match message {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(_)) => {
+                for (_, partition, next) in schemas::kafka::positions(&self.consumer) {
+                    if self.reading.contains(&partition)
+                        && next > self.hub.position(partition as usize)
+                    {
+                        self.hub.set_position(partition as usize, next);
+                    }
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "log tail: consumer error; waiting for the broker");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return true;
+            }
+        };
+        if !self.reading.contains(&message.partition()) {
+            return true;
+        }
+        let partition = message.partition() as usize;
+        let next = message.offset() + 1;
+        match message.payload() {
+            Some(payload) => {
+                // A registry that does not answer is waited for (the room's stream would
+                // stop at the gap otherwise); a record it cannot decode is skipped.
+                let decoded = tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    decoded = platform::retry::while_transient(
+                        "registry",
+                        || self.codec.decode(payload),
+                        schemas::SchemaError::is_transient,
+                    ) => decoded,
+                };
+                match decoded {
+                    Ok(event) => {
+                        metrics
+                            .log_records
+                            .with_label_values(&[&partition.to_string()])
+                            .inc();
+                        self.deliver(&event);
+                    }
+                    Err(e) => {
+                        // The projectors dead-letter it; a socket cannot be shown it either way.
+                        metrics.undecodable.inc();
+                        tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable record skipped");
+                    }
+                }
+            }
+            None => metrics.undecodable.inc(),
+        }
+        self.hub.set_position(partition, next);
+        true
     }
 
     fn deliver(&self, event: &DomainEvent) {

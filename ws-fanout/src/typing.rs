@@ -26,14 +26,15 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an indicator shows without a new one.
 pub const EXPIRES: Duration = Duration::from_secs(6);
 
-/// The Redis channel typing indicators travel on between nodes.
-pub fn channel(prefix: &str) -> String {
-    format!("{prefix}fanout:typing")
+/// The Redis channel a room's typing indicators travel on between nodes: one per room, like
+/// the room's events, so a node receives only its rooms' indicators (`crate::interest`).
+pub fn channel(prefix: &str, room_id: &str) -> String {
+    format!("{prefix}fanout:typing:{room_id}")
 }
 
 pub struct Typing {
     redis: ConnectionManager,
-    channel: String,
+    prefix: String,
     hub: Arc<Hub>,
     metrics: Metrics,
     /// `(room, user)` shown as typing on this node, and when that ends.
@@ -44,19 +45,20 @@ impl Typing {
     pub fn new(redis: ConnectionManager, prefix: &str, hub: Arc<Hub>, metrics: Metrics) -> Self {
         Self {
             redis,
-            channel: channel(prefix),
+            prefix: prefix.to_string(),
             hub,
             metrics,
             active: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Sends `user_id`'s indicator for `room_id` to every node (this one included).
+    /// Sends `user_id`'s indicator for `room_id` to every node following the room (this one
+    /// included).
     pub async fn publish(&self, room_id: &str, user_id: &str) -> Result<(), FanoutError> {
         let message = json!({"room_id": room_id, "user_id": user_id}).to_string();
         let mut redis = self.redis.clone();
         let _: i64 = redis::cmd("PUBLISH")
-            .arg(&self.channel)
+            .arg(channel(&self.prefix, room_id))
             .arg(message)
             .query_async(&mut redis)
             .await

@@ -506,7 +506,7 @@ async fn a_call_goes_on_when_signaling_and_fan_out_nodes_restart() -> anyhow::Re
         // Call events ahead of the log, from the stack's commands tier.
         (
             "CHAT_FAST_CHANNEL",
-            platform::cache::room_events_channel(
+            platform::cache::room_events_pattern(
                 &std::env::var("CHAT_REDIS_PREFIX").unwrap_or_default(),
             ),
         ),

@@ -272,11 +272,9 @@ impl PartitionWriter {
 
     /// Durable, then notify, then answer.
     async fn committed(&self, answers: Vec<Answer>) {
-        let payloads: Vec<Vec<u8>> = answers
-            .iter()
-            .flat_map(|a| a.records.iter().map(|(_, payload)| payload.clone()))
-            .collect();
-        self.log.notify(&payloads).await;
+        self.log
+            .notify(answers.iter().flat_map(|a| a.records.iter()))
+            .await;
         for answer in answers {
             let outcome = match &answer.result {
                 Ok(_) if answer.records.is_empty() => "noop",
