@@ -335,6 +335,17 @@ async fn next_signal(client: &mut Client) -> anyhow::Result<Value> {
     client.until("call.signal", T).await
 }
 
+/// Returns once the node has taken `socket` in. A node does that after the handshake, and a
+/// signal relayed before finds no socket of the user there (signals are ephemeral), which a busy
+/// machine made happen; the answer to a subscribe comes after.
+async fn in_place(socket: &mut Client, room: &str) -> anyhow::Result<()> {
+    socket
+        .send(json!({"type": "subscribe", "room_id": room}))
+        .await?;
+    socket.until("subscribed", T).await?;
+    Ok(())
+}
+
 fn signal(call: &str, to: &User, payload: Value, reference: &str) -> Value {
     json!({"type": "call.signal", "call_id": call, "to": to.user_id, "payload": payload, "ref": reference})
 }
@@ -528,6 +539,7 @@ async fn a_call_goes_on_when_signaling_and_fan_out_nodes_restart() -> anyhow::Re
     let mut bob_node = common::Node::start(&node_vars).await?;
     let mut ann_socket = Client::connect(&ann_node.ws_url, Some(&ann.access_token)).await?;
     let mut bob_socket = Client::connect(&bob_node.ws_url, Some(&bob.access_token)).await?;
+    in_place(&mut bob_socket, &room).await?;
     let call = call_with(&api, &room, &ann, &[&bob]).await?;
     ann_socket.send(signal(&call, &bob, offer(1), "o1")).await?;
     assert_eq!(next_signal(&mut bob_socket).await?["payload"], offer(1));
@@ -547,6 +559,7 @@ async fn a_call_goes_on_when_signaling_and_fan_out_nodes_restart() -> anyhow::Re
         .wait_ready(&format!("{signaling_url}/readyz"), Duration::from_secs(180))
         .await?;
     let mut carol_socket = Client::connect(&ann_node.ws_url, Some(&carol.access_token)).await?;
+    in_place(&mut carol_socket, &room).await?;
     ann_socket
         .send(signal(&call, &carol, offer(2), "o2"))
         .await?;
