@@ -75,7 +75,13 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         .probe("writer", move || {
             let app = probe_writer.clone();
             async move { app.writer.readiness() }.boxed()
-        });
+        })
+        .pool("postgres", app.store.pool().clone());
+    let (broker, registry) =
+        schemas::kafka::log_checks(&app.config.brokers, &app.config.registry_url);
+    let ops = ops
+        .dependency("broker", broker)
+        .dependency("registry", registry);
     let max_body = app.config.max_body_bytes;
     // The multipart envelope around the file adds a little to the file's own limit.
     let max_upload = app.config.max_upload_bytes as usize + 64 * 1024;

@@ -63,6 +63,13 @@ fi
 : "${CHAT_JANUS_SECRET_FILE:=$CHAT_STATE_DIR/keys/janus-secret}"
 : "${CHAT_INTERNAL_SECRET_FILE:=$CHAT_STATE_DIR/keys/internal-secret}"   # tier-to-tier requests
 : "${CHAT_JWT_PRIVATE_KEY_FILE:=$CHAT_STATE_DIR/keys/jwt-private.pem}"
+# Monitoring (deploy/monitoring). Not Debian's default ports: a machine whose init system
+# started the packaged daemons keeps them apart from the stack's own.
+: "${CHAT_PROMETHEUS_PORT:=9190}"
+: "${CHAT_ALERTMANAGER_PORT:=9193}"
+: "${CHAT_NODE_EXPORTER_PORT:=9199}"
+: "${CHAT_LAG_EXPORTER_PORT:=9198}"         # replay-tools serve-lag: consumer groups' lag
+: "${CHAT_SCRAPE_INTERVAL:=15s}"            # Prometheus's scrape and rule evaluation interval
 
 RUN_DIR="$CHAT_STATE_DIR/run"
 LOG_DIR="$CHAT_STATE_DIR/logs"
@@ -90,9 +97,16 @@ export CHAT_TURN_SECRET_FILE CHAT_INTERNAL_SECRET_FILE CHAT_JANUS_SECRET_FILE CH
 export CHAT_TURN_URLS="turn:127.0.0.1:$CHAT_TURN_PORT?transport=udp,turn:127.0.0.1:$CHAT_TURN_PORT?transport=tcp"
 export CHAT_JWKS_URL="$CHAT_COMMANDS_URL/v1/auth/jwks"
 export CHAT_JWT_PRIVATE_KEY_FILE
+export CHAT_PROMETHEUS_URL="http://127.0.0.1:$CHAT_PROMETHEUS_PORT"
+export CHAT_ALERTMANAGER_URL="http://127.0.0.1:$CHAT_ALERTMANAGER_PORT"
+export CHAT_LAG_EXPORTER_URL="http://127.0.0.1:$CHAT_LAG_EXPORTER_PORT"
 
 # The infrastructure services, in start order.
 ALL_SERVICES=(postgres redis broker registry mongo clickhouse coturn janus commands projections query-api ws-fanout signaling nginx)
+# Monitoring last (it watches the rest); CHAT_MONITORING=0 leaves it out (the benchmarks do: the
+# peer they measure against has none).
+: "${CHAT_MONITORING:=1}"
+[ "$CHAT_MONITORING" = 0 ] || ALL_SERVICES+=(node-exporter lag-exporter alertmanager prometheus)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }

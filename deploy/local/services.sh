@@ -697,6 +697,95 @@ start_nginx() {
     wait_until nginx 30 http_ready "$CHAT_ENTRY_URL/healthz"
 }
 
+# ---------- monitoring: Prometheus, Alertmanager, the node and lag exporters ----------
+# Debian's prometheus, prometheus-alertmanager and prometheus-node-exporter, each run here under
+# this stack's state directory and ports (the packages' own services are not used); the lag
+# exporter is `replay-tools serve-lag` (consumer groups' lag, seen from outside the consumers).
+# Rules, Alertmanager's routes and the Grafana dashboards: deploy/monitoring.
+
+MONITORING_DIR="$REPO_ROOT/deploy/monitoring"
+
+install_prometheus() { ensure_apt prometheus; }
+install_alertmanager() { ensure_apt prometheus-alertmanager; }
+install_node-exporter() { ensure_apt prometheus-node-exporter; }
+
+start_node-exporter() {
+    running_pid node-exporter >/dev/null && return 0
+    wait_port_free node-exporter "$CHAT_NODE_EXPORTER_PORT" CHAT_NODE_EXPORTER_PORT
+    # The machine's memory, CPU, disks and network; nothing that needs root.
+    start_bg node-exporter "$DATA_DIR/node-exporter" /usr/bin/prometheus-node-exporter \
+        "--web.listen-address=127.0.0.1:$CHAT_NODE_EXPORTER_PORT" \
+        --collector.disable-defaults --collector.cpu --collector.meminfo --collector.loadavg \
+        --collector.filesystem --collector.netdev --collector.diskstats
+    wait_until node-exporter 30 http_ready "http://127.0.0.1:$CHAT_NODE_EXPORTER_PORT/metrics"
+}
+
+start_lag-exporter() {
+    local binary; binary="$(bin_dir)/replay-tools"
+    restart_if_rebuilt lag-exporter "$binary"
+    if ! running_pid lag-exporter >/dev/null; then
+        wait_port_free lag-exporter "$CHAT_LAG_EXPORTER_PORT" CHAT_LAG_EXPORTER_PORT
+        start_bg lag-exporter "$DATA_DIR/lag-exporter" "$binary" --brokers "$CHAT_KAFKA_BROKERS" \
+            serve-lag --listen "127.0.0.1:$CHAT_LAG_EXPORTER_PORT"
+        record_binary lag-exporter
+    fi
+    wait_until lag-exporter 60 http_ready "$CHAT_LAG_EXPORTER_URL/metrics"
+}
+
+start_alertmanager() {
+    running_pid alertmanager >/dev/null && return 0
+    wait_port_free alertmanager "$CHAT_ALERTMANAGER_PORT" CHAT_ALERTMANAGER_PORT
+    # One instance: no cluster port (the default would take 9094 on every interface).
+    start_bg alertmanager "$DATA_DIR/alertmanager" /usr/bin/prometheus-alertmanager \
+        "--config.file=$MONITORING_DIR/alertmanager.yml" \
+        "--storage.path=$DATA_DIR/alertmanager" \
+        "--web.listen-address=127.0.0.1:$CHAT_ALERTMANAGER_PORT" \
+        --cluster.listen-address=
+    wait_until alertmanager 30 http_ready "$CHAT_ALERTMANAGER_URL/-/ready"
+}
+
+# Renders deploy/monitoring/prometheus.yml.template for this stack's ports.
+render_prometheus_conf() {
+    local dir=$DATA_DIR/prometheus targets="" port
+    mkdir -p "$dir"
+    for port in $CHAT_WS_PORT $CHAT_WS_EXTRA_PORTS; do
+        targets+="${targets:+, }'127.0.0.1:$port'"
+    done
+    local template; template=$(<"$MONITORING_DIR/prometheus.yml.template")
+    template=${template//@SCRAPE_INTERVAL@/$CHAT_SCRAPE_INTERVAL}
+    template=${template//@STACK@/$(basename "$CHAT_STATE_DIR")}
+    template=${template//@RULES@/$MONITORING_DIR/rules.yml}
+    template=${template//@ALERTMANAGER_PORT@/$CHAT_ALERTMANAGER_PORT}
+    template=${template//@PROMETHEUS_PORT@/$CHAT_PROMETHEUS_PORT}
+    template=${template//@NODE_EXPORTER_PORT@/$CHAT_NODE_EXPORTER_PORT}
+    template=${template//@LAG_EXPORTER_PORT@/$CHAT_LAG_EXPORTER_PORT}
+    template=${template//@COMMANDS_PORT@/$CHAT_COMMANDS_PORT}
+    template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
+    template=${template//@PROJECTIONS_PORT@/$CHAT_PROJECTIONS_PORT}
+    template=${template//@SIGNALING_PORT@/$CHAT_SIGNALING_PORT}
+    template=${template//@WS_TARGETS@/$targets}
+    printf '%s\n' "$template" >"$dir/prometheus.yml"
+}
+
+start_prometheus() {
+    render_prometheus_conf
+    local conf=$DATA_DIR/prometheus/prometheus.yml
+    promtool check config "$conf" >>"$LOG_DIR/prometheus.log" 2>&1 \
+        || die "Prometheus rejects $conf; see $LOG_DIR/prometheus.log"
+    if running_pid prometheus >/dev/null; then
+        # Picks up changed targets and rules.
+        kill -HUP "$(running_pid prometheus)"
+    else
+        wait_port_free prometheus "$CHAT_PROMETHEUS_PORT" CHAT_PROMETHEUS_PORT
+        # Two days of samples are plenty on a development machine.
+        start_bg prometheus "$DATA_DIR/prometheus" /usr/bin/prometheus \
+            "--config.file=$conf" "--storage.tsdb.path=$DATA_DIR/prometheus/data" \
+            --storage.tsdb.retention.time=2d \
+            "--web.listen-address=127.0.0.1:$CHAT_PROMETHEUS_PORT"
+    fi
+    wait_until prometheus 60 http_ready "$CHAT_PROMETHEUS_URL/-/ready"
+}
+
 # ---------- dispatch ----------
 
 endpoint_of() {
@@ -715,6 +804,10 @@ endpoint_of() {
         janus) echo "$CHAT_JANUS_URL (Janus $(dpkg-query -W -f='${Version}' janus 2>/dev/null), VideoRoom; media $CHAT_JANUS_MIN_PORT-$CHAT_JANUS_MAX_PORT${CHAT_JANUS_ICE_ENFORCE:+ on $CHAT_JANUS_ICE_ENFORCE})" ;;
         signaling) echo "$CHAT_SIGNALING_URL" ;;
         nginx) echo "$CHAT_ENTRY_URL (the single entry: open it in a browser for the app; /v1/ws, reads, writes)" ;;
+        node-exporter) echo "http://127.0.0.1:$CHAT_NODE_EXPORTER_PORT/metrics (the machine)" ;;
+        lag-exporter) echo "$CHAT_LAG_EXPORTER_URL/metrics (consumer groups' lag)" ;;
+        alertmanager) echo "$CHAT_ALERTMANAGER_URL (alerts: open it in a browser)" ;;
+        prometheus) echo "$CHAT_PROMETHEUS_URL (metrics, rules, targets: open it in a browser)" ;;
     esac
 }
 
@@ -734,5 +827,9 @@ ready_check() {
         janus) janus_ready ;;
         signaling) http_ready "$CHAT_SIGNALING_URL/healthz" 2>/dev/null ;;
         nginx) http_ready "$CHAT_ENTRY_URL/healthz" 2>/dev/null ;;
+        node-exporter) http_ready "http://127.0.0.1:$CHAT_NODE_EXPORTER_PORT/metrics" 2>/dev/null ;;
+        lag-exporter) http_ready "$CHAT_LAG_EXPORTER_URL/metrics" 2>/dev/null ;;
+        alertmanager) http_ready "$CHAT_ALERTMANAGER_URL/-/ready" 2>/dev/null ;;
+        prometheus) http_ready "$CHAT_PROMETHEUS_URL/-/ready" 2>/dev/null ;;
     esac
 }

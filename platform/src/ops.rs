@@ -1,6 +1,11 @@
 //! The operations surface every service exposes: `/healthz` (the process answers), `/readyz`
 //! (its dependencies answer) and `/metrics` (Prometheus text format), plus per-route HTTP
 //! request metrics, so dashboards and alerts look the same for every tier.
+//!
+//! `/metrics` also says, at every scrape, whether each dependency a tier names answers
+//! (`dependency_up{dependency}`: the broker and the schema registry, which readiness does not
+//! cover everywhere) and how full its database pool is (`db_pool_connections_in_use` /
+//! `db_pool_connections_max{pool}`): the alert rules of `deploy/monitoring` watch these.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// One dependency check for `/readyz`: a name and an async probe.
 pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -22,15 +29,93 @@ pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send +
 pub struct Ops {
     registry: Registry,
     probes: Vec<(&'static str, Probe)>,
+    dependencies: Vec<(&'static str, Probe)>,
+    pools: Vec<(&'static str, sqlx::PgPool)>,
+    gauges: Gauges,
 }
+
+#[derive(Clone)]
+struct Gauges {
+    up: IntGaugeVec,
+    in_use: IntGaugeVec,
+    max: IntGaugeVec,
+}
+
+/// How long a dependency may take to answer a scrape's check: Prometheus gives up on the
+/// whole scrape after 10 s by default.
+const DEPENDENCY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Ops {
     pub fn new(registry: Registry) -> Self {
         // Every tier retries through `crate::retry`; a second registration is refused, harmlessly.
         let _ = registry.register(Box::new(crate::retry::RETRIES.clone()));
+        let gauge = |name: &str, help: &str, label: &str| {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
+            let _ = registry.register(Box::new(gauge.clone()));
+            gauge
+        };
+        let gauges = Gauges {
+            up: gauge(
+                "dependency_up",
+                "Whether a dependency answered at this scrape (1) or not (0)",
+                "dependency",
+            ),
+            in_use: gauge(
+                "db_pool_connections_in_use",
+                "Connections of the pool checked out now",
+                "pool",
+            ),
+            max: gauge(
+                "db_pool_connections_max",
+                "Connections the pool may open",
+                "pool",
+            ),
+        };
         Self {
             registry,
             probes: Vec::new(),
+            dependencies: Vec::new(),
+            pools: Vec::new(),
+            gauges,
+        }
+    }
+
+    /// Adds a dependency reported at every scrape as `dependency_up{dependency=name}` (it does
+    /// not decide readiness; add it with [`Ops::probe`] too where it should).
+    pub fn dependency<F>(mut self, name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        self.dependencies.push((name, Arc::new(probe)));
+        self
+    }
+
+    /// Reports how full `pool` is at every scrape, as `{pool=name}`.
+    pub fn pool(mut self, name: &'static str, pool: sqlx::PgPool) -> Self {
+        self.pools.push((name, pool));
+        self
+    }
+
+    /// Checks the dependencies and reads the pools, for the scrape under way.
+    async fn refresh(&self) {
+        let checks = self.dependencies.iter().map(|(name, probe)| async move {
+            let up = matches!(
+                tokio::time::timeout(DEPENDENCY_CHECK, probe()).await,
+                Ok(Ok(()))
+            );
+            self.gauges.up.with_label_values(&[name]).set(i64::from(up));
+        });
+        futures::future::join_all(checks).await;
+        for (name, pool) in &self.pools {
+            let in_use = pool.size() as i64 - pool.num_idle() as i64;
+            self.gauges
+                .in_use
+                .with_label_values(&[name])
+                .set(in_use.max(0));
+            self.gauges
+                .max
+                .with_label_values(&[name])
+                .set(i64::from(pool.options().get_max_connections()));
         }
     }
 
@@ -89,6 +174,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    ops.refresh().await;
     let encoder = prometheus::TextEncoder::new();
     let mut buffer = Vec::new();
     match encoder.encode(&ops.registry.gather(), &mut buffer) {
@@ -225,6 +311,37 @@ mod tests {
         assert!(!body.contains("postgres"), "{body}");
         let (status, _) = call(router, "/healthz").await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_say_which_dependency_answers() {
+        let router: Router = Ops::new(Registry::new())
+            .dependency("broker", || async { Ok(()) }.boxed())
+            .dependency("registry", || {
+                async { Err("connection refused".to_string()) }.boxed()
+            })
+            .dependency("slow", || {
+                async {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .router();
+        let (status, body) = call(router, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains("dependency_up{dependency=\"broker\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("dependency_up{dependency=\"registry\"} 0"),
+            "{body}"
+        );
+        assert!(
+            body.contains("dependency_up{dependency=\"slow\"} 0"),
+            "{body}"
+        );
     }
 
     #[tokio::test]

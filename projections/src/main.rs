@@ -24,7 +24,10 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(EventCodec::new(&config.registry_url)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
-    let mut ops = platform::ops::Ops::new(registry.clone());
+    let (broker, log_registry) = schemas::kafka::log_checks(&config.brokers, &config.registry_url);
+    let mut ops = platform::ops::Ops::new(registry.clone())
+        .dependency("broker", broker)
+        .dependency("registry", log_registry);
 
     for name in &config.projectors {
         let group = format!("{}{name}", config.group_prefix);
@@ -101,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("cannot prepare the user directory")?;
                 let pool = projector.pool().clone();
+                ops = ops.pool("postgres", pool.clone());
                 ops = ops.probe("postgres", move || {
                     let pool = pool.clone();
                     async move { platform::pg::ping(&pool).await }.boxed()

@@ -56,7 +56,8 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
         .probe("postgres", move || {
             let app = pg.clone();
             async move { platform::pg::ping(&app.directory).await }.boxed()
-        });
+        })
+        .pool("postgres", app.directory.clone());
     let (api, _) = routes().split_for_parts();
     let api = platform::ops::api_fallbacks(api)
         .route("/v1/openapi.json", axum::routing::get(openapi_document))

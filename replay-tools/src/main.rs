@@ -3,6 +3,7 @@
 //! `projections` service (`CHAT_MONGO_URL`, `CHAT_MONGO_DB`, `CHAT_REDIS_URL`,
 //! `CHAT_REDIS_PREFIX`, `CHAT_CLICKHOUSE_URL`, `CHAT_CLICKHOUSE_DB`, `CHAT_REGISTRY_URL`).
 
+mod exporter;
 mod lag;
 mod progress;
 mod rebuild;
@@ -75,6 +76,16 @@ enum Command {
     },
     /// Every consumer group's lag per partition.
     Lag,
+    /// Serve every consumer group's lag as Prometheus metrics (the monitoring stack's lag
+    /// exporter; SIGTERM stops it).
+    ServeLag {
+        /// Where `/metrics` answers.
+        #[arg(long, env = "CHAT_LAG_LISTEN", default_value = "127.0.0.1:9108")]
+        listen: std::net::SocketAddr,
+        /// Seconds between measurements.
+        #[arg(long, env = "CHAT_LAG_EVERY_SECS", default_value_t = 5)]
+        every_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,14 +207,21 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::ServeLag { listen, every_secs } => {
+            let config = store_config(&cli.brokers)?;
+            exporter::serve(
+                cli.brokers.clone(),
+                config.registry_url.clone(),
+                (known_groups(&config), projector_groups(&config)),
+                listen,
+                Duration::from_secs(every_secs.max(1)),
+                timeout,
+            )
+            .await?;
+        }
         Command::Lag => {
             let config = store_config(&cli.brokers)?;
-            let mut known: Vec<String> = projections::PROJECTORS
-                .iter()
-                .map(|p| format!("{}{p}", config.group_prefix))
-                .collect();
-            known.push("chat-commands".to_string());
-            let rows = lag::lag(&cli.brokers, &known, timeout)?;
+            let rows = lag::lag(&cli.brokers, &known_groups(&config), timeout)?;
             println!(
                 "{:<32} {:<24} {:>9} {:>12} {:>12} {:>10}",
                 "group", "topic", "partition", "committed", "end", "lag"
@@ -224,6 +242,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The projectors' consumer groups.
+fn projector_groups(config: &projections::config::Config) -> Vec<String> {
+    projections::PROJECTORS
+        .iter()
+        .map(|p| format!("{}{p}", config.group_prefix))
+        .collect()
+}
+
+/// The platform's own consumer groups (a broker may not list idle ones).
+fn known_groups(config: &projections::config::Config) -> Vec<String> {
+    let mut known = projector_groups(config);
+    known.push("chat-commands".to_string());
+    known
 }
 
 /// The stores' settings, read as the projections service reads them.

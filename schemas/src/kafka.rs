@@ -68,6 +68,56 @@ pub fn watermark_config(brokers: &str) -> ClientConfig {
     with_debug(config)
 }
 
+/// A check for `platform::ops::Ops::dependency`.
+pub type Check =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The log's two dependencies as every tier reports them at a scrape
+/// (`dependency_up{dependency="broker"|"registry"}`): the brokers give the room topic's
+/// metadata, the schema registry lists its subjects, each within two seconds.
+pub fn log_checks(brokers: &str, registry_url: &str) -> (Check, Check) {
+    let wait = Duration::from_secs(2);
+    let client = watermark_config(brokers)
+        .create::<BaseConsumer>()
+        .map(std::sync::Arc::new)
+        .map_err(|e| e.to_string());
+    let broker: Check = Box::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let client = client?;
+            tokio::task::spawn_blocking(move || {
+                client
+                    .fetch_metadata(Some(Topic::RoomEvents.name()), wait)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    });
+    let http = reqwest::Client::builder()
+        .timeout(wait)
+        .build()
+        .map_err(|e| e.to_string());
+    let subjects = format!("{}/subjects", registry_url.trim_end_matches('/'));
+    let registry: Check = Box::new(move || {
+        let (http, subjects) = (http.clone(), subjects.clone());
+        Box::pin(async move {
+            let answer = http?
+                .get(&subjects)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if answer.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("{subjects} answered {}", answer.status()))
+            }
+        })
+    });
+    (broker, registry)
+}
+
 /// Manual commits, start from the beginning of the log when the group has no offset.
 pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut config = reader_config(brokers);

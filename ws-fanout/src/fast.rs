@@ -123,7 +123,8 @@ impl Fast {
             if let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) {
                 let frame = Frame::from(protocol::event_frame(room, seq, &event));
                 let fact = crate::tail::fact(&event);
-                self.hub.offer(room, seq, frame, Origin::Fast, fact);
+                let pushed = self.hub.offer(room, seq, frame, Origin::Fast, fact);
+                self.metrics.delivered(envelope.occurred_at, pushed);
             }
         }
     }

@@ -1,4 +1,4 @@
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The node's Prometheus metrics.
 #[derive(Clone)]
@@ -25,6 +25,11 @@ pub struct Metrics {
     pub fallen_behind: IntCounter,
     pub resyncs: IntCounterVec,
     pub closes: IntCounterVec,
+    /// Socket connections by outcome: accepted, or refused (auth, too_many_sockets).
+    pub connections: IntCounterVec,
+    /// From an event's time (its writer's clock) to its release to this node's sockets, once
+    /// per event released by its own copy: the seed's "delivery latency".
+    pub delivery: Histogram,
     pub kept_events: IntGauge,
     pub tail_lag: IntGauge,
     /// Typing indicators by outcome: relayed to the room, or absorbed by the per-socket limit.
@@ -40,6 +45,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Notes the delivery of an event of `occurred_at` (ms since the epoch) when `pushed` to
+    /// any socket.
+    pub fn delivered(&self, occurred_at: i64, pushed: usize) {
+        if pushed == 0 {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.delivery
+            .observe((now - occurred_at).max(0) as f64 / 1000.0);
+    }
+
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             sockets: IntGauge::new("ws_sockets", "Open authenticated sockets")?,
@@ -100,6 +118,19 @@ impl Metrics {
                 Opts::new("ws_closes_total", "Sockets closed, by reason"),
                 &["reason"],
             )?,
+            connections: IntCounterVec::new(
+                Opts::new("ws_connections_total", "Socket connections by outcome"),
+                &["outcome"],
+            )?,
+            delivery: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ws_delivery_seconds",
+                    "From an event's time to its release to the sockets here",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
             kept_events: IntGauge::new("ws_kept_events", "Events kept for resumes over all rooms")?,
             typing: IntCounterVec::new(
                 Opts::new("ws_typing_total", "Typing indicators by outcome"),
@@ -142,6 +173,12 @@ impl Metrics {
         registry.register(Box::new(m.fallen_behind.clone()))?;
         registry.register(Box::new(m.resyncs.clone()))?;
         registry.register(Box::new(m.closes.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.delivery.clone()))?;
+        // Every outcome from the start: a rule's ratio finds its series before the first refusal.
+        for outcome in ["accepted", "auth", "too_many_sockets"] {
+            m.connections.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.kept_events.clone()))?;
         registry.register(Box::new(m.tail_lag.clone()))?;
         registry.register(Box::new(m.typing.clone()))?;

@@ -206,10 +206,9 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
             Err(e) => {
                 send_bounded(&mut socket, text_message(e.frame(None))).await;
                 close_with(&mut socket, close::POLICY, e.code()).await;
-                node.metrics
-                    .closes
-                    .with_label_values(&["too_many_sockets"])
-                    .inc();
+                for counter in [&node.metrics.closes, &node.metrics.connections] {
+                    counter.with_label_values(&["too_many_sockets"]).inc();
+                }
                 return;
             }
         };
@@ -223,6 +222,10 @@ pub async fn serve(node: Arc<Node>, mut socket: WebSocket, url_token: Option<Str
         typing: Throttle::default(),
     };
     let watch = node.sessions.watch(&session.claims.sid);
+    node.metrics
+        .connections
+        .with_label_values(&["accepted"])
+        .inc();
     node.metrics.sockets.inc();
     let user = session.claims.sub.clone();
     node.presence.connected(id, &user).await;
@@ -280,7 +283,9 @@ async fn authenticate(
         Err(e) => {
             send_bounded(socket, text_message(e.frame(None))).await;
             close_with(socket, close::POLICY, e.code()).await;
-            node.metrics.closes.with_label_values(&["auth"]).inc();
+            for counter in [&node.metrics.closes, &node.metrics.connections] {
+                counter.with_label_values(&["auth"]).inc();
+            }
             None
         }
     }

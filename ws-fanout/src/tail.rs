@@ -372,7 +372,7 @@ impl Tail {
                             .log_records
                             .with_label_values(&[&partition.to_string()])
                             .inc();
-                        self.deliver(&event);
+                        self.deliver(&event, metrics);
                     }
                     Err(e) => {
                         // The projectors dead-letter it; a socket cannot be shown it either way.
@@ -387,13 +387,14 @@ impl Tail {
         true
     }
 
-    fn deliver(&self, event: &DomainEvent) {
+    fn deliver(&self, event: &DomainEvent, metrics: &Metrics) {
         let envelope = event.envelope();
         let (Some(room), Some(seq)) = (envelope.room_id.as_deref(), envelope.seq) else {
             return;
         };
         let frame = Frame::from(protocol::event_frame(room, seq, event));
-        self.hub.offer(room, seq, frame, Origin::Log, fact(event));
+        let pushed = self.hub.offer(room, seq, frame, Origin::Log, fact(event));
+        metrics.delivered(envelope.occurred_at, pushed);
     }
 }
 

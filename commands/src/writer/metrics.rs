@@ -8,6 +8,9 @@ pub struct WriterMetrics {
     pub commands: IntCounterVec,
     pub latency: HistogramVec,
     pub partitions_owned: IntGauge,
+    /// Partitions of the room topic: every one needs a writer (`sum(commands_partitions_owned)`
+    /// below it is an ownership gap).
+    pub room_partitions: IntGauge,
     pub catchup_events: IntCounter,
     pub conflicts: IntCounter,
     pub undecodable: IntCounter,
@@ -38,6 +41,10 @@ impl WriterMetrics {
             partitions_owned: IntGauge::new(
                 "commands_partitions_owned",
                 "Room partitions this instance writes",
+            )?,
+            room_partitions: IntGauge::new(
+                "commands_room_partitions",
+                "Partitions of the room topic, each needing one writer",
             )?,
             catchup_events: IntCounter::new(
                 "commands_catchup_events_total",
@@ -85,6 +92,7 @@ impl WriterMetrics {
         registry.register(Box::new(m.commands.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.partitions_owned.clone()))?;
+        registry.register(Box::new(m.room_partitions.clone()))?;
         registry.register(Box::new(m.catchup_events.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;

@@ -82,6 +82,7 @@ impl Writer {
         shutdown: CancellationToken,
     ) -> Result<(Self, std::thread::JoinHandle<()>), CommandError> {
         let partitions = log.partition_count(schemas::topics::ROOM_EVENTS).await?;
+        metrics.room_partitions.set(i64::from(partitions));
         let (assigned_once_tx, assigned_once) = watch::channel(false);
         let writer = Writer {
             inner: Arc::new(Inner {
