@@ -275,6 +275,13 @@ impl Hub {
         }
     }
 
+    /// Every shard, locked in turn (for the walks over all rooms).
+    fn every_shard(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<String, Room>>> {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn new_room(&self) -> Room {
         Room {
             line: RoomLine::new(self.keep),
@@ -453,11 +460,7 @@ impl Hub {
     /// the read model for someone who just joined).
     pub fn rooms_with_member(&self, user_id: &str) -> Vec<String> {
         let mut rooms = Vec::new();
-        for shard in &self.shards {
-            let shard = match shard.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+        for shard in self.every_shard() {
             for (id, room) in shard.iter() {
                 if !room.subscribers.is_empty()
                     && room.facts.members.get(user_id).map(|(s, _)| *s) == Some(Standing::Member)
@@ -565,11 +568,7 @@ impl Hub {
     /// told to resync, as for any stale head.
     pub fn forget_partition(&self, partition: i32) {
         let partitions = self.partitions() as i32;
-        for shard in &self.shards {
-            let mut shard = match shard.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+        for mut shard in self.every_shard() {
             shard.retain(|id, room| {
                 if !room.subscribers.is_empty()
                     || schemas::partition::partition_for(id, partitions) != partition
@@ -587,11 +586,7 @@ impl Hub {
     /// The rooms with subscribers here.
     pub fn listened(&self) -> HashSet<String> {
         let mut rooms = HashSet::new();
-        for shard in &self.shards {
-            let shard = match shard.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+        for shard in self.every_shard() {
             rooms.extend(
                 shard
                     .iter()
@@ -613,11 +608,7 @@ impl Hub {
             return;
         }
         let mut idle: Vec<(Instant, usize, String)> = Vec::new();
-        for shard in &self.shards {
-            let shard = match shard.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+        for shard in self.every_shard() {
             for (id, room) in shard.iter() {
                 if room.subscribers.is_empty() && room.line.kept() > 0 {
                     idle.push((room.touched, room.line.kept(), id.clone()));

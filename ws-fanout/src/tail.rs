@@ -13,9 +13,10 @@
 //! discards what it had fetched under the previous assignment (its fetch ops carry a version).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -168,6 +169,9 @@ pub struct Tail {
     /// Partitions assigned, and partitions wanted whose start could not be found yet.
     reading: BTreeSet<i32>,
     starting: BTreeSet<i32>,
+    /// `ws_log_records_total{partition}` per partition, resolved at its first record (a label
+    /// lookup and a string per record otherwise; unread partitions show no series).
+    records: Vec<OnceLock<IntCounter>>,
 }
 
 /// How often a partition whose start could not be found (Redis or the broker did not answer)
@@ -207,13 +211,14 @@ impl Tail {
         Ok(Self {
             consumer,
             codec,
-            hub,
             heads,
             watermarks,
             interest,
             warm,
             reading: BTreeSet::new(),
             starting: BTreeSet::new(),
+            records: (0..hub.partitions()).map(|_| OnceLock::new()).collect(),
+            hub,
         })
     }
 
@@ -368,10 +373,15 @@ impl Tail {
                 };
                 match decoded {
                     Ok(event) => {
-                        metrics
-                            .log_records
-                            .with_label_values(&[&partition.to_string()])
-                            .inc();
+                        if let Some(counter) = self.records.get(partition) {
+                            counter
+                                .get_or_init(|| {
+                                    metrics
+                                        .log_records
+                                        .with_label_values(&[&partition.to_string()])
+                                })
+                                .inc();
+                        }
                         self.deliver(&event, metrics);
                     }
                     Err(e) => {
