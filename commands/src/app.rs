@@ -76,12 +76,11 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
             let app = probe_writer.clone();
             async move { app.writer.readiness() }.boxed()
         })
-        .pool("postgres", app.store.pool().clone());
-    let (broker, registry) =
-        schemas::kafka::log_checks(&app.config.brokers, &app.config.registry_url);
-    let ops = ops
-        .dependency("broker", broker)
-        .dependency("registry", registry);
+        .pool("postgres", app.store.pool().clone())
+        .dependencies(schemas::kafka::log_checks(
+            &app.config.brokers,
+            &app.config.registry_url,
+        ));
     let max_body = app.config.max_body_bytes;
     // The multipart envelope around the file adds a little to the file's own limit.
     let max_upload = app.config.max_upload_bytes as usize + 64 * 1024;

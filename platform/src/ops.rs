@@ -90,6 +90,16 @@ impl Ops {
         self
     }
 
+    /// Adds each of `checks` as [`Ops::dependency`] does.
+    pub fn dependencies<F>(self, checks: impl IntoIterator<Item = (&'static str, F)>) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        checks
+            .into_iter()
+            .fold(self, |ops, (name, check)| ops.dependency(name, check))
+    }
+
     /// Reports how full `pool` is at every scrape, as `{pool=name}`.
     pub fn pool(mut self, name: &'static str, pool: sqlx::PgPool) -> Self {
         self.pools.push((name, pool));

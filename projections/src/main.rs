@@ -24,10 +24,9 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(EventCodec::new(&config.registry_url)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
-    let (broker, log_registry) = schemas::kafka::log_checks(&config.brokers, &config.registry_url);
-    let mut ops = platform::ops::Ops::new(registry.clone())
-        .dependency("broker", broker)
-        .dependency("registry", log_registry);
+    let mut ops = platform::ops::Ops::new(registry.clone()).dependencies(
+        schemas::kafka::log_checks(&config.brokers, &config.registry_url),
+    );
 
     for name in &config.projectors {
         let group = format!("{}{name}", config.group_prefix);

@@ -131,10 +131,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
     let gauges = Arc::new(Gauges::register(&registry)?);
-    let (broker, schema_registry) = schemas::kafka::log_checks(&brokers, &registry_url);
     let ops = platform::ops::Ops::new(registry)
-        .dependency("broker", broker)
-        .dependency("registry", schema_registry);
+        .dependencies(schemas::kafka::log_checks(&brokers, &registry_url));
     let stop = CancellationToken::new();
     let ends = Arc::new(Mutex::new(Ends::default()));
     let measuring = {

@@ -68,14 +68,14 @@ pub fn watermark_config(brokers: &str) -> ClientConfig {
     with_debug(config)
 }
 
-/// A check for `platform::ops::Ops::dependency`.
+/// A check for `platform::ops::Ops::dependencies`.
 pub type Check =
     Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// The log's two dependencies as every tier reports them at a scrape
 /// (`dependency_up{dependency="broker"|"registry"}`): the brokers give the room topic's
 /// metadata, the schema registry lists its subjects, each within two seconds.
-pub fn log_checks(brokers: &str, registry_url: &str) -> (Check, Check) {
+pub fn log_checks(brokers: &str, registry_url: &str) -> [(&'static str, Check); 2] {
     let wait = Duration::from_secs(2);
     let client = watermark_config(brokers)
         .create::<BaseConsumer>()
@@ -115,7 +115,7 @@ pub fn log_checks(brokers: &str, registry_url: &str) -> (Check, Check) {
             }
         })
     });
-    (broker, registry)
+    [("broker", broker), ("registry", registry)]
 }
 
 /// Manual commits, start from the beginning of the log when the group has no offset.

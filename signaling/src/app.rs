@@ -107,11 +107,11 @@ pub fn router(app: AppState, registry: prometheus::Registry) -> Result<Router, p
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
     let redis = app.clone();
     let state = app.clone();
-    let (broker, log_registry) =
-        schemas::kafka::log_checks(&app.config.brokers, &app.config.registry_url);
     let ops = platform::ops::Ops::new(registry)
-        .dependency("broker", broker)
-        .dependency("registry", log_registry)
+        .dependencies(schemas::kafka::log_checks(
+            &app.config.brokers,
+            &app.config.registry_url,
+        ))
         .probe("redis", move || {
             let app = redis.clone();
             async move { platform::cache::ping(&app.redis).await }.boxed()

@@ -72,11 +72,11 @@ pub fn router(
 ) -> Result<Router, prometheus::Error> {
     let http_metrics = platform::ops::HttpMetrics::register(&registry)?;
     let (redis_node, tail_node, fast_node) = (node.clone(), node.clone(), node.clone());
-    let (broker, log_registry) =
-        schemas::kafka::log_checks(&node.config.brokers, &node.config.registry_url);
     let ops = platform::ops::Ops::new(registry)
-        .dependency("broker", broker)
-        .dependency("registry", log_registry)
+        .dependencies(schemas::kafka::log_checks(
+            &node.config.brokers,
+            &node.config.registry_url,
+        ))
         .probe("redis", move || {
             let node = redis_node.clone();
             async move { node.heads.ping().await }.boxed()
