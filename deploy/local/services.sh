@@ -648,22 +648,26 @@ render_nginx_conf() {
     for port in $CHAT_WS_PORT $CHAT_WS_EXTRA_PORTS; do
         servers+="        server 127.0.0.1:$port;"$'\n'
     done
-    local template; template=$(<"$DEPLOY_DIR/nginx.conf.template")
-    template=${template//@STATE@/$dir}
-    template=${template//@LOGS@/$LOG_DIR}
-    template=${template//@ENTRY_PORT@/$CHAT_ENTRY_PORT}
-    template=${template//@COMMANDS_PORT@/$CHAT_COMMANDS_PORT}
-    template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
-    template=${template//@SIGNALING_PORT@/$CHAT_SIGNALING_PORT}
-    template=${template//@WS_SERVERS@/${servers%$'\n'}}
-    template=${template//@WEB_ROOT@/$WEB_ROOT}
     # `user` means something only to a master started as root (else nginx warns).
-    if [ "$(id -u)" -eq 0 ]; then
-        template=${template//@USER_LINE@/user root;}
-    else
-        template=${template//@USER_LINE@/}
-    fi
-    printf '%s\n' "$template" >"$dir/nginx.conf"
+    local user_line=""
+    [ "$(id -u)" -eq 0 ] && user_line="user root;"
+    render_template "$DEPLOY_DIR/nginx.conf.template" "$dir/nginx.conf" \
+        STATE "$dir" LOGS "$LOG_DIR" ENTRY_PORT "$CHAT_ENTRY_PORT" \
+        COMMANDS_PORT "$CHAT_COMMANDS_PORT" QUERY_PORT "$CHAT_QUERY_PORT" \
+        SIGNALING_PORT "$CHAT_SIGNALING_PORT" WS_SERVERS "${servers%$'\n'}" \
+        WEB_ROOT "$WEB_ROOT" USER_LINE "$user_line"
+}
+
+# render_template TEMPLATE OUTPUT [NAME VALUE]...: the template with every @NAME@ replaced.
+render_template() {
+    local text out=$2
+    text=$(<"$1")
+    shift 2
+    while [ $# -ge 2 ]; do
+        text=${text//@$1@/$2}
+        shift 2
+    done
+    printf '%s\n' "$text" >"$out"
 }
 
 # The platform's OpenAPI document, served by query-api at /v1/openapi.json (CHAT_OPENAPI_FILE):
@@ -751,20 +755,13 @@ render_prometheus_conf() {
     for port in $CHAT_WS_PORT $CHAT_WS_EXTRA_PORTS; do
         targets+="${targets:+, }'127.0.0.1:$port'"
     done
-    local template; template=$(<"$MONITORING_DIR/prometheus.yml.template")
-    template=${template//@SCRAPE_INTERVAL@/$CHAT_SCRAPE_INTERVAL}
-    template=${template//@STACK@/$(basename "$CHAT_STATE_DIR")}
-    template=${template//@RULES@/$MONITORING_DIR/rules.yml}
-    template=${template//@ALERTMANAGER_PORT@/$CHAT_ALERTMANAGER_PORT}
-    template=${template//@PROMETHEUS_PORT@/$CHAT_PROMETHEUS_PORT}
-    template=${template//@NODE_EXPORTER_PORT@/$CHAT_NODE_EXPORTER_PORT}
-    template=${template//@LAG_EXPORTER_PORT@/$CHAT_LAG_EXPORTER_PORT}
-    template=${template//@COMMANDS_PORT@/$CHAT_COMMANDS_PORT}
-    template=${template//@QUERY_PORT@/$CHAT_QUERY_PORT}
-    template=${template//@PROJECTIONS_PORT@/$CHAT_PROJECTIONS_PORT}
-    template=${template//@SIGNALING_PORT@/$CHAT_SIGNALING_PORT}
-    template=${template//@WS_TARGETS@/$targets}
-    printf '%s\n' "$template" >"$dir/prometheus.yml"
+    render_template "$MONITORING_DIR/prometheus.yml.template" "$dir/prometheus.yml" \
+        SCRAPE_INTERVAL "$CHAT_SCRAPE_INTERVAL" STACK "$(basename "$CHAT_STATE_DIR")" \
+        RULES "$MONITORING_DIR/rules.yml" ALERTMANAGER_PORT "$CHAT_ALERTMANAGER_PORT" \
+        PROMETHEUS_PORT "$CHAT_PROMETHEUS_PORT" NODE_EXPORTER_PORT "$CHAT_NODE_EXPORTER_PORT" \
+        LAG_EXPORTER_PORT "$CHAT_LAG_EXPORTER_PORT" COMMANDS_PORT "$CHAT_COMMANDS_PORT" \
+        QUERY_PORT "$CHAT_QUERY_PORT" PROJECTIONS_PORT "$CHAT_PROJECTIONS_PORT" \
+        SIGNALING_PORT "$CHAT_SIGNALING_PORT" WS_TARGETS "$targets"
 }
 
 start_prometheus() {
